@@ -1,0 +1,12 @@
+"""hubsdd: prune LLM decoder blocks, recover quality with self-data distillation, publish to the Hub.
+
+    from hubsdd import load_recipe, run
+    results = run(load_recipe("recipes/smollm2-135m-demo.yaml"), until="prune")
+"""
+
+__version__ = "0.1.0"
+
+from .recipe import Recipe, load_recipe, parse_recipe  # noqa: E402
+from . import run  # noqa: E402  (the module is callable: run(recipe, until=...))
+
+__all__ = ["Recipe", "load_recipe", "parse_recipe", "run", "__version__"]

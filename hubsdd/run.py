@@ -1,0 +1,405 @@
+"""The stage graph: run directory, fingerprints, resume and atomic writes.
+
+A run lives in ``runs/<recipe name>/``; each stage owns ``runs/<name>/<stage>/`` and proves it
+finished with a ``stage.json`` written last. A stage's fingerprint hashes its recipe section, its
+inputs' fingerprints and the hubsdd version, so it is known from the recipe alone (``plan`` needs
+no model). A stage whose ``stage.json`` carries the expected fingerprint is skipped.
+
+Stages write into a staging folder that is renamed into place only when they succeed, so a killed
+stage leaves nothing a rerun would trust. Work that should survive a kill (distillation shards)
+goes into ``ctx.work_dir``, a folder keyed by the fingerprint and removed once the stage succeeds.
+
+Stages talk to each other only through ``stage.json`` (``outputs`` and ``metrics``) and the files
+it names; the entry functions are imported lazily so ``validate`` and ``plan`` stay fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import fcntl
+import hashlib
+import importlib
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from . import __version__
+from .errors import StageError
+from .recipe import Recipe, canonical_json
+
+log = logging.getLogger("hubsdd")
+
+STAGE_FILE = "stage.json"
+
+
+# --------------------------------------------------------------------------- files
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write a file so that readers see the old content or the new, never a torn one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- stages
+
+
+@dataclass
+class StageResult:
+    """A finished stage as later stages see it: its folder and its stage.json."""
+
+    name: str
+    dir: Path
+    data: dict
+
+    @property
+    def fingerprint(self) -> str:
+        return self.data["fingerprint"]
+
+    @property
+    def outputs(self) -> dict:
+        return self.data.get("outputs", {})
+
+    @property
+    def metrics(self) -> dict:
+        return self.data.get("metrics", {})
+
+    def path(self, key: str) -> Path:
+        """An output path: stage outputs store paths relative to the stage folder (or absolute)."""
+        value = self.outputs.get(key)
+        if value is None:
+            raise StageError(f"stage {self.name!r} recorded no output {key!r}", fix=f"rerun it: remove {self.dir}")
+        p = Path(value)
+        return p if p.is_absolute() else self.dir / p
+
+
+@dataclass
+class StageOutput:
+    """What a stage entry returns: ``outputs`` (paths relative to out_dir, ids) and ``metrics``."""
+
+    outputs: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+
+
+@dataclass
+class StageContext:
+    recipe: Recipe
+    name: str
+    run_dir: Path
+    out_dir: Path
+    work_dir: Path
+    inputs: dict[str, StageResult]
+    fingerprint: str
+
+    @property
+    def section(self) -> Any:
+        return getattr(self.recipe, self.name)
+
+    def input(self, name: str) -> StageResult:
+        if name not in self.inputs:
+            raise StageError(
+                f"stage {self.name!r} needs the output of stage {name!r}, which has not run",
+                fix=f"run `hubsdd run <recipe> --until {name}` first",
+            )
+        return self.inputs[name]
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    inputs: tuple[str, ...]
+    entry: str  # "module:function", imported when the stage runs
+    enabled: Callable[[Recipe], bool] = lambda r: True
+    # Extra configuration hashed into the fingerprint besides the recipe section.
+    extra: Callable[[Recipe], Any] = lambda r: None
+    describe: str = ""
+
+
+def _base_identity(recipe: Recipe) -> Any:
+    """Local files change without the recipe changing: hash their name, size and mtime."""
+    base = recipe.base
+    ident: dict[str, Any] = {}
+    for key in ("path", "gguf_file"):
+        value = getattr(base, key)
+        if not value:
+            continue
+        try:
+            p = recipe.resolve_path(value)
+        except FileNotFoundError:
+            ident[key] = "missing"
+            continue
+        files = [p] if p.is_file() else sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else []
+        ident[key] = [(str(f.relative_to(p) if f != p else f.name), f.stat().st_size, int(f.stat().st_mtime)) for f in files]
+    return ident
+
+
+def _card_extra(recipe: Recipe) -> Any:
+    # The card shows the recipe and links the repos: any change to either re-renders it.
+    return {"publish": recipe.section_dict("publish"), "recipe_sha256": recipe.sha256()}
+
+
+STAGES: tuple[StageSpec, ...] = (
+    StageSpec("base", (), "hubsdd.models:prepare_base", extra=_base_identity,
+              describe="resolve and snapshot the base model"),
+    StageSpec("prune", ("base",), "hubsdd.prune:run_prune", describe="score blocks, remove layers"),
+    StageSpec("distill", ("base",), "hubsdd.distill:run_distill",
+              enabled=lambda r: r.distill is not None, describe="teacher rewrites the training data"),
+    StageSpec("finetune", ("prune", "distill"), "hubsdd.finetune:run_finetune",
+              enabled=lambda r: r.finetune is not None, describe="fine-tune each variant"),
+    StageSpec("merge", ("finetune",), "hubsdd.merge:run_merge",
+              enabled=lambda r: r.merge is not None, describe="merge variants with mergekit"),
+    StageSpec("evaluate", ("base", "prune", "finetune", "merge"), "hubsdd.evaluate:run_evaluate",
+              enabled=lambda r: r.evaluate is not None, describe="lm-eval and speculative decoding"),
+    StageSpec("card", ("base", "prune", "distill", "finetune", "merge", "evaluate"), "hubsdd.card:run_card",
+              extra=_card_extra, describe="assemble the release: model card, dataset card, files"),
+)
+STAGE_NAMES = tuple(s.name for s in STAGES)
+SPECS = {s.name: s for s in STAGES}
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"hubsdd": __version__}
+    for dist in ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "huggingface-hub",
+                 "mergekit", "lm-eval", "gguf", "safetensors", "vllm"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[dist] = metadata.version(dist)
+    return out
+
+
+def fingerprint(spec: StageSpec, recipe: Recipe, input_fps: dict[str, str]) -> str:
+    payload = {
+        "stage": spec.name,
+        "config": recipe.section_dict(spec.name),
+        "extra": spec.extra(recipe),
+        "inputs": input_fps,
+        "hubsdd": __version__,
+        # a global seed that every stage may use
+        "seed": recipe.seed,
+    }
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- run directory
+
+
+def read_stage(run_dir: Path, name: str) -> StageResult | None:
+    stage_dir = run_dir / name
+    try:
+        data = json.loads((stage_dir / STAGE_FILE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return StageResult(name=name, dir=stage_dir, data=data)
+
+
+def load_results(run_dir: Path) -> dict[str, StageResult]:
+    """Every finished stage of a run directory, in stage order."""
+    out = {}
+    for name in STAGE_NAMES:
+        res = read_stage(Path(run_dir), name)
+        if res is not None:
+            out[name] = res
+    return out
+
+
+@dataclass
+class PlannedStage:
+    name: str
+    status: str  # cached | stale | pending | disabled
+    fingerprint: str | None
+    describe: str
+
+
+def expected_fingerprints(recipe: Recipe) -> dict[str, str]:
+    """The fingerprint each enabled stage will have once everything upstream has run."""
+    fps: dict[str, str] = {}
+    for spec in STAGES:
+        if not spec.enabled(recipe):
+            continue
+        fps[spec.name] = fingerprint(spec, recipe, {i: fps[i] for i in spec.inputs if i in fps})
+    return fps
+
+
+def plan(recipe: Recipe) -> list[PlannedStage]:
+    fps = expected_fingerprints(recipe)
+    out = []
+    for spec in STAGES:
+        if spec.name not in fps:
+            out.append(PlannedStage(spec.name, "disabled", None, spec.describe))
+            continue
+        found = read_stage(recipe.run_dir, spec.name)
+        if found is None:
+            status = "pending"
+        elif found.fingerprint == fps[spec.name]:
+            status = "cached"
+        else:
+            status = "stale"
+        out.append(PlannedStage(spec.name, status, fps[spec.name], spec.describe))
+    return out
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StageError(
+                f"another hubsdd process is running in {run_dir}",
+                fix="wait for it to finish, or stop it; a killed run resumes where it stopped",
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _install(staging: Path, final: Path) -> None:
+    """Put a finished staging folder in place of the stage folder."""
+    trash = None
+    if final.exists():
+        trash = final.with_name(f".trash-{final.name}-{uuid.uuid4().hex[:8]}")
+        os.replace(final, trash)
+    os.replace(staging, final)
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def _load_entry(entry: str) -> Callable[[StageContext], StageOutput]:
+    module, _, func = entry.partition(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def run_stage(spec: StageSpec, recipe: Recipe, results: dict[str, StageResult], fp: str) -> StageResult:
+    run_dir = recipe.run_dir
+    staging = run_dir / f".staging-{spec.name}-{uuid.uuid4().hex[:8]}"
+    staging.mkdir(parents=True)
+    work_dir = run_dir / ".work" / f"{spec.name}-{fp[:16]}"
+    work_dir.mkdir(parents=True, exist_ok=True)
+    ctx = StageContext(
+        recipe=recipe, name=spec.name, run_dir=run_dir, out_dir=staging, work_dir=work_dir,
+        inputs={i: results[i] for i in spec.inputs if i in results}, fingerprint=fp,
+    )
+    started = time.time()
+    try:
+        output = _load_entry(spec.entry)(ctx)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    seconds = time.time() - started
+    data = {
+        "stage": spec.name,
+        "fingerprint": fp,
+        "inputs": {k: v.fingerprint for k, v in ctx.inputs.items()},
+        "config": recipe.section_dict(spec.name),
+        "outputs": output.outputs,
+        "metrics": output.metrics,
+        "started_at": _dt.datetime.fromtimestamp(started, _dt.timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(seconds, 3),
+        "versions": _versions(),
+    }
+    # stage.json last: its presence is what says the stage finished.
+    atomic_write_json(staging / STAGE_FILE, data)
+    final = run_dir / spec.name
+    _install(staging, final)
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return StageResult(spec.name, final, data)
+
+
+def _clean_stale_staging(run_dir: Path) -> None:
+    for p in run_dir.glob(".staging-*"):
+        shutil.rmtree(p, ignore_errors=True)
+    for p in run_dir.glob(".trash-*"):
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def run(recipe: Recipe, until: str | None = None, force: tuple[str, ...] = (),
+        on_event: Callable[[str, str, float | None], None] | None = None) -> dict[str, StageResult]:
+    """Run every enabled stage up to ``until`` (inclusive), skipping cached ones, then the card.
+
+    ``on_event(stage, status, seconds)`` reports progress: status is 'cached', 'running', 'done',
+    or 'skipped' (disabled in the recipe or past ``until``).
+    """
+    if until is not None and until not in STAGE_NAMES:
+        raise StageError(f"unknown stage {until!r}", fix=f"use one of: {', '.join(STAGE_NAMES)}")
+    for name in force:
+        if name not in STAGE_NAMES:
+            raise StageError(f"unknown stage {name!r} in --force", fix=f"use one of: {', '.join(STAGE_NAMES)}")
+    notify = on_event or (lambda *a: None)
+    run_dir = recipe.run_dir
+    stop = STAGE_NAMES.index(until) if until else len(STAGE_NAMES) - 1
+    with run_lock(run_dir):
+        _clean_stale_staging(run_dir)
+        atomic_write_text(run_dir / "recipe.yaml", recipe.text())
+        results: dict[str, StageResult] = {}
+        for idx, spec in enumerate(STAGES):
+            past_until = idx > stop and spec.name != "card"
+            if not spec.enabled(recipe) or past_until:
+                notify(spec.name, "skipped", None)
+                continue
+            # The card describes what has run so far: its inputs are whichever stages finished.
+            missing = [i for i in spec.inputs if SPECS[i].enabled(recipe) and i not in results
+                       and spec.name != "card"]
+            if missing:
+                raise StageError(f"stage {spec.name!r} needs {missing} which did not run")
+            fp = fingerprint(spec, recipe, {i: results[i].fingerprint for i in spec.inputs if i in results})
+            found = read_stage(run_dir, spec.name)
+            if found is not None and found.fingerprint == fp and spec.name not in force:
+                results[spec.name] = found
+                notify(spec.name, "cached", found.data.get("seconds"))
+                continue
+            notify(spec.name, "running", None)
+            log.info("stage %s: running (fingerprint %s)", spec.name, fp[:12])
+            results[spec.name] = run_stage(spec, recipe, results, fp)
+            notify(spec.name, "done", results[spec.name].data["seconds"])
+        return results
+
+
+class _CallableModule(type(os)):
+    """``hubsdd.run`` is both this module and the function users call (``from hubsdd import run``):
+    a package attribute named like a submodule is overwritten on import, so the module is made
+    callable instead."""
+
+    def __call__(self, recipe: Recipe | str | Path, until: str | None = None, force: tuple[str, ...] = (),
+                 on_event: Callable[[str, str, float | None], None] | None = None) -> dict[str, StageResult]:
+        from .recipe import load_recipe
+
+        if not isinstance(recipe, Recipe):
+            recipe = load_recipe(recipe)
+        return run(recipe, until=until, force=tuple(force), on_event=on_event)
+
+
+import sys as _sys  # noqa: E402
+
+_sys.modules[__name__].__class__ = _CallableModule
