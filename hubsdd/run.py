@@ -98,6 +98,10 @@ class StageResult:
         value = self.outputs.get(key)
         if value is None:
             raise StageError(f"stage {self.name!r} recorded no output {key!r}", fix=f"rerun it: remove {self.dir}")
+        return self.resolve(value)
+
+    def resolve(self, value: str) -> Path:
+        """A path recorded anywhere in ``outputs`` (nested too): relative to the stage folder."""
         p = Path(value)
         return p if p.is_absolute() else self.dir / p
 

