@@ -1,0 +1,364 @@
+"""Model and dataset cards, and the ``card`` stage that assembles the release.
+
+The card stage reads only the ``stage.json`` of the stages that finished (and the files they name)
+and writes two folders, exactly what ``hubsdd publish`` pushes:
+
+* ``runs/<name>/card/model/``: the released checkpoint (hard links to the stage's files), README.md
+  (the model card), recipe.yaml, ``hubsdd/<stage>.json`` results, ``plots/*.png``, license files;
+* ``runs/<name>/card/dataset/``: the distilled dataset and its card (when distillation ran).
+
+Cards are the packaged Jinja templates ``model_card.md.j2`` / ``dataset_card.md.j2`` rendered
+through ``huggingface_hub.ModelCard.from_template`` / ``DatasetCard.from_template``; the optional
+sections (training, evaluation) are rendered first from ``templates/sections/`` and passed in.
+Metadata follows the Hub's conventions: ``base_model`` is the Hub id (never a local path),
+``license`` is inherited from the base model, ``eval_results`` become ``model-index``.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import StageError
+from .run import StageContext, StageOutput, StageResult, load_results, sha256_file
+
+log = logging.getLogger("hubsdd.card")
+
+PAPER_CITATION = """@article{thangarasa2024selfdata,
+  title   = {Self-Data Distillation for Recovering Quality in Pruned Large Language Models},
+  author  = {Thangarasa, Vithursan and Venkatesh, Ganesh and Lasby, Mike and Sinnadurai, Nish and Lie, Sean},
+  journal = {arXiv preprint arXiv:2410.09982},
+  year    = {2024}
+}"""
+GROMOV_CITATION = """@article{gromov2024unreasonable,
+  title   = {The Unreasonable Ineffectiveness of the Deeper Layers},
+  author  = {Gromov, Andrey and Tirumala, Kushal and Shapourian, Hassan and Glorioso, Paolo and Roberts, Daniel A.},
+  journal = {arXiv preprint arXiv:2403.17887},
+  year    = {2024}
+}"""
+SHORTGPT_CITATION = """@article{men2024shortgpt,
+  title   = {ShortGPT: Layers in Large Language Models are More Redundant Than You Expect},
+  author  = {Men, Xin and Xu, Mingyu and Zhang, Qingyu and Wang, Bingning and Lin, Hongyu and Lu, Yaojie and Han, Xianpei and Chen, Weipeng},
+  journal = {arXiv preprint arXiv:2403.03853},
+  year    = {2024}
+}"""
+
+RESULT_DIR = "hubsdd"
+
+
+def _templates() -> Any:
+    return importlib.resources.files("hubsdd.templates")
+
+
+def template_text(name: str) -> str:
+    return (_templates() / name).read_text(encoding="utf-8")
+
+
+def _jinja_env() -> Any:
+    import jinja2
+
+    # Same settings as huggingface_hub's from_template (plain jinja2.Template), plus a loader so
+    # sections can include one another.
+    return jinja2.Environment(loader=jinja2.FunctionLoader(lambda name: template_text(name)),
+                              keep_trailing_newline=True)
+
+
+def render_section(name: str, **context: Any) -> str:
+    return _jinja_env().get_template(name).render(**context).strip()
+
+
+# --------------------------------------------------------------------------- release choice
+
+
+def release_choice(recipe: Any, results: dict[str, StageResult]) -> str:
+    """Which checkpoint is published: 'merge', a variant name, or 'pruned'."""
+    wanted = recipe.publish.release
+    variants = list(results["finetune"].outputs.get("variants", {})) if "finetune" in results else []
+    if wanted == "auto":
+        if "merge" in results:
+            return "merge"
+        if "sdd" in variants:
+            return "sdd"
+        return variants[0] if variants else "pruned"
+    available = ["pruned"] + variants + (["merge"] if "merge" in results else [])
+    if wanted not in available:
+        raise StageError(
+            f"publish.release: {wanted!r} has not been produced by this run (available: {', '.join(available)})",
+            fix="run the stage that makes it, or choose one of the available checkpoints",
+        )
+    return wanted
+
+
+def release_model_dir(name: str, results: dict[str, StageResult]) -> Path:
+    if name == "pruned":
+        return results["prune"].path("model_dir")
+    if name == "merge":
+        return results["merge"].path("model_dir")
+    return results["finetune"].resolve(results["finetune"].outputs["variants"][name]["model_dir"])
+
+
+# --------------------------------------------------------------------------- metadata
+
+
+def _model_name(recipe: Any, base_id: str | None, llama: bool) -> str:
+    name = recipe.card.model_name or (recipe.publish.model_repo or recipe.name).split("/")[-1]
+    # The Llama license asks that derivative model names start with "Llama".
+    if llama and not name.lower().startswith("llama"):
+        name = f"Llama-{name}"
+    return name
+
+
+def _is_llama(base_id: str | None, license_id: str | None) -> bool:
+    return bool((license_id or "").lower().startswith("llama") or "meta-llama/" in (base_id or "").lower())
+
+
+def eval_results_for(release: str, results: dict[str, StageResult], model_name: str) -> list[Any]:
+    from huggingface_hub import EvalResult
+
+    if "evaluate" not in results:
+        return []
+    entries = results["evaluate"].metrics.get("card_eval_results", [])
+    out = []
+    for entry in entries:
+        if entry.get("model") != release:
+            continue
+        kwargs = {k: v for k, v in entry.items() if k != "model"}
+        kwargs.setdefault("source_name", "hubsdd (lm-eval)")
+        out.append(EvalResult(**kwargs))
+    return out
+
+
+def build_model_card_data(recipe: Any, results: dict[str, StageResult], release: str,
+                          files: dict[str, str], fingerprint: str) -> Any:
+    from huggingface_hub import ModelCardData
+
+    base = results.get("base")
+    base_id = recipe.base.model
+    license_id = recipe.card.license or (base.outputs.get("license") if base else None) or recipe.base.license
+    llama = _is_llama(base_id, license_id)
+    model_name = _model_name(recipe, base_id, llama)
+    tags = ["hubsdd", "pruned", "layer-pruning"]
+    if "distill" in results:
+        tags += ["self-data-distillation", "sdd"]
+    if "merge" in results:
+        tags += ["mergekit", "merge"]
+    tags += [t for t in recipe.card.tags if t not in tags]
+    meta: dict[str, Any] = {
+        "version": __version__,
+        "run_fingerprint": fingerprint,
+        "recipe_sha256": recipe.sha256(),
+        "release": release,
+        "files": files,
+    }
+    if "prune" in results:
+        m = results["prune"].metrics
+        meta["prune"] = {k: m[k] for k in ("method", "removed_layers", "layers_before", "layers_after",
+                                           "params_before", "params_after") if k in m}
+    if "evaluate" in results:
+        retention = results["evaluate"].metrics.get("retention", {}).get(release, {})
+        if "average" in retention:
+            meta["retention"] = retention["average"]
+    datasets = [recipe.publish.dataset_repo] if recipe.publish.dataset_repo and "distill" in results else None
+    return ModelCardData(
+        base_model=base_id,
+        # A pruned-then-trained model is a derivative of the base's weights: "finetune" is the
+        # Hub's relation for that ("merge"/"adapter"/"quantized" describe other things).
+        base_model_relation="finetune" if base_id else None,
+        datasets=datasets,
+        language=recipe.card.language,
+        library_name="transformers",
+        license=license_id or "other",
+        model_name=model_name,
+        pipeline_tag="text-generation",
+        tags=tags,
+        eval_results=eval_results_for(release, results, model_name) or None,
+        hubsdd=meta,
+    )
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _plots_in_release(results: dict[str, StageResult]) -> dict[str, dict[str, str]]:
+    plots: dict[str, dict[str, str]] = {}
+    for name, res in results.items():
+        for key, rel in (res.outputs.get("plots") or {}).items():
+            plots.setdefault(name, {})[key] = f"plots/{name}_{key}.png"
+    return plots
+
+
+def render_model_card(recipe: Any, results: dict[str, StageResult], release: str, files: dict[str, str],
+                      fingerprint: str) -> Any:
+    """The model card (a huggingface_hub.ModelCard) of a run's finished stages."""
+    from huggingface_hub import ModelCard
+
+    card_data = build_model_card_data(recipe, results, release, files, fingerprint)
+    stages = {name: res.data for name, res in results.items()}
+    plots = _plots_in_release(results)
+    context = dict(stages=stages, plots=plots, release=release, dataset_repo=recipe.publish.dataset_repo,
+                   model_repo=recipe.publish.model_repo)
+    training = render_section("sections/training.md.j2", **context) if "finetune" in results else ""
+    evaluation = render_section("sections/evaluation.md.j2", **context) if "evaluate" in results else ""
+    versions = {}
+    for res in results.values():
+        versions.update(res.data.get("versions", {}))
+    prune = results["prune"].metrics if "prune" in results else None
+    citations = [PAPER_CITATION]
+    if prune:
+        citations.append(GROMOV_CITATION if prune.get("method") == "angular" else SHORTGPT_CITATION)
+    return ModelCard.from_template(
+        card_data,
+        template_str=template_text("model_card.md.j2"),
+        stages=stages,
+        prune=prune,
+        plots=plots,
+        release=release,
+        release_label={"merge": "merged", "pruned": "pruned (not fine-tuned)"}.get(release, f"fine-tuned ({release})"),
+        model_repo=recipe.publish.model_repo or f"<your-org>/{card_data.model_name}",
+        dataset_repo=recipe.publish.dataset_repo,
+        base_hub_id=recipe.base.model,
+        base_commit=(results["base"].outputs.get("commit_sha") if "base" in results else None),
+        has_chat_template=(results["base"].outputs.get("has_chat_template", True) if "base" in results else True),
+        description=recipe.card.description,
+        training_section=training,
+        evaluation_section=evaluation,
+        recipe_text=recipe.text(),
+        versions=versions,
+        built_with_llama=_is_llama(recipe.base.model, card_data.license),
+        citations=citations,
+    )
+
+
+def render_dataset_card(recipe: Any, results: dict[str, StageResult], data_files: list[str]) -> Any:
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    distill = results["distill"]
+    license_id = recipe.distill.data_license or "other"
+    rows = _sample_rows(distill.path("data"))
+    card_data = DatasetCardData(
+        license=license_id,
+        language=recipe.card.language,
+        task_categories=["text-generation"],
+        tags=["hubsdd", "self-data-distillation", "synthetic"],
+        pretty_name=f"{recipe.name} self-distilled data",
+        size_categories=[_size_category(distill.metrics.get("rows", len(rows)))],
+        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": p} for p in data_files]}],
+    )
+    return DatasetCard.from_template(
+        card_data,
+        template_str=template_text("dataset_card.md.j2"),
+        distill=distill.data,
+        sample_rows=rows,
+        dataset_repo=recipe.publish.dataset_repo,
+        model_repo=recipe.publish.model_repo,
+        license=license_id,
+        recipe_name=recipe.name,
+    )
+
+
+def _size_category(n: int) -> str:
+    for limit, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+        if n < limit:
+            return label
+    return "n>1M"
+
+
+def _sample_rows(parquet: Path, n: int = 3) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(parquet)
+    return table.slice(0, n).to_pylist()
+
+
+# --------------------------------------------------------------------------- assembling
+
+
+def _link(src: Path, dest: Path) -> None:
+    """Hard link when possible (a 16 GB checkpoint is not copied), else copy."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copy2(src, dest)
+
+
+def assemble_release(recipe: Any, results: dict[str, StageResult], out_dir: Path, fingerprint: str) -> dict:
+    """Write the model release (and the dataset release) folders; return what was written."""
+    from .models import model_files
+
+    release = release_choice(recipe, results)
+    model_out = out_dir / "model"
+    model_out.mkdir(parents=True, exist_ok=True)
+    if "prune" in results:
+        for f in model_files(release_model_dir(release, results)):
+            _link(f, model_out / f.name)
+    base = results.get("base")
+    if base is not None and base.outputs.get("license_files"):
+        lic_dir = base.path("license_dir")
+        for name in base.outputs["license_files"]:
+            if (lic_dir / name).exists() and not (model_out / name).exists():
+                _link(lic_dir / name, model_out / name)
+    (model_out / "recipe.yaml").write_text(recipe.text())
+    for name, res in results.items():
+        (model_out / RESULT_DIR).mkdir(exist_ok=True)
+        shutil.copy2(res.dir / "stage.json", model_out / RESULT_DIR / f"{name}.json")
+        for key, rel in (res.outputs.get("plots") or {}).items():
+            src = res.resolve(rel)
+            if src.exists():
+                _link(src, model_out / "plots" / f"{name}_{key}.png")
+    files = {
+        str(p.relative_to(model_out)): sha256_file(p)
+        for p in sorted(model_out.rglob("*")) if p.is_file() and p.name != "README.md"
+    }
+    card = render_model_card(recipe, results, release, files, fingerprint)
+    card.save(model_out / "README.md")
+
+    written = {"model_dir": "model", "release": release}
+    if "distill" in results:
+        data_out = out_dir / "dataset"
+        data_files = ["data/train.parquet"]
+        _link(results["distill"].path("data"), data_out / data_files[0])
+        render_dataset_card(recipe, results, data_files).save(data_out / "README.md")
+        written["dataset_dir"] = "dataset"
+    return written
+
+
+def run_card(ctx: StageContext) -> StageOutput:
+    """Entry of the ``card`` stage."""
+    written = assemble_release(ctx.recipe, ctx.inputs, ctx.out_dir, ctx.fingerprint)
+    return StageOutput(outputs=written, metrics={"stages": list(ctx.inputs)})
+
+
+def rerender(run_dir: Path) -> Path:
+    """``hubsdd card runs/<name>``: render the cards again from a finished run's stage.json files."""
+    from .recipe import load_recipe
+
+    run_dir = Path(run_dir)
+    recipe_file = run_dir / "recipe.yaml"
+    if not recipe_file.exists():
+        raise StageError(f"{run_dir} is not a hubsdd run directory (no recipe.yaml)",
+                         fix="pass runs/<recipe name>, created by `hubsdd run`")
+    recipe = load_recipe(recipe_file)
+    results = {k: v for k, v in load_results(run_dir).items() if k != "card"}
+    card = load_results(run_dir).get("card")
+    if card is None:
+        raise StageError(f"{run_dir} has no finished card stage", fix="run `hubsdd run <recipe>` first")
+    model_out = card.path("model_dir")
+    files = json.loads(json.dumps(_front_matter(model_out / "README.md").get("hubsdd", {}).get("files", {})))
+    release = card.outputs.get("release", "pruned")
+    render_model_card(recipe, results, release, files, card.fingerprint).save(model_out / "README.md")
+    if "dataset_dir" in card.outputs and "distill" in results:
+        render_dataset_card(recipe, results, ["data/train.parquet"]).save(card.path("dataset_dir") / "README.md")
+    return model_out / "README.md"
+
+
+def _front_matter(readme: Path) -> dict:
+    from huggingface_hub import ModelCard
+
+    return ModelCard.load(readme).data.to_dict()

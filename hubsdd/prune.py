@@ -1,0 +1,425 @@
+"""Block scoring and layer surgery: the ``prune`` stage.
+
+Scoring (one forward pass per calibration batch, ``output_hidden_states=True``):
+
+* **angular** (Gromov et al. 2024, "The Unreasonable Ineffectiveness of the Deeper Layers"):
+  d(l, n) = arccos(cos(h_l, h_{l+n})) / pi, where h_l is the residual stream entering layer l.
+  Every (l, n) comes from the same pass: the cosine between every pair of layer boundaries is one
+  small Gram matrix per token. The block l*..l*+n-1 with the smallest d(l*, n) is removed.
+* **bi** (Block Influence, ShortGPT, Men et al. 2024): BI_i = 1 - cos(h_i, h_{i+1}); the n layers
+  of lowest BI are removed, contiguous or not.
+
+Hugging Face models return the final hidden state *after* the final norm as the last entry of
+``hidden_states``; the distance to the raw output of the last layer is what the method wants, so
+that one is captured with a forward hook instead.
+
+Surgery deletes layers from the decoder's ModuleList, renumbers every module's ``layer_idx`` (the
+KV cache is indexed by it), sets ``num_hidden_layers`` and slices every per-layer config list
+(``layer_types`` and friends) so stock ``from_pretrained`` reloads the result with no hubsdd code.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable
+
+import numpy as np
+
+from .errors import DataError, UnsupportedArchitectureError
+from .run import StageContext, StageOutput
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger("hubsdd.prune")
+
+# model_type -> where the decoder layers live below the CausalLM wrapper. All of these keep a
+# ModuleList of decoder layers whose attention module carries ``layer_idx``.
+SUPPORTED_ARCHITECTURES: dict[str, tuple[str, ...]] = {
+    "llama": ("model", "layers"),
+    "mistral": ("model", "layers"),
+    "qwen2": ("model", "layers"),
+    "qwen3": ("model", "layers"),
+    "gemma": ("model", "layers"),
+    "gemma2": ("model", "layers"),
+    "gemma3_text": ("model", "layers"),
+    "gemma3": ("model", "language_model", "layers"),
+    "phi3": ("model", "layers"),
+    "olmo2": ("model", "layers"),
+    "granite": ("model", "layers"),
+    "smollm3": ("model", "layers"),
+}
+
+# Config fields holding one layer index boundary rather than a per-layer list.
+LAYER_COUNT_FIELDS = ("max_window_layers",)
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+@dataclass
+class BlockScores:
+    """Distances between layer boundaries, averaged over calibration tokens.
+
+    ``angular[n - 1, l]`` is d(l, n) for block size n and start layer l (NaN where l + n > L).
+    ``block_influence[i]`` is BI of layer i.
+    """
+
+    num_layers: int
+    angular: np.ndarray
+    block_influence: np.ndarray
+    token_position: str
+    samples: int = 0
+    tokens: int = 0
+
+    def best_block(self, n: int) -> tuple[int, float]:
+        row = self.angular[n - 1]
+        start = int(np.nanargmin(row))
+        return start, float(row[start])
+
+
+class ScoreAccumulator:
+    """Sums angular distances and adjacent cosines over tokens, batch by batch."""
+
+    def __init__(self, num_layers: int, token_position: str) -> None:
+        self.num_layers = num_layers
+        self.token_position = token_position
+        bounds = num_layers + 1
+        self.angle_sum = np.zeros((bounds, bounds), dtype=np.float64)
+        self.adjacent_cos_sum = np.zeros(num_layers, dtype=np.float64)
+        self.count = 0
+        self.samples = 0
+
+    def add(self, boundaries: "list[torch.Tensor]", attention_mask: "torch.Tensor") -> None:
+        """``boundaries[i]``: [batch, seq, hidden] residual stream entering layer i (i = L: output)."""
+        import torch
+
+        mask = attention_mask.bool()
+        if self.token_position == "last":
+            # Last non-pad token of each row, whichever side the padding is on.
+            positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+            last = torch.where(mask, positions, torch.full_like(positions, -1)).max(dim=1).values
+            rows = torch.arange(mask.shape[0], device=mask.device)
+            picked = torch.stack([h[rows, last] for h in boundaries])  # [L+1, B, D]
+        else:
+            picked = torch.stack([h[mask] for h in boundaries])  # [L+1, tokens, D]
+        # float64: cosines of nearly parallel vectors sit within 1e-7 of 1, where float32 arccos
+        # has no resolution left.
+        vecs = torch.nn.functional.normalize(picked.double(), dim=-1)
+        cos = torch.einsum("itd,jtd->tij", vecs, vecs).clamp(-1.0, 1.0)  # [tokens, L+1, L+1]
+        self.angle_sum += (torch.arccos(cos) / math.pi).sum(0).cpu().numpy()
+        idx = torch.arange(self.num_layers)
+        self.adjacent_cos_sum += cos[:, idx, idx + 1].sum(0).cpu().numpy()
+        self.count += cos.shape[0]
+        self.samples += int(mask.shape[0])
+
+    def result(self) -> BlockScores:
+        if self.count == 0:
+            raise DataError("prune.calibration: no calibration tokens were scored", fix="give non-empty texts")
+        L = self.num_layers
+        mean = self.angle_sum / self.count
+        angular = np.full((L, L), np.nan)
+        for n in range(1, L + 1):
+            for start in range(0, L - n + 1):
+                angular[n - 1, start] = mean[start, start + n]
+        bi = 1.0 - self.adjacent_cos_sum / self.count
+        return BlockScores(L, angular, bi, self.token_position, self.samples, self.count)
+
+
+def decoder_layers(model: "PreTrainedModel") -> "torch.nn.ModuleList":
+    """The ModuleList of decoder layers, or a clear error for an architecture we cannot cut."""
+    import torch
+
+    model_type = model.config.model_type
+    route = SUPPORTED_ARCHITECTURES.get(model_type)
+    if route is None:
+        raise UnsupportedArchitectureError(
+            f"layer surgery does not support model_type {model_type!r} "
+            f"({', '.join(getattr(model.config, 'architectures', None) or [])})",
+            fix=f"use a model of a supported family: {', '.join(sorted(SUPPORTED_ARCHITECTURES))}",
+        )
+    obj: Any = model
+    for attr in route:
+        obj = getattr(obj, attr, None)
+        if obj is None:
+            break
+    if not isinstance(obj, torch.nn.ModuleList):
+        raise UnsupportedArchitectureError(
+            f"{type(model).__name__}: expected decoder layers at {'.'.join(route)}",
+            fix="load the model with AutoModelForCausalLM (a text-only causal LM)",
+        )
+    return obj
+
+
+def score_blocks(model: "PreTrainedModel", batches: Iterable[dict], token_position: str = "last") -> BlockScores:
+    """One forward pass per batch; every (start layer, block size) distance from it."""
+    import torch
+
+    layers = decoder_layers(model)
+    acc = ScoreAccumulator(len(layers), token_position)
+    captured: dict[str, torch.Tensor] = {}
+
+    def keep_last_output(_module: Any, _inputs: Any, output: Any) -> None:
+        captured["last"] = output[0] if isinstance(output, tuple) else output
+
+    handle = layers[-1].register_forward_hook(keep_last_output)
+    device = next(model.parameters()).device
+    try:
+        with torch.inference_mode():
+            for batch in batches:
+                batch = {k: v.to(device) for k, v in batch.items()}
+                out = model(**batch, output_hidden_states=True, use_cache=False)
+                # hidden_states[i] enters layer i; the last entry is post-norm, replaced by the hook's.
+                boundaries = list(out.hidden_states[:-1]) + [captured.pop("last")]
+                acc.add(boundaries, batch["attention_mask"])
+    finally:
+        handle.remove()
+    return acc.result()
+
+
+def select_layers(scores: BlockScores, blocks: int, method: str) -> list[int]:
+    if blocks >= scores.num_layers:
+        raise DataError(
+            f"prune.blocks: cannot remove {blocks} of {scores.num_layers} layers",
+            fix=f"use a number below {scores.num_layers}",
+        )
+    if method == "angular":
+        start, _ = scores.best_block(blocks)
+        return list(range(start, start + blocks))
+    order = np.argsort(scores.block_influence, kind="stable")
+    return sorted(int(i) for i in order[:blocks])
+
+
+# --------------------------------------------------------------------------- surgery
+
+
+def remove_layers(model: "PreTrainedModel", drop: Iterable[int]) -> "PreTrainedModel":
+    """Delete decoder layers in place and make config and modules consistent for save/reload."""
+    import torch
+
+    layers = decoder_layers(model)
+    total = len(layers)
+    drop = sorted(set(int(i) for i in drop))
+    if not drop:
+        return model
+    if drop[0] < 0 or drop[-1] >= total:
+        raise DataError(f"prune.layers: layer indices must be in 0..{total - 1}, got {drop}")
+    if len(drop) >= total:
+        raise DataError(f"prune.blocks: cannot remove all {total} layers")
+    keep = [i for i in range(total) if i not in drop]
+    kept_modules = [layers[i] for i in keep]
+    # Rebuild the list in place: the parent module keeps pointing at the same ModuleList object.
+    for _ in range(total):
+        del layers[0]
+    for new_idx, layer in enumerate(kept_modules):
+        layers.append(layer)
+        for module in layer.modules():
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = new_idx
+
+    configs = [model.config]
+    text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    if text_config is not model.config:
+        configs.append(text_config)
+    for cfg in configs:
+        if getattr(cfg, "num_hidden_layers", None) != total:
+            continue
+        for key, value in list(vars(cfg).items()):
+            if isinstance(value, (list, tuple)) and len(value) == total and key != "architectures":
+                setattr(cfg, key, type(value)(value[i] for i in keep))
+        for key in LAYER_COUNT_FIELDS:
+            value = getattr(cfg, key, None)
+            if isinstance(value, int):
+                setattr(cfg, key, sum(1 for i in keep if i < value))
+        cfg.num_hidden_layers = len(keep)
+    # Some models cache per-layer flags on the model object itself.
+    for holder in (model, getattr(model, "model", None)):
+        if holder is not None and isinstance(getattr(holder, "layer_types", None), list):
+            if len(holder.layer_types) == total:
+                holder.layer_types = [holder.layer_types[i] for i in keep]
+    assert isinstance(layers, torch.nn.ModuleList)
+    return model
+
+
+def count_parameters(model: "PreTrainedModel") -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def forward_flops_per_token(model: "PreTrainedModel") -> int:
+    """~2 FLOPs per weight per token for every matmul weight (the embedding lookup is free, the
+    LM head is a matmul even when tied). Attention-score FLOPs grow with context and are left out;
+    they shrink with the layer count in the same proportion."""
+    embed = model.get_input_embeddings().weight
+    head = model.get_output_embeddings()
+    total = count_parameters(model) - embed.numel()
+    if head is not None and head.weight is embed:
+        total += embed.numel()
+    return 2 * total
+
+
+# --------------------------------------------------------------------------- artifacts
+
+
+def write_distances_csv(scores: BlockScores, path: Path) -> None:
+    L = scores.num_layers
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["block_size"] + [f"start_{l}" for l in range(L)])
+        for n in range(1, L + 1):
+            w.writerow([n] + ["" if np.isnan(v) else f"{v:.6f}" for v in scores.angular[n - 1]])
+
+
+def write_block_influence_csv(scores: BlockScores, path: Path) -> None:
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["layer", "block_influence"])
+        for i, v in enumerate(scores.block_influence):
+            w.writerow([i, f"{v:.6f}"])
+
+
+def plot_heatmap(scores: BlockScores, removed: list[int], method: str, path: Path, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    L = scores.num_layers
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [3, 2]})
+    masked = np.ma.masked_invalid(scores.angular)
+    im = ax.imshow(masked, origin="lower", aspect="auto", cmap="viridis_r",
+                   extent=(-0.5, L - 0.5, 0.5, L + 0.5))
+    fig.colorbar(im, ax=ax, label="angular distance d(l, n)")
+    ax.set_xlabel("start layer l")
+    ax.set_ylabel("block size n")
+    if method == "angular" and removed:
+        ax.scatter([removed[0]], [len(removed)], marker="s", s=80, facecolors="none", edgecolors="red",
+                   linewidths=2, label=f"removed {removed[0]}..{removed[-1]}")
+        ax.legend(loc="upper right", fontsize=8)
+    ax.set_title(title or "Angular distance between layer l and l+n")
+    colors = ["tab:red" if i in removed else "tab:blue" for i in range(L)]
+    ax2.bar(range(L), scores.block_influence, color=colors)
+    ax2.set_xlabel("layer")
+    ax2.set_ylabel("block influence (1 - cos)")
+    ax2.set_title("Block influence per layer (red: removed)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def calibration_texts(ctx: StageContext) -> list[str]:
+    from jinja2 import Environment, StrictUndefined, TemplateError
+
+    from .data import load_rows
+
+    cal = ctx.recipe.prune.calibration
+    rows = load_rows(cal, ctx.recipe.source_dir)
+    if cal.text_template:
+        try:
+            template = Environment(undefined=StrictUndefined).from_string(cal.text_template)
+            texts = [template.render(**row) for row in rows]
+        except TemplateError as exc:
+            raise DataError(f"prune.calibration.text_template: {exc}",
+                            fix=f"use columns of the data: {', '.join(rows[0]) if rows else '(no rows)'}") from None
+    else:
+        column = cal.text_column or "text"
+        if rows and column not in rows[0]:
+            raise DataError(
+                f"prune.calibration.text_column: column {column!r} not in the calibration data "
+                f"(columns: {', '.join(rows[0])})",
+                fix="set `text_column` to one of them, or write a `text_template`",
+            )
+        texts = [str(row[column]) for row in rows]
+    texts = [t for t in texts if t and t.strip()][: cal.samples]
+    if not texts:
+        raise DataError("prune.calibration: the calibration data has no text", fix="check the file and column")
+    return texts
+
+
+def batches_for(tokenizer: "PreTrainedTokenizerBase", texts: list[str], max_length: int, batch_size: int) -> list[dict]:
+    tokenizer.padding_side = "right"
+    out = []
+    for i in range(0, len(texts), batch_size):
+        enc = tokenizer(texts[i:i + batch_size], return_tensors="pt", padding=True, truncation=True,
+                        max_length=max_length)
+        out.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
+    return out
+
+
+# --------------------------------------------------------------------------- stage
+
+
+def run_prune(ctx: StageContext) -> StageOutput:
+    """Entry of the ``prune`` stage."""
+    from .models import load_base, save_model
+
+    section = ctx.recipe.prune
+    model, tokenizer = load_base(ctx)
+    layers_before = len(decoder_layers(model))
+    if section.blocks >= layers_before:
+        raise DataError(f"prune.blocks: the base model has {layers_before} layers; cannot remove {section.blocks}",
+                        fix=f"use a number below {layers_before}")
+    texts = calibration_texts(ctx)
+    batches = batches_for(tokenizer, texts, section.calibration.max_length, section.calibration.batch_size)
+    started = time.perf_counter()
+    scores = score_blocks(model, batches, section.token_position)
+    scoring_seconds = time.perf_counter() - started
+
+    if section.layers is not None:
+        removed = sorted(set(section.layers))
+    else:
+        removed = select_layers(scores, section.blocks, section.method)
+    params_before = count_parameters(model)
+    flops_before = forward_flops_per_token(model)
+    remove_layers(model, removed)
+    params_after = count_parameters(model)
+    flops_after = forward_flops_per_token(model)
+
+    save_model(model, tokenizer, ctx.out_dir / "model")
+    write_distances_csv(scores, ctx.out_dir / "distances.csv")
+    write_block_influence_csv(scores, ctx.out_dir / "block_influence.csv")
+    plot_heatmap(scores, removed, section.method, ctx.out_dir / "heatmap.png")
+
+    n = section.blocks
+    start, best = scores.best_block(n)
+    ranking = sorted(((float(v), int(l)) for l, v in enumerate(scores.angular[n - 1]) if not np.isnan(v)))
+    metrics = {
+        "method": section.method,
+        "token_position": section.token_position,
+        "block_size": n,
+        "removed_layers": removed,
+        "layers_before": layers_before,
+        "layers_after": layers_before - len(removed),
+        "params_before": params_before,
+        "params_after": params_after,
+        "params_removed_fraction": round(1 - params_after / params_before, 6),
+        "flops_per_token_before": flops_before,
+        "flops_per_token_after": flops_after,
+        "flops_saved_fraction": round(1 - flops_after / flops_before, 6),
+        "removed_block_distance": float(np.mean([scores.angular[0][i] for i in removed])) if section.method == "bi" else best,
+        "best_block": {"start": start, "distance": best},
+        # d(l, n) for the chosen n, every start layer, smallest first: the card's distance table.
+        "block_distances": [{"start": l, "end": l + n - 1, "distance": round(v, 6)} for v, l in ranking],
+        "block_influence": [round(float(v), 6) for v in scores.block_influence],
+        "calibration_samples": scores.samples,
+        "calibration_tokens": scores.tokens,
+        "scoring_seconds": round(scoring_seconds, 3),
+        "forward_passes": len(batches),
+    }
+    outputs = {
+        "model_dir": "model",
+        "distances": "distances.csv",
+        "block_influence": "block_influence.csv",
+        "plots": {"heatmap": "heatmap.png"},
+    }
+    log.info("removed layers %s: %d -> %d layers, %.1fM -> %.1fM parameters", removed, layers_before,
+             layers_before - len(removed), params_before / 1e6, params_after / 1e6)
+    return StageOutput(outputs=outputs, metrics=metrics)
