@@ -17,7 +17,6 @@ Metadata follows the Hub's conventions: ``base_model`` is the Hub id (never a lo
 from __future__ import annotations
 
 import importlib.resources
-import json
 import logging
 import os
 import shutil
@@ -288,6 +287,14 @@ def _link(src: Path, dest: Path) -> None:
         shutil.copy2(src, dest)
 
 
+def release_file_hashes(model_out: Path) -> dict[str, str]:
+    """sha256 of every file of a release except the card itself (which lists them)."""
+    return {
+        str(p.relative_to(model_out)): sha256_file(p)
+        for p in sorted(model_out.rglob("*")) if p.is_file() and p.name != "README.md"
+    }
+
+
 def assemble_release(recipe: Any, results: dict[str, StageResult], out_dir: Path, fingerprint: str) -> dict:
     """Write the model release (and the dataset release) folders; return what was written."""
     from .models import model_files
@@ -312,10 +319,7 @@ def assemble_release(recipe: Any, results: dict[str, StageResult], out_dir: Path
             src = res.resolve(rel)
             if src.exists():
                 _link(src, model_out / "plots" / f"{name}_{key}.png")
-    files = {
-        str(p.relative_to(model_out)): sha256_file(p)
-        for p in sorted(model_out.rglob("*")) if p.is_file() and p.name != "README.md"
-    }
+    files = release_file_hashes(model_out)
     card = render_model_card(recipe, results, release, files, fingerprint)
     card.save(model_out / "README.md")
 
@@ -350,15 +354,9 @@ def rerender(run_dir: Path) -> Path:
     if card is None:
         raise StageError(f"{run_dir} has no finished card stage", fix="run `hubsdd run <recipe>` first")
     model_out = card.path("model_dir")
-    files = json.loads(json.dumps(_front_matter(model_out / "README.md").get("hubsdd", {}).get("files", {})))
+    files = release_file_hashes(model_out)
     release = card.outputs.get("release", "pruned")
     render_model_card(recipe, results, release, files, card.fingerprint).save(model_out / "README.md")
     if "dataset_dir" in card.outputs and "distill" in results:
         render_dataset_card(recipe, results, ["data/train.parquet"]).save(card.path("dataset_dir") / "README.md")
     return model_out / "README.md"
-
-
-def _front_matter(readme: Path) -> dict:
-    from huggingface_hub import ModelCard
-
-    return ModelCard.load(readme).data.to_dict()

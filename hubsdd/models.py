@@ -72,7 +72,7 @@ def load_model(path: str | Path, *, dtype: str = "float32", trust_remote_code: b
         if "trust_remote_code" in str(exc):
             raise UnsafeModelError(
                 f"{path} needs custom code from the model repository to load",
-                fix="read that code, then set `base.trust_remote_code: true` in the recipe",
+                fix="read that code first; then set `base.trust_remote_code: true` in the recipe",
             ) from None
         raise ModelLoadError(f"cannot load the model in {path}: {exc}") from None
     if device:

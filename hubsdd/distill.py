@@ -1,0 +1,646 @@
+"""Self-data distillation: the unpruned model rewrites the training responses (SDFT, Yang et al. 2024).
+
+For every training example the *teacher* (the base model, before pruning) is shown the instruction
+and the original response as a reference, and asked for its own answer (``templates/distill_*.md.j2``).
+Fine-tuning the pruned model on answers phrased the way the base model would phrase them keeps the
+data close to the model's own distribution, which is what recovers quality (arXiv 2410.09982).
+
+Selection keeps a rewrite only if it is usable training data; otherwise the original response is
+used. The rules, in order (the first that fires is the ``reason``):
+
+``empty``               the rewrite is blank.
+``truncated``           generation stopped at ``max_new_tokens``: an incomplete answer.
+``mentions-reference``  the rewrite talks about the prompt scaffolding instead of answering
+                        (any of :data:`REJECTION_PHRASES`, case-insensitive).
+``no-label``            the checker cannot find a gold answer in the label (or original response).
+``no-answer``           the checker cannot find an answer in the rewrite.
+``wrong-answer``        the rewrite's answer differs from the gold one.
+
+Checkers (``distill.checker``): ``final-number`` (GSM8K: the gold number is after ``####`` in the
+label or original response; the rewrite's is its last ``#### N``, else ``\\boxed{N}``, else "the
+answer is N", else its last number; compared numerically with commas and ``$`` stripped),
+``choice-letter`` (A-E), ``none`` (only the phrase and length rules apply).
+
+Generation runs in shards of ``distill.shard_size`` rows, each written atomically to
+``ctx.work_dir`` as soon as it is done. A killed run resumes without regenerating finished shards.
+A shard's content depends only on its own rows and the settings (rows are length-sorted and batched
+within the shard, sampling is seeded per shard), so under greedy decoding a resumed run produces
+the same dataset as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import json
+import logging
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
+
+from .data import get_value, load_rows
+from .errors import DataError, StageError
+from .recipe import DistillSection, GenerationSettings, canonical_json
+from .run import StageContext, StageOutput, atomic_write_bytes
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger("hubsdd.distill")
+
+BUILTIN_TEMPLATES = {"general": "distill_general.md.j2", "math": "distill_math.md.j2"}
+DATA_FILE = "data/train.parquet"
+VLLM_FIX = "pip install 'hubsdd[vllm]'"
+
+# A rewrite containing one of these talks about the prompt instead of answering it: trained on, it
+# would teach the student to mention a reference that never exists at inference time.
+REJECTION_PHRASES: tuple[str, ...] = (
+    "reference answer",
+    "reference solution",
+    "reference response",
+    "the reference",
+    "original answer",
+    "original response",
+    "original solution",
+    "your response",
+    "the given answer",
+    "the provided answer",
+    "the provided solution",
+    "as a guide",
+)
+
+REASONS = ("empty", "truncated", "mentions-reference", "no-label", "no-answer", "wrong-answer")
+
+Messages = list[dict[str, str]]
+
+
+# --------------------------------------------------------------------------- templates
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    name: str
+    text: str
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()
+
+    def render(self, instruction: str, input: str, reference: str) -> str:
+        import jinja2
+
+        env = jinja2.Environment(undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                                 keep_trailing_newline=False)
+        try:
+            return env.from_string(self.text).render(instruction=instruction, input=input, reference=reference).strip()
+        except jinja2.TemplateError as exc:
+            raise StageError(f"distill.template: cannot render {self.name}: {exc}",
+                             fix="the template may use only `instruction`, `input` and `reference`") from None
+
+
+def load_template(value: str, base_dir: Path | None = None) -> PromptTemplate:
+    """'general' / 'math' from the packaged templates, else a Jinja file (recipe-relative or package:)."""
+    from .recipe import resolve_path
+
+    if value in BUILTIN_TEMPLATES:
+        text = importlib.resources.files("hubsdd.templates").joinpath(BUILTIN_TEMPLATES[value]).read_text(encoding="utf-8")
+        return PromptTemplate(value, text)
+    try:
+        path = resolve_path(value, base_dir or Path.cwd())
+        text = path.read_text(encoding="utf-8")
+    except (FileNotFoundError, IsADirectoryError) as exc:
+        raise StageError(f"distill.template: {value!r} is neither 'general', 'math' nor a readable file ({exc})",
+                         fix="use 'general' or 'math', or a path (relative to the recipe) to a Jinja template") from None
+    return PromptTemplate(Path(value).name, text)
+
+
+def user_message(instruction: str, input: str | None) -> str:
+    """The user turn a fine-tuned model sees: the instruction, then the input if there is one.
+
+    Shared with the finetune stage so that student training prompts are built one way."""
+    return f"{instruction}\n\n{input}" if input else instruction
+
+
+# --------------------------------------------------------------------------- answer extraction
+
+_NUM = r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
+_HASH_RE = re.compile(r"####\s*\$?\s*(" + _NUM + ")")
+_BOXED_RE = re.compile(r"\\boxed\{\s*\$?\s*(" + _NUM + ")")
+_ANSWER_IS_RE = re.compile(r"answer\s*(?:is|:|=)\s*(?:\*\*)?\s*\$?\s*(" + _NUM + ")", re.IGNORECASE)
+# The last number: a '-' is a sign only when it does not follow a word character ("10-4" is 10, 4).
+_LAST_NUM_RE = re.compile(r"(?:(?<![\w.])-)?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
+
+
+def extract_number(text: str) -> str | None:
+    """The final numeric answer of a response, normalized ("1,000.0" -> "1000"), or None.
+
+    In order: the last ``#### N`` (GSM8K), ``\\boxed{N}``, "the answer is N" / "answer: N", the
+    last number in the text."""
+    if not text:
+        return None
+    for pattern in (_HASH_RE, _BOXED_RE, _ANSWER_IS_RE, _LAST_NUM_RE):
+        found = pattern.findall(text)
+        if found:
+            return normalize_number(found[-1])
+    return None
+
+
+def normalize_number(value: str) -> str | None:
+    try:
+        number = Decimal(value.replace(",", "").replace("$", "").strip())
+    except InvalidOperation:
+        return None
+    if number == number.to_integral_value():
+        return str(int(number))
+    return format(number.normalize(), "f")
+
+
+_LETTER_ONLY_RE = re.compile(r"^\s*\(?([A-E])\)?[.:)]?\s*$")
+_ANSWER_LETTER_RE = re.compile(r"answer\s*(?:is|:)\s*(?:option\s*)?(?:\*\*)?\(?([A-E])\)?(?![A-Za-z])", re.IGNORECASE)
+_PAREN_LETTER_RE = re.compile(r"\(([A-E])\)")
+_LEADING_LETTER_RE = re.compile(r"^\s*([A-E])[.):]\s", re.MULTILINE)
+
+
+def extract_choice(text: str) -> str | None:
+    """The chosen option letter (A-E) of a response, or None.
+
+    In order: the whole text is a letter ("B", "(B)", "B."), the last "answer is B"/"answer: (B)",
+    the last "(B)", the last line starting "B." or "B)"."""
+    if not text:
+        return None
+    m = _LETTER_ONLY_RE.match(text)
+    if m:
+        return m.group(1)
+    for pattern in (_ANSWER_LETTER_RE, _PAREN_LETTER_RE, _LEADING_LETTER_RE):
+        found = pattern.findall(text)
+        if found:
+            return found[-1].upper()
+    return None
+
+
+EXTRACTORS: dict[str, Callable[[str], str | None]] = {
+    "final-number": extract_number,
+    "choice-letter": extract_choice,
+}
+
+
+def find_rejection_phrase(text: str) -> str | None:
+    low = text.lower()
+    return next((p for p in REJECTION_PHRASES if p in low), None)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    verdict: str  # "accepted" | "rejected"
+    reason: str  # "" when accepted, else one of REASONS
+    selected: str
+    label: str | None  # the gold answer the checker compared against
+    answer: str | None  # the answer found in the rewrite
+
+
+def select(rewrite: str, original: str, *, checker: str, label: str | None = None,
+           finish_reason: str = "stop") -> Verdict:
+    """Keep the rewrite or fall back to the original response, and say why.
+
+    ``label`` is the gold answer column if the recipe names one; otherwise the checker parses the
+    gold answer out of the original response (GSM8K's ``#### N``)."""
+    extractor = EXTRACTORS.get(checker)
+    gold = None
+    if extractor is not None:
+        gold = extractor(label if label not in (None, "") else original)
+    elif label not in (None, ""):
+        gold = str(label)
+    answer = extractor(rewrite) if extractor is not None and rewrite else None
+
+    def reject(reason: str) -> Verdict:
+        return Verdict("rejected", reason, original, gold, answer)
+
+    if not rewrite or not rewrite.strip():
+        return reject("empty")
+    if finish_reason == "length":
+        return reject("truncated")
+    if find_rejection_phrase(rewrite):
+        return reject("mentions-reference")
+    if extractor is not None:
+        if gold is None:
+            return reject("no-label")
+        if answer is None:
+            return reject("no-answer")
+        if answer != gold:
+            return reject("wrong-answer")
+    return Verdict("accepted", "", rewrite.strip(), gold, answer)
+
+
+# --------------------------------------------------------------------------- backends
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    tokens: int  # generated tokens, up to and including the end-of-turn token
+    finish_reason: str  # "stop" (end of turn) | "length" (hit max_new_tokens)
+
+
+class GenerationBackend(Protocol):
+    """What distillation needs from an inference engine: chat prompts in, completions out, in order.
+
+    ``seed`` makes sampled generations reproducible per call (the distiller passes one per shard)."""
+
+    name: str
+
+    def generate(self, conversations: Sequence[Messages], *, seed: int) -> list[Generation]: ...
+
+    def close(self) -> None: ...
+
+
+def _eos_ids(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase") -> list[int]:
+    ids: list[int] = []
+    for value in (getattr(getattr(model, "generation_config", None), "eos_token_id", None), tokenizer.eos_token_id):
+        if value is None:
+            continue
+        ids.extend(value if isinstance(value, (list, tuple)) else [value])
+    # Chat models end a turn with a dedicated token that is not always the configured eos.
+    for tok in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>"):
+        tid = tokenizer.convert_tokens_to_ids(tok) if tok in tokenizer.get_vocab() else None
+        if tid is not None:
+            ids.append(tid)
+    return sorted(set(int(i) for i in ids))
+
+
+class TransformersBackend:
+    """Batched ``model.generate``: length-sorted batches, left padding, KV cache, chat template.
+
+    Sorting by prompt length keeps padding (wasted compute) small; left padding keeps every
+    prompt's last token adjacent to the generated ones, which decoder-only generation needs."""
+
+    name = "transformers"
+
+    def __init__(self, model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase",
+                 settings: GenerationSettings) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.settings = settings
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self.eos_ids = _eos_ids(model, tokenizer)
+        if not getattr(tokenizer, "chat_template", None):
+            raise StageError("distill: the teacher's tokenizer has no chat template",
+                             fix="use an instruct/chat base model, or add a chat_template to its tokenizer_config.json")
+
+    def encode(self, conversation: Messages) -> list[int]:
+        text = self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+        # The template already wrote any BOS it wants; adding special tokens again would double it.
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def generate(self, conversations: Sequence[Messages], *, seed: int) -> list[Generation]:
+        import torch
+        from transformers import GenerationConfig
+
+        s = self.settings
+        encoded = [self.encode(c) for c in conversations]
+        # Longest first: an out-of-memory batch fails at once, not at the end.
+        order = sorted(range(len(encoded)), key=lambda i: (-len(encoded[i]), i))
+        kwargs: dict[str, Any] = dict(max_new_tokens=s.max_new_tokens, do_sample=s.do_sample, use_cache=True,
+                                      pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.eos_ids)
+        if s.do_sample:
+            kwargs.update(temperature=s.temperature, top_p=s.top_p, top_k=0)
+        config = GenerationConfig(**kwargs)
+        device = next(self.model.parameters()).device
+        pad = self.tokenizer.pad_token_id
+        results: list[Generation | None] = [None] * len(encoded)
+        for b, start in enumerate(range(0, len(order), s.batch_size)):
+            batch = order[start:start + s.batch_size]
+            width = max(len(encoded[i]) for i in batch)
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, i in enumerate(batch):
+                seq = encoded[i]
+                ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
+                mask[row, width - len(seq):] = 1
+            if s.do_sample:
+                torch.manual_seed(seed * 1_000_003 + b)
+            with torch.inference_mode():
+                out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                          generation_config=config)
+            new = out[:, width:].tolist()
+            for row, i in enumerate(batch):
+                results[i] = self._finish(new[row])
+        return results  # type: ignore[return-value]
+
+    def _finish(self, tokens: list[int]) -> Generation:
+        eos = set(self.eos_ids)
+        end = next((k for k, t in enumerate(tokens) if t in eos), None)
+        if end is None:
+            kept, n, reason = tokens, len(tokens), "length" if len(tokens) >= self.settings.max_new_tokens else "stop"
+        else:
+            kept, n, reason = tokens[:end], end + 1, "stop"
+        text = self.tokenizer.decode(kept, skip_special_tokens=True).strip()
+        return Generation(text, n, reason)
+
+    def close(self) -> None:
+        self.model = None  # type: ignore[assignment]
+
+
+def _import_vllm() -> Any:
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        raise StageError("distill.generation.backend: 'vllm' needs the vllm package, which is not installed",
+                         fix=VLLM_FIX) from None
+    return vllm
+
+
+def _vllm_worker(model_dir: str, settings: dict, devices: str, inbox: Any, outbox: Any) -> None:
+    """One data-parallel replica: its own process pinned to its own GPUs, serving requests until None."""
+    import os
+
+    os.environ["CUDA_VISIBLE_DEVICES"] = devices
+    backend = VLLMBackend(Path(model_dir), GenerationSettings(**settings), _replica=True)
+    while (job := inbox.get()) is not None:
+        token_ids, seed = job
+        outbox.put(backend._generate_ids(token_ids, seed))
+
+
+class VLLMBackend:
+    """vLLM engine: ``tensor_parallel_size`` GPUs per replica, ``data_parallel_size`` replicas.
+
+    Each data-parallel replica is an independent engine in its own process, pinned to its own
+    GPUs; prompts are split evenly between replicas. vLLM is imported only here, so it stays an
+    optional extra (``pip install 'hubsdd[vllm]'``). Each request carries its own seed, so sampled
+    outputs do not depend on how requests are batched."""
+
+    name = "vllm"
+
+    def __init__(self, model_dir: Path, settings: GenerationSettings, *, _replica: bool = False) -> None:
+        vllm = _import_vllm()
+        from transformers import AutoTokenizer
+
+        self.settings = settings
+        self.model_dir = Path(model_dir)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        self.llm = None
+        self.workers: list[tuple[Any, Any, Any]] = []
+        dp, tp = settings.data_parallel_size, settings.tensor_parallel_size
+        if dp == 1 or _replica:
+            self.llm = vllm.LLM(model=str(self.model_dir), tensor_parallel_size=tp, seed=settings.seed,
+                                gpu_memory_utilization=settings.gpu_memory_utilization)
+            return
+        import multiprocessing as mp
+        import os
+
+        ctx = mp.get_context("spawn")
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        gpus = visible.split(",") if visible else [str(i) for i in range(dp * tp)]
+        if len(gpus) < dp * tp:
+            raise StageError(f"distill.generation: data_parallel_size {dp} x tensor_parallel_size {tp} needs "
+                             f"{dp * tp} GPUs, {len(gpus)} visible",
+                             fix="lower data_parallel_size or tensor_parallel_size")
+        for r in range(dp):
+            inbox, outbox = ctx.Queue(), ctx.Queue()
+            proc = ctx.Process(target=_vllm_worker, daemon=True,
+                               args=(str(self.model_dir), settings.model_dump(), ",".join(gpus[r * tp:(r + 1) * tp]),
+                                     inbox, outbox))
+            proc.start()
+            self.workers.append((proc, inbox, outbox))
+
+    def _generate_ids(self, token_ids: list[list[int]], seed: int) -> list[tuple[str, int, str]]:
+        from vllm import SamplingParams
+
+        s = self.settings
+        params = [SamplingParams(n=1, max_tokens=s.max_new_tokens, seed=seed * 1_000_003 + k,
+                                 temperature=s.temperature if s.do_sample else 0.0,
+                                 top_p=s.top_p if s.do_sample else 1.0)
+                  for k in range(len(token_ids))]
+        outs = self.llm.generate([{"prompt_token_ids": ids} for ids in token_ids], params, use_tqdm=False)
+        return [(o.outputs[0].text.strip(), len(o.outputs[0].token_ids),
+                 "length" if o.outputs[0].finish_reason == "length" else "stop") for o in outs]
+
+    def generate(self, conversations: Sequence[Messages], *, seed: int) -> list[Generation]:
+        ids = [self.tokenizer(self.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False),
+                              add_special_tokens=False)["input_ids"] for c in conversations]
+        if not self.workers:
+            return [Generation(*t) for t in self._generate_ids(ids, seed)]
+        n = len(self.workers)
+        chunks = [ids[r::n] for r in range(n)]
+        for r, (_, inbox, _) in enumerate(self.workers):
+            inbox.put((chunks[r], seed * 131 + r))
+        parts = [outbox.get() for _, _, outbox in self.workers]
+        out: list[Generation | None] = [None] * len(ids)
+        for r, part in enumerate(parts):
+            for k, t in enumerate(part):
+                out[r + k * n] = Generation(*t)
+        return out  # type: ignore[return-value]
+
+    def close(self) -> None:
+        for proc, inbox, _ in self.workers:
+            inbox.put(None)
+            proc.join(timeout=60)
+        self.workers = []
+        self.llm = None
+
+
+def make_backend(ctx: StageContext, settings: GenerationSettings) -> GenerationBackend:
+    """The teacher behind the backend the recipe chose: the base model, unpruned."""
+    from .models import base_model_dir, default_device, load_base, set_threads
+
+    if settings.backend == "vllm":
+        return VLLMBackend(base_model_dir(ctx), settings)
+    set_threads()
+    model, tok = load_base(ctx, device=default_device())
+    return TransformersBackend(model, tok, settings)
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+@dataclass(frozen=True)
+class Example:
+    instruction: str
+    input: str
+    original: str
+    label: str | None
+
+
+def _as_text(value: Any) -> str:
+    return "" if value is None else value if isinstance(value, str) else str(value)
+
+
+def read_examples(section: DistillSection, base_dir: Path) -> list[Example]:
+    cols = section.columns
+    fields = {"distill.columns.instruction": cols.instruction, "distill.columns.response": cols.response}
+    if cols.input:
+        fields["distill.columns.input"] = cols.input
+    if cols.label:
+        fields["distill.columns.label"] = cols.label
+    rows = load_rows(section.data, base_dir, columns=fields, where="distill.data")
+    out = []
+    for row in rows:
+        out.append(Example(
+            instruction=_as_text(get_value(row, cols.instruction, None)),
+            input=_as_text(get_value(row, cols.input, None)) if cols.input else "",
+            original=_as_text(get_value(row, cols.response, None)),
+            label=_as_text(get_value(row, cols.label, None)) if cols.label else None,
+        ))
+    empty = sum(1 for e in out if not e.instruction.strip() or not e.original.strip())
+    if empty == len(out):
+        raise DataError(f"distill.columns: every row has an empty instruction or response in {section.data.path or section.data.dataset}",
+                        fix="check distill.columns.instruction and distill.columns.response")
+    return out
+
+
+SHARD_SCHEMA_FIELDS = (("row", "int64"), ("rewrite", "string"), ("tokens", "int64"), ("finish_reason", "string"))
+DATA_FIELDS = (("instruction", "string"), ("input", "string"), ("original", "string"), ("rewrite", "string"),
+               ("selected", "string"), ("verdict", "string"), ("reason", "string"), ("label", "string"),
+               ("answer", "string"), ("finish_reason", "string"), ("tokens", "int64"))
+
+
+def _schema(fields: tuple[tuple[str, str], ...]) -> Any:
+    import pyarrow as pa
+
+    return pa.schema([(name, getattr(pa, kind)()) for name, kind in fields])
+
+
+def _write_parquet(path: Path, records: list[dict], fields: tuple[tuple[str, str], ...], meta: dict) -> None:
+    """Atomically: a reader (or a resumed run) sees a whole shard or none."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pylist(records, schema=_schema(fields))
+    table = table.replace_schema_metadata({b"hubsdd": json.dumps(meta, sort_keys=True, default=str).encode()})
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+
+
+def _read_shard(path: Path, key: str) -> tuple[list[dict], dict] | None:
+    """A finished shard's rows and metadata, or None when it is absent, torn, or from other inputs."""
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+        meta = json.loads((table.schema.metadata or {}).get(b"hubsdd", b"{}"))
+    except (OSError, ValueError):
+        return None
+    if meta.get("key") != key:
+        return None
+    return table.to_pylist(), meta
+
+
+def shard_key(prompts: list[str], settings: GenerationSettings, teacher: str, index: int) -> str:
+    """What a shard's content depends on: its prompts, the decoding settings, the teacher, its seed."""
+    payload = {"prompts": prompts, "generation": settings.model_dump(mode="json"), "teacher": teacher, "index": index}
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+
+
+def run_distill(ctx: StageContext, *, backend: GenerationBackend | None = None,
+                on_shard: Callable[[int, int, bool], None] | None = None) -> StageOutput:
+    """Entry of the ``distill`` stage.
+
+    ``backend`` replaces the one the recipe names (notebooks, tests); ``on_shard(index, total,
+    resumed)`` is called after each shard is on disk (progress bars, tests that simulate a kill)."""
+    started = time.time()
+    section: DistillSection = ctx.section
+    settings = section.generation
+    base = ctx.input("base")
+    teacher = base.outputs.get("hub_id") or Path(str(base.outputs.get("model_dir", "base"))).name
+    teacher_sha = base.outputs.get("commit_sha")
+    template = load_template(section.template, ctx.recipe.source_dir)
+    examples = read_examples(section, ctx.recipe.source_dir)
+    prompts = [template.render(e.instruction, e.input, e.original) for e in examples]
+
+    shard_dir = ctx.work_dir / "shards"
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    size = section.shard_size
+    bounds = [(start, min(start + size, len(examples))) for start in range(0, len(examples), size)]
+    generations: list[dict] = []
+    gen_seconds = 0.0
+    resumed = 0
+    teacher_identity = f"{teacher}@{teacher_sha or base.data.get('fingerprint', '')}"
+    own_backend = backend is None
+    try:
+        for k, (lo, hi) in enumerate(bounds):
+            key = shard_key(prompts[lo:hi], settings, teacher_identity, k)
+            path = shard_dir / f"shard-{k:05d}.parquet"
+            found = _read_shard(path, key) if path.exists() else None
+            if found is not None:
+                rows, meta = found
+                resumed += 1
+            else:
+                if backend is None:
+                    backend = make_backend(ctx, settings)
+                t0 = time.perf_counter()
+                outs = backend.generate([[{"role": "user", "content": p}] for p in prompts[lo:hi]],
+                                        seed=settings.seed + k)
+                seconds = time.perf_counter() - t0
+                rows = [{"row": lo + j, "rewrite": g.text, "tokens": g.tokens, "finish_reason": g.finish_reason}
+                        for j, g in enumerate(outs)]
+                meta = {"key": key, "seconds": seconds, "tokens": sum(g.tokens for g in outs), "backend": backend.name}
+                _write_parquet(path, rows, SHARD_SCHEMA_FIELDS, meta)
+                log.info("distill: shard %d/%d, %d rows, %.1f tok/s", k + 1, len(bounds), hi - lo,
+                         meta["tokens"] / max(seconds, 1e-9))
+            gen_seconds += float(meta.get("seconds", 0.0))
+            generations.extend(rows)
+            if on_shard is not None:
+                on_shard(k, len(bounds), found is not None)
+    finally:
+        if own_backend and backend is not None:
+            backend.close()
+
+    records = []
+    reasons: Counter[str] = Counter()
+    for gen in generations:
+        ex = examples[gen["row"]]
+        v = select(gen["rewrite"], ex.original, checker=section.checker, label=ex.label,
+                   finish_reason=gen["finish_reason"])
+        if v.verdict == "rejected":
+            reasons[v.reason] += 1
+        records.append({"instruction": ex.instruction, "input": ex.input, "original": ex.original,
+                        "rewrite": gen["rewrite"], "selected": v.selected, "verdict": v.verdict,
+                        "reason": v.reason, "label": v.label if v.label is not None else ex.label,
+                        "answer": v.answer, "finish_reason": gen["finish_reason"], "tokens": gen["tokens"]})
+
+    generation = settings.model_dump(mode="json")
+    provenance = {
+        "teacher": teacher, "teacher_sha": teacher_sha,
+        "template_name": template.name, "template_sha256": template.sha256,
+        "checker": section.checker, "rejection_phrases": list(REJECTION_PHRASES),
+        "generation": generation, "source": section.data.model_dump(mode="json", exclude_none=True),
+    }
+    _write_parquet(ctx.out_dir / DATA_FILE, records, DATA_FIELDS, provenance)
+
+    n = len(records)
+    accepted = sum(1 for r in records if r["verdict"] == "accepted")
+    tokens = sum(r["tokens"] for r in records)
+    metrics = {
+        "rows": n,
+        "accepted": accepted,
+        "rejected": n - accepted,
+        "acceptance_rate": round(accepted / n, 4) if n else 0.0,
+        "rejection_reasons": {r: reasons[r] for r in REASONS if reasons[r]},
+        "tokens_generated": tokens,
+        "mean_rewrite_tokens": round(tokens / n, 1) if n else 0.0,
+        "generation_seconds": round(gen_seconds, 3),
+        "tokens_per_second": round(tokens / gen_seconds, 2) if gen_seconds > 0 else None,
+        "shards": len(bounds),
+        "shards_resumed": resumed,
+        "seconds": round(time.time() - started, 3),
+    }
+    outputs = {
+        "data": DATA_FILE,
+        "template_name": template.name,
+        "template_sha256": template.sha256,
+        "template_text": template.text,
+        "teacher": teacher,
+        "teacher_sha": teacher_sha,
+        "source": section.data.model_dump(mode="json", exclude_none=True),
+        "columns": section.columns.model_dump(mode="json"),
+        "data_license": section.data_license,
+        "checker": section.checker,
+        "rejection_phrases": list(REJECTION_PHRASES),
+        "generation": generation,
+    }
+    return StageOutput(outputs=outputs, metrics=metrics)

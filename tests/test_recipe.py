@@ -1,0 +1,119 @@
+"""Recipes: every shipped recipe validates; each kind of mistake names its YAML path and line."""
+
+from pathlib import Path
+
+import pytest
+
+from hubsdd.errors import RecipeError
+from hubsdd.recipe import load_recipe, parse_recipe, resolve_path
+
+RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
+
+MINIMAL = """\
+name: t
+base:
+  model: org/model
+prune:
+  blocks: 2
+  calibration:
+    path: cal.jsonl
+"""
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
+def test_shipped_recipes_validate(path):
+    recipe = load_recipe(path)
+    assert recipe.prune.blocks >= 1
+    assert recipe.base.model  # the card needs the Hub id
+
+
+def test_shipped_recipes_exist():
+    names = {p.name for p in RECIPES}
+    assert {"smollm2-135m-demo.yaml", "llama3.1-8b-instruct-sdd.yaml"} <= names
+
+
+def test_paper_recipe_removes_six_of_32():
+    recipe = load_recipe(Path(__file__).parent.parent / "recipes" / "llama3.1-8b-instruct-sdd.yaml")
+    assert recipe.base.model == "meta-llama/Llama-3.1-8B-Instruct"
+    assert recipe.prune.blocks == 6 and recipe.prune.method == "angular"
+
+
+def problems(text):
+    with pytest.raises(RecipeError) as info:
+        parse_recipe(text, "r.yaml")
+    return info.value.problems
+
+
+def test_minimal_recipe_defaults():
+    r = parse_recipe(MINIMAL)
+    assert r.base.trust_remote_code is False and r.base.allow_pickle is False
+    assert r.prune.method == "angular" and r.prune.token_position == "last"
+    assert r.distill is None and r.publish.release == "auto"
+
+
+def test_wrong_type_names_path_and_line():
+    [p] = problems(MINIMAL.replace("blocks: 2", "blocks: two"))
+    assert p.startswith("prune.blocks (line 5):") and "'two'" in p
+
+
+def test_unknown_key_names_path_line_and_allowed_keys():
+    [p] = problems(MINIMAL.replace("  model: org/model", "  model: org/model\n  dtpye: float16"))
+    assert p.startswith("base.dtpye (line 4): unknown key 'dtpye'")
+    assert "dtype" in p
+
+
+def test_unknown_nested_key():
+    [p] = problems(MINIMAL + "    colum: text\n")
+    assert p.startswith("prune.calibration.colum (line 8)")
+
+
+def test_missing_base():
+    [p] = problems(MINIMAL.replace("base:\n  model: org/model\n", ""))
+    assert p == "base: required field is missing"
+
+
+def test_base_without_any_source():
+    [p] = problems(MINIMAL.replace("  model: org/model", "  dtype: float32"))
+    assert p.startswith("base (line 2)") and "`model`" in p
+
+
+def test_bad_yaml_names_line():
+    [p] = problems(MINIMAL.replace("blocks: 2", "blocks: [2"))
+    assert "not valid YAML at line" in p
+
+
+def test_every_error_is_reported_at_once():
+    text = MINIMAL.replace("blocks: 2", "blocks: -1").replace("  model: org/model", "  model: not a hub id")
+    ps = problems(text)
+    assert len(ps) == 2
+    assert any(p.startswith("base.model") for p in ps) and any(p.startswith("prune.blocks") for p in ps)
+
+
+def test_cross_section_merge_needs_known_variants():
+    text = MINIMAL + """\
+distill:
+  data: {path: d.jsonl}
+finetune:
+  variants: {sdd: {data: distilled}}
+merge:
+  models: [sdd, nope]
+"""
+    [p] = problems(text)
+    assert "merge.models" in p and "nope" in p
+
+
+def test_empty_file_and_non_mapping():
+    assert problems("") == ["the file is empty"]
+    assert "expected a mapping" in problems("- a\n- b\n")[0]
+
+
+def test_missing_file_is_a_recipe_error(tmp_path):
+    with pytest.raises(RecipeError) as info:
+        load_recipe(tmp_path / "nope.yaml")
+    assert "file not found" in str(info.value)
+
+
+def test_package_paths_resolve_without_importing(tmp_path):
+    p = resolve_path("package:json/__init__.py", tmp_path)
+    assert p.name == "__init__.py" and p.exists()
+    assert resolve_path("rel/x.jsonl", tmp_path) == tmp_path / "rel/x.jsonl"

@@ -1,0 +1,107 @@
+"""The stage runner: fingerprints, skipping, rerunning what changed, atomic stage folders."""
+
+import json
+
+import pytest
+
+import hubsdd
+from hubsdd import run as runner
+from hubsdd.errors import StageError
+from hubsdd.recipe import parse_recipe
+
+
+def events_of(recipe, **kw):
+    seen = []
+    runner.run(recipe, on_event=lambda stage, status, s: seen.append((stage, status)), **kw)
+    return [e for e in seen if e[1] != "skipped"]
+
+
+def test_first_run_then_everything_cached(tiny_recipe_text):
+    recipe = parse_recipe(tiny_recipe_text)
+    assert [p.status for p in runner.plan(recipe)][:2] == ["pending", "pending"]
+    first = events_of(recipe)
+    assert first == [("base", "running"), ("base", "done"), ("prune", "running"), ("prune", "done"),
+                     ("card", "running"), ("card", "done")]
+    assert events_of(recipe) == [("base", "cached"), ("prune", "cached"), ("card", "cached")]
+    statuses = {p.name: p.status for p in runner.plan(recipe)}
+    assert statuses == {"base": "cached", "prune": "cached", "distill": "disabled", "finetune": "disabled",
+                        "merge": "disabled", "evaluate": "disabled", "card": "cached"}
+
+
+def test_changing_blocks_reruns_prune_not_base(tiny_recipe_text):
+    runner.run(parse_recipe(tiny_recipe_text))
+    changed = parse_recipe(tiny_recipe_text.replace("blocks: 2", "blocks: 3"))
+    assert {p.name: p.status for p in runner.plan(changed)}["prune"] == "stale"
+    assert events_of(changed) == [("base", "cached"), ("prune", "running"), ("prune", "done"),
+                                  ("card", "running"), ("card", "done")]
+    stage = json.loads((changed.run_dir / "prune" / "stage.json").read_text())
+    assert stage["metrics"]["layers_after"] == 3
+    assert stage["inputs"]["base"] == json.loads((changed.run_dir / "base" / "stage.json").read_text())["fingerprint"]
+
+
+def test_stage_json_records_config_inputs_versions_timings(tiny_recipe_text):
+    recipe = parse_recipe(tiny_recipe_text)
+    runner.run(recipe, until="prune")
+    data = json.loads((recipe.run_dir / "prune" / "stage.json").read_text())
+    assert data["config"]["blocks"] == 2
+    assert set(data["inputs"]) == {"base"}
+    assert data["versions"]["hubsdd"] == hubsdd.__version__ and "torch" in data["versions"]
+    assert data["seconds"] >= 0 and data["started_at"]
+    assert len(data["fingerprint"]) == 64
+
+
+def test_failed_stage_leaves_nothing_a_rerun_would_trust(tiny_recipe_text, monkeypatch):
+    recipe = parse_recipe(tiny_recipe_text)
+    runner.run(recipe, until="base")
+
+    def crash(ctx):
+        (ctx.out_dir / "model").mkdir()
+        (ctx.out_dir / "model" / "half-written.safetensors").write_bytes(b"\0" * 10)
+        raise KeyboardInterrupt  # what a Ctrl-C / kill in the middle of a stage looks like
+
+    import hubsdd.prune
+
+    monkeypatch.setattr(hubsdd.prune, "run_prune", crash)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(recipe)
+    assert not (recipe.run_dir / "prune").exists()
+    assert not list(recipe.run_dir.glob(".staging-*"))
+    monkeypatch.undo()
+    assert events_of(recipe)[:3] == [("base", "cached"), ("prune", "running"), ("prune", "done")]
+
+
+def test_staging_left_by_a_hard_kill_is_ignored_and_cleaned(tiny_recipe_text):
+    recipe = parse_recipe(tiny_recipe_text)
+    runner.run(recipe, until="base")
+    leftover = recipe.run_dir / ".staging-prune-deadbeef"
+    (leftover / "model").mkdir(parents=True)
+    # no stage.json in it: nothing trusts it, and the next run removes it
+    assert {p.name: p.status for p in runner.plan(recipe)}["prune"] == "pending"
+    runner.run(recipe)
+    assert not leftover.exists()
+
+
+def test_second_process_is_refused(tiny_recipe_text):
+    recipe = parse_recipe(tiny_recipe_text)
+    with runner.run_lock(recipe.run_dir):
+        with pytest.raises(StageError, match="another hubsdd process"):
+            runner.run(recipe)
+
+
+def test_unknown_until_stage(tiny_recipe_text):
+    with pytest.raises(StageError, match="unknown stage"):
+        runner.run(parse_recipe(tiny_recipe_text), until="prnue")
+
+
+def test_force_reruns_a_cached_stage(tiny_recipe_text):
+    recipe = parse_recipe(tiny_recipe_text)
+    runner.run(recipe)
+    ev = events_of(recipe, force=("prune",))
+    assert ("prune", "running") in ev and ("base", "cached") in ev
+
+
+def test_package_level_run_accepts_a_path(tiny_recipe_text, tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(tiny_recipe_text)
+    results = hubsdd.run(path, until="prune")
+    assert {"base", "prune", "card"} <= set(results)
