@@ -75,3 +75,17 @@ def test_runtime_errors_are_formatted_too(tmp_path, tiny_recipe_text):
 def test_missing_recipe_file(tmp_path):
     proc = hubsdd("plan", str(tmp_path / "nope.yaml"))
     assert proc.returncode == 2 and "file not found" in proc.stderr
+
+
+def test_init_writes_a_valid_recipe_and_workflow(tmp_path):
+    import yaml
+
+    proc = hubsdd("init", "--github-action", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert hubsdd("validate", "recipe.yaml", cwd=tmp_path).returncode == 0
+    workflow = yaml.safe_load((tmp_path / ".github/workflows/publish.yml").read_text())
+    steps = workflow["jobs"]["publish"]["steps"]
+    publish = [s for s in steps if s.get("name") == "Publish"][0]
+    assert publish["env"]["HF_TOKEN"] == "${{ secrets.HF_TOKEN }}" and "hubsdd publish recipe.yaml" in publish["run"]
+    again = hubsdd("init", cwd=tmp_path)
+    assert again.returncode == 1 and "--force" in again.stderr
