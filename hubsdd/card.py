@@ -234,7 +234,8 @@ def render_model_card(recipe: Any, results: dict[str, StageResult], release: str
     )
 
 
-def render_dataset_card(recipe: Any, results: dict[str, StageResult], data_files: list[str]) -> Any:
+def render_dataset_card(recipe: Any, results: dict[str, StageResult], data_files: list[str],
+                        files: dict[str, str] | None = None, fingerprint: str | None = None) -> Any:
     from huggingface_hub import DatasetCard, DatasetCardData
 
     distill = results["distill"]
@@ -248,6 +249,8 @@ def render_dataset_card(recipe: Any, results: dict[str, StageResult], data_files
         pretty_name=f"{recipe.name} self-distilled data",
         size_categories=[_size_category(distill.metrics.get("rows", len(rows)))],
         configs=[{"config_name": "default", "data_files": [{"split": "train", "path": p} for p in data_files]}],
+        # Lets `hubsdd publish` know which files of the dataset repo it created.
+        hubsdd={"version": __version__, "run_fingerprint": fingerprint, "files": files or {}},
     )
     return DatasetCard.from_template(
         card_data,
@@ -287,12 +290,15 @@ def _link(src: Path, dest: Path) -> None:
         shutil.copy2(src, dest)
 
 
-def release_file_hashes(model_out: Path) -> dict[str, str]:
-    """sha256 of every file of a release except the card itself (which lists them)."""
-    return {
-        str(p.relative_to(model_out)): sha256_file(p)
-        for p in sorted(model_out.rglob("*")) if p.is_file() and p.name != "README.md"
-    }
+def release_file_hashes(folder: Path) -> dict[str, str]:
+    """sha256 of every file of a release except the card itself (which lists them) and hidden
+    files (which publish does not upload)."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder)
+        if p.is_file() and str(rel) != "README.md" and not any(part.startswith(".") for part in rel.parts):
+            out[str(rel)] = sha256_file(p)
+    return out
 
 
 def assemble_release(recipe: Any, results: dict[str, StageResult], out_dir: Path, fingerprint: str) -> dict:
@@ -328,7 +334,8 @@ def assemble_release(recipe: Any, results: dict[str, StageResult], out_dir: Path
         data_out = out_dir / "dataset"
         data_files = ["data/train.parquet"]
         _link(results["distill"].path("data"), data_out / data_files[0])
-        render_dataset_card(recipe, results, data_files).save(data_out / "README.md")
+        render_dataset_card(recipe, results, data_files, release_file_hashes(data_out), fingerprint).save(
+            data_out / "README.md")
         written["dataset_dir"] = "dataset"
     return written
 
@@ -358,5 +365,7 @@ def rerender(run_dir: Path) -> Path:
     release = card.outputs.get("release", "pruned")
     render_model_card(recipe, results, release, files, card.fingerprint).save(model_out / "README.md")
     if "dataset_dir" in card.outputs and "distill" in results:
-        render_dataset_card(recipe, results, ["data/train.parquet"]).save(card.path("dataset_dir") / "README.md")
+        data_out = card.path("dataset_dir")
+        render_dataset_card(recipe, results, ["data/train.parquet"], release_file_hashes(data_out),
+                            card.fingerprint).save(data_out / "README.md")
     return model_out / "README.md"

@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -158,7 +157,13 @@ def _hub_errors(action: str, repo_id: str | None = None) -> Iterator[None]:
 
     ns = repo_id.split("/")[0] if repo_id else None
     try:
-        yield
+        try:
+            yield
+        except RuntimeError as exc:
+            # The client wraps a failed LFS upload ("Error while uploading ..."): judge the cause.
+            if isinstance(exc.__cause__, (HfHubHTTPError, httpx2.TransportError)):
+                raise exc.__cause__ from None
+            raise
     except HubsddError:
         raise
     except HfHubHTTPError as exc:
@@ -185,6 +190,11 @@ def _hub_errors(action: str, repo_id: str | None = None) -> Iterator[None]:
                        fix="check the network connection and HF_ENDPOINT") from None
     except ValueError as exc:  # e.g. create_commit's own README metadata check
         raise HubError(f"{action}: {exc}") from None
+    except (OSError, RuntimeError) as exc:  # hf_xet and other transports raise their own errors
+        xet = "xet" in str(exc).lower()
+        raise HubError(f"{action}: {type(exc).__name__}: {str(exc).strip()[:500]}",
+                       fix="set HF_HUB_DISABLE_XET=1: this Hub endpoint does not speak Xet storage" if xet
+                       else "retry; a rerun resumes without duplicating commits or re-sending uploaded files") from None
 
 
 def _token(token: str | None) -> str:
@@ -389,51 +399,70 @@ def _matches(local: dict[str, ReleaseFile], remote: dict[str, Any], stale: list[
 # --------------------------------------------------------------------------- publish
 
 
-def _publish_repo(api: Any, release: _Release, repo_id: str, *, private: bool, create_pr: bool,
-                  revision: str | None, overwrite: bool, commit_message: str, commit_description: str
-                  ) -> RepoResult:
-    """Create the repository if needed and make at most one commit holding the release."""
-    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
-    from huggingface_hub.errors import RevisionNotFoundError
+@dataclass
+class _Plan:
+    """What one repository needs, worked out before anything is written to either repository."""
+
+    release: _Release
+    result: RepoResult
+    exists: bool
+    branch_exists: bool
+    head: str | None
+    previous: set[str] | None
+
+
+def _plan_repo(api: Any, release: _Release, repo_id: str, *, private: bool, create_pr: bool,
+               revision: str | None, overwrite: bool) -> _Plan:
+    """Read the repository's current state and decide: conflict, nothing to do, or which commit.
+
+    Nothing is written here, so a conflict in the model repository is found before the dataset
+    repository receives anything."""
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
     kind = release.kind
     branch = revision or "main"
     result = RepoResult(repo_id=repo_id, repo_type=kind, url=_repo_url(repo_id, kind), revision=branch,
                         files=[(f.path, f.size) for f in release.files], card_text=release.card_text,
                         create_pr=create_pr, private=private)
-    with _hub_errors(f"publishing to {kind} repository {repo_id}", repo_id):
-        api.create_repo(repo_id, repo_type=kind, private=private, exist_ok=True)
+    local = release.by_path
+    with _hub_errors(f"reading {kind} repository {repo_id}", repo_id):
+        try:
+            api.repo_info(repo_id, repo_type=kind)
+        except RepositoryNotFoundError:
+            # Created empty at apply time; with create_pr the release is then proposed against its
+            # empty main branch, which stays untouched as --pr promises.
+            result.changed = sorted(local)
+            return _Plan(release, result, exists=False, branch_exists=False, head=None, previous=None)
         try:
             head = api.repo_info(repo_id, repo_type=kind, revision=branch).sha
+            branch_exists = True
         except RevisionNotFoundError:
             if create_pr:
                 raise HubError(f"{repo_id} has no revision {branch!r} to open a pull request against",
                                fix="pass an existing branch with --revision") from None
-            api.create_branch(repo_id, repo_type=kind, branch=branch, exist_ok=True)
-            head = api.repo_info(repo_id, repo_type=kind, revision=branch).sha
+            head = api.repo_info(repo_id, repo_type=kind).sha  # the new branch starts from main
+            branch_exists = False
 
         remote = _remote_files(api, repo_id, kind, head)
         previous = _remote_release(api, repo_id, kind, head, remote)
         owned = (previous or set()) | set(ALWAYS_OWNED)
         result.foreign = sorted(set(remote) - owned)
         if result.foreign and not (create_pr or overwrite):
-            shown = ", ".join(result.foreign[:8]) + (" …" if len(result.foreign) > 8 else "")
+            shown = ", ".join(result.foreign[:8]) + (" ..." if len(result.foreign) > 8 else "")
             raise RepoConflictError(
-                f"{kind} repository {repo_id}@{branch} holds {len(result.foreign)} file(s) hubsdd did not create: {shown}",
+                f"{kind} repository {repo_id}@{branch} holds {len(result.foreign)} file(s) hubsdd did not create: "
+                f"{shown}",
                 fix="publish as a pull request with `--pr`, choose another repository, or pass `--overwrite` to "
                     "add the release beside them (hubsdd never deletes files it did not create)")
-        local = release.by_path
         # Only files a previous hubsdd release created are deleted, and never .gitattributes.
         result.deleted = sorted(p for p in (previous or set()) if p in remote and p not in local
                                 and p not in (".gitattributes", "README.md"))
         result.changed = sorted(p for p, f in local.items() if not _same(f, remote.get(p)))
-
-        if _matches(local, remote, result.deleted):
+        if branch_exists and _matches(local, remote, result.deleted):
             log.info("%s already holds this release at %s: no commit", repo_id, head[:12])
             result.skipped, result.commit_sha = True, head
             result.commit_url = f"{result.url}/commit/{head}"
-            return result
-        if create_pr:
+        elif create_pr:
             existing = _matching_pr(api, repo_id, kind, local, previous)
             if existing is not None:
                 ref, sha = existing
@@ -441,14 +470,33 @@ def _publish_repo(api: Any, release: _Release, repo_id: str, *, private: bool, c
                 result.skipped, result.commit_sha, result.pr_ref = True, sha, ref
                 result.pr_url = f"{result.url}/discussions/{ref.rsplit('/', 1)[-1]}"
                 result.commit_url = f"{result.url}/commit/{sha}"
-                return result
+    return _Plan(release, result, exists=True, branch_exists=branch_exists, head=head, previous=previous)
 
-        ops: list[Any] = [CommitOperationAdd(path_in_repo=f.path, path_or_fileobj=f.data if f.data is not None
-                                             else str(f.local)) for f in release.files]
+
+def _apply_plan(api: Any, plan: _Plan, *, commit_message: str, commit_description: str) -> RepoResult:
+    """Create what is missing and make the one commit (unless the plan says there is nothing to do)."""
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
+    result, release = plan.result, plan.release
+    if result.skipped:
+        return result
+    repo_id, kind, branch = result.repo_id, result.repo_type, result.revision
+    with _hub_errors(f"publishing to {kind} repository {repo_id}", repo_id):
+        head = plan.head
+        if not plan.exists:
+            api.create_repo(repo_id, repo_type=kind, private=result.private, exist_ok=True)
+        if not plan.branch_exists and branch != "main":
+            api.create_branch(repo_id, repo_type=kind, branch=branch, revision=head, exist_ok=True)
+        if head is None or not plan.branch_exists:
+            head = api.repo_info(repo_id, repo_type=kind, revision=branch).sha
+        ops: list[Any] = [CommitOperationAdd(path_in_repo=f.path,
+                                             path_or_fileobj=f.data if f.data is not None else str(f.local))
+                          for f in release.files]
         ops += [CommitOperationDelete(path_in_repo=p) for p in result.deleted]
+        # parent_commit: if someone pushed since we looked, fail instead of committing over their work.
         info = api.create_commit(repo_id, operations=ops, commit_message=commit_message,
                                  commit_description=commit_description, repo_type=kind, revision=branch,
-                                 create_pr=create_pr, parent_commit=None if create_pr else head)
+                                 create_pr=result.create_pr, parent_commit=None if result.create_pr else head)
         result.commit_sha, result.commit_url = info.oid, info.commit_url
         result.pr_url, result.pr_ref = info.pr_url, info.pr_revision
     return result
@@ -536,11 +584,13 @@ def publish(model_dir: Path, dataset_dir: Path | None = None, *, model_repo: str
     base = model.meta.get("base_model")
     description = (f"Published by hubsdd {__version__}. Base model: {base}. "
                    f"Run fingerprint: {fingerprint}.")
-    common = dict(private=private, create_pr=create_pr, revision=revision, overwrite=overwrite,
-                  commit_message=message, commit_description=description)
+    # Plan both repositories before writing to either: a conflict leaves both untouched.
+    opts = dict(private=private, create_pr=create_pr, revision=revision, overwrite=overwrite)
+    ds_plan = _plan_repo(api, dataset, dataset_repo, **opts) if dataset else None  # type: ignore[arg-type]
+    model_plan = _plan_repo(api, model, model_repo, **opts)
     # Dataset first: the model card links to it.
-    ds_result = _publish_repo(api, dataset, dataset_repo, **common) if dataset else None  # type: ignore[arg-type]
-    model_result = _publish_repo(api, model, model_repo, **common)
+    ds_result = _apply_plan(api, ds_plan, commit_message=message, commit_description=description) if ds_plan else None
+    model_result = _apply_plan(api, model_plan, commit_message=message, commit_description=description)
     if tag_name and not create_pr:
         _tag(api, model_result, tag_name, fingerprint)
     return PublishResult(dry_run=False, endpoint=_endpoint(), model=model_result, dataset=ds_result,
@@ -594,8 +644,9 @@ def pull(repo: str, *, revision: str | None = None, local_dir: Path | None = Non
     listed = {str(k): str(v) for k, v in block["files"].items()}
     mismatches = []
     for rel, expected in sorted(listed.items()):
-        target = (path / rel).resolve()
-        if PurePosixPath(rel).is_absolute() or ".." in PurePosixPath(rel).parts or not target.is_relative_to(path.resolve()):
+        # Not resolved: cache snapshots are symlinks into blobs/. A listed path may not climb out.
+        target = path / rel
+        if PurePosixPath(rel).is_absolute() or ".." in PurePosixPath(rel).parts:
             mismatches.append(f"{rel}: not a path inside the repository")
         elif not target.is_file():
             mismatches.append(f"{rel}: listed in the card but missing")
@@ -692,3 +743,8 @@ def format_summary(result: PullResult) -> str:
         lines.append(f"  not covered by the card: {', '.join(result.unlisted)}")
     lines.append(f"  load with:       AutoModelForCausalLM.from_pretrained({str(result.local_path)!r})")
     return "\n".join(lines)
+
+
+# The names hubsdd.cli uses.
+format_publish_result = format_publish
+format_pull_summary = format_summary

@@ -16,6 +16,8 @@ from hub_fixtures import BAD_TOKEN, OTHER_TOKEN, TOKEN, USER, hub_server  # noqa
 from hubsdd.testing.hub_server import HubServer, git_blob_sha1
 
 REPO = f"{USER}/demo"
+# huggingface_hub's own LFS upload passes a file object as `data=`, which httpx2 deprecates.
+pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
 
 
 @pytest.fixture

@@ -62,7 +62,6 @@ import re
 import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -160,6 +159,12 @@ def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def _header_value(value: Any) -> str:
+    """Header values must be one latin-1 line: messages (YAML errors...) are flattened and cut."""
+    text = " ".join(str(value).split()) if any(c in str(value) for c in "\r\n\t") else str(value)
+    return text.encode("ascii", "replace").decode()[:1000]
 
 
 def _truthy(value: str | None) -> bool:
@@ -562,6 +567,7 @@ class _Fault:
     status: int
     message: str
     remaining: int
+    skip: int = 0  # matching requests let through before the fault fires
 
 
 class _Server(ThreadingHTTPServer):
@@ -663,7 +669,7 @@ class _Handler(BaseHTTPRequestHandler):
         headers.setdefault("Content-Length", str(len(body)))
         headers.setdefault("X-Request-Id", self._request_id)
         for k, v in headers.items():
-            self.send_header(k, str(v))
+            self.send_header(k, _header_value(v))
         self.end_headers()
         if self.command != "HEAD" and body:
             self.wfile.write(body)
@@ -675,7 +681,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _error(self, err: HubHTTPError) -> None:
         headers = dict(err.headers)
         # Header values must be latin-1 and single-line; the JSON body keeps the full message.
-        headers["X-Error-Message"] = err.message.replace("\n", " ").encode("ascii", "replace").decode()[:500]
+        headers["X-Error-Message"] = err.message
         if err.code:
             headers["X-Error-Code"] = err.code
         self._json({"error": err.message}, err.status, headers)
@@ -772,6 +778,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return "create_repo", self._create_repo
             if s == ["api", "repos", "delete"] and method == "DELETE":
                 return "delete_repo", self._delete_repo
+            if n == 3 and s[1] in PLURAL_TO_TYPE and method == "GET":
+                raise _repo_not_found()  # a namespace-less (legacy) id: not hosted here
             if n >= 4 and s[1] in PLURAL_TO_TYPE:
                 self.repo_type = PLURAL_TO_TYPE[s[1]]
                 self.repo_id = self._check_id(s[2], s[3])
@@ -791,6 +799,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.repo_id = self._check_id(s[3], s[4])
             self.oid = s[5]
             return "lfs_upload", self._lfs_upload
+        if n >= off + 3 and s[off + 1] == "resolve" and s[off + 2] != "resolve":
+            # A repository id without a namespace ("gpt2"): legacy ids are not hosted here.
+            raise _repo_not_found()
         if n >= off + 5 and s[off + 2] == "resolve" and method in ("GET", "HEAD"):
             self.repo_id = self._check_id(s[off], s[off + 1])
             self.rev, rest = self._take_revision(s[off + 3:])
@@ -832,6 +843,11 @@ class _Handler(BaseHTTPRequestHandler):
             return ("create_tag", self._create_tag) if method == "POST" else ("delete_tag", self._delete_tag)
         if head == "settings" and method == "PUT":
             return "settings", self._settings
+        if head and head.startswith("xet-"):
+            # Without HF_HUB_DISABLE_XET=1 a client with hf_xet installed asks for Xet storage,
+            # which this server does not speak: say so instead of a bare 404.
+            raise HubHTTPError(501, "this test Hub speaks the LFS protocol only: set HF_HUB_DISABLE_XET=1 "
+                                    "in the client's environment")
         raise HubHTTPError(404, f"No route for {method} /api/{self.repo_type}s/{self.repo_id}/{'/'.join(rest)}")
 
     @staticmethod
@@ -870,7 +886,7 @@ class _Handler(BaseHTTPRequestHandler):
         errors, warnings = validate_card_metadata(content, body.get("repoType") or "model")
         payload = {"errors": [{"message": e} for e in errors], "warnings": [{"message": w} for w in warnings]}
         if errors:
-            self._json(payload, 400, {"X-Error-Message": "; ".join(errors)[:500]})
+            self._json(payload, 400, {"X-Error-Message": "; ".join(errors)})
         else:
             self._json(payload)
 
@@ -1403,7 +1419,7 @@ class HubServer:
         self.url = f"http://{HOST}:{self.port}"
         self.cdn_url = f"http://{HOST}:{self.cdn_port}"
         for srv in self._servers:
-            t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.2},
+            t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05},
                                  name=f"hub-server-{srv.role}", daemon=True)
             t.start()
             self._threads.append(t)
@@ -1449,19 +1465,24 @@ class HubServer:
             if not queue:
                 return None
             fault = queue[0]
+            if fault.skip > 0:
+                fault.skip -= 1
+                return None
             fault.remaining -= 1
             if fault.remaining <= 0:
                 queue.pop(0)
             return fault
 
-    def fail_next(self, kind: str, times: int = 1, status: int = 500, message: str = "injected fault") -> None:
-        """Make the next ``times`` requests of ``kind`` fail with ``status`` (after their body is read).
+    def fail_next(self, kind: str, times: int = 1, status: int = 500, message: str = "injected fault",
+                  after: int = 0) -> None:
+        """Make ``times`` requests of ``kind`` fail with ``status`` (after their body is read), once
+        ``after`` such requests have gone through normally.
 
         Kinds: commit, preupload, lfs_batch, lfs_upload, lfs_verify, resolve, cdn, repo_info, tree,
         paths_info, refs, commits, create_repo, create_tag, create_branch, validate_yaml, whoami.
         """
         with self._stats_lock:
-            self._faults[kind].append(_Fault(status, message, times))
+            self._faults[kind].append(_Fault(status, message, times, after))
 
     def reset_counts(self) -> None:
         with self._stats_lock:
