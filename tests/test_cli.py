@@ -1,6 +1,8 @@
 """The command line: clear errors without tracebacks, and the commands a user runs."""
 
 import os
+
+from hub_fixtures import hub_server  # noqa: F401  (fixture)
 import subprocess
 import sys
 
@@ -89,3 +91,60 @@ def test_init_writes_a_valid_recipe_and_workflow(tmp_path):
     assert publish["env"]["HF_TOKEN"] == "${{ secrets.HF_TOKEN }}" and "hubsdd publish recipe.yaml" in publish["run"]
     again = hubsdd("init", cwd=tmp_path)
     assert again.returncode == 1 and "--force" in again.stderr
+
+
+def _files_containing(root, needle: bytes):
+    from pathlib import Path
+
+    return [p for p in Path(root).rglob("*") if p.is_file() and needle in p.read_bytes()]
+
+
+def test_publish_dry_run_then_publish_then_pull_through_the_cli(tmp_path, tiny_recipe_text, hub_server,
+                                                                monkeypatch, capsys):
+    from huggingface_hub import ModelCard
+
+    from hub_fixtures import TOKEN
+    from hubsdd.cli import main
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    path = tmp_path / "r.yaml"
+    path.write_text(tiny_recipe_text + "publish:\n  model_repo: alice/tiny-pruned\n")
+
+    assert main(["publish", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "Dry run" in out and "model.safetensors" in out and "base_model: hubsdd-tests/tiny-llama" in out
+    assert not hub_server.repo_exists("alice/tiny-pruned")
+
+    assert main(["publish", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "alice/tiny-pruned" in out and "committed" in out
+    commits = hub_server.commits("alice/tiny-pruned")
+    assert len([c for c in commits if c.parents]) == 1  # one commit on top of the repo's initial one
+    assert any(t.startswith("hubsdd-") for t in hub_server.refs("alice/tiny-pruned")["tags"])
+
+    assert main(["pull", "alice/tiny-pruned", "--local-dir", str(tmp_path / "pulled")]) == 0
+    out = capsys.readouterr().out
+    assert "Verified alice/tiny-pruned" in out and "6 -> 4" in out
+    card = ModelCard.load(tmp_path / "pulled" / "README.md")
+    assert card.data.base_model == "hubsdd-tests/tiny-llama"
+
+    # The token is read from the environment only: it is in no file of the run, the release or the Hub.
+    needle = TOKEN.encode()
+    assert _files_containing(tmp_path / "runs", needle) == []
+    assert _files_containing(tmp_path / "pulled", needle) == []
+    assert _files_containing(tmp_path / "hub-storage", needle) == []
+
+
+def test_publish_with_a_bad_token_is_a_clear_error_and_pushes_nothing(tmp_path, tiny_recipe_text, hub_server,
+                                                                      monkeypatch, capsys):
+    from hub_fixtures import BAD_TOKEN
+    from hubsdd.cli import main
+
+    monkeypatch.setenv("HF_TOKEN", BAD_TOKEN)
+    path = tmp_path / "r.yaml"
+    path.write_text(tiny_recipe_text + "publish:\n  model_repo: alice/tiny-pruned\n")
+    assert main(["publish", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "error:" in err and "fix:" in err and "Traceback" not in err
+    assert BAD_TOKEN not in err
+    assert not hub_server.repo_exists("alice/tiny-pruned")
