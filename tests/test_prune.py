@@ -29,6 +29,16 @@ def batch(seed=0, rows=3, length=24, pad_side="right"):
     return {"input_ids": ids, "attention_mask": mask}
 
 
+def unpadded_rows(padded):
+    """Each row of a right-padded batch as its own batch of one, padding cut off."""
+    rows = []
+    for r in range(padded["input_ids"].shape[0]):
+        keep = int(padded["attention_mask"][r].sum())
+        ids = padded["input_ids"][r : r + 1, :keep]
+        rows.append({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+    return rows
+
+
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_score_prune_save_reload_same_logits(arch, tmp_path):
     model = make_tiny_model(arch, layers=6)
@@ -84,28 +94,17 @@ def test_angular_distance_matches_hand_computation():
 def test_last_token_is_the_last_non_pad_token_whichever_side_pads():
     model = make_tiny_model("llama", layers=4)
     right = batch(pad_side="right")
-    # the same rows, left-padded: the last real token moves, its hidden state does not
-    # (causal attention; positions differ, so compare against unpadded rows one at a time)
-    singles = []
-    for r in range(3):
-        keep = int(right["attention_mask"][r].sum())
-        ids = right["input_ids"][r : r + 1, :keep]
-        singles.append({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+    # padding must not move the scored token: padded rows score like the same rows unpadded
     padded = score_blocks(model, [right], "last")
-    one_by_one = score_blocks(model, singles, "last")
+    one_by_one = score_blocks(model, unpadded_rows(right), "last")
     np.testing.assert_allclose(padded.angular, one_by_one.angular, atol=1e-5, equal_nan=True)
 
 
 def test_all_tokens_ignores_padding():
     model = make_tiny_model("llama", layers=4)
     padded = batch(pad_side="right")
-    singles = []
-    for r in range(3):
-        keep = int(padded["attention_mask"][r].sum())
-        ids = padded["input_ids"][r : r + 1, :keep]
-        singles.append({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
     a = score_blocks(model, [padded], "all")
-    b = score_blocks(model, singles, "all")
+    b = score_blocks(model, unpadded_rows(padded), "all")
     assert a.tokens == b.tokens == int(padded["attention_mask"].sum())
     np.testing.assert_allclose(a.angular, b.angular, atol=1e-5, equal_nan=True)
 
