@@ -85,7 +85,7 @@ def check_columns(rows: list[dict], columns: Iterable[str] | Mapping[str, str], 
     """
     if not rows:
         return
-    pairs = list(columns.items()) if isinstance(columns, Mapping) else [(f"{where} column", c) for c in columns]
+    pairs = list(columns.items()) if isinstance(columns, Mapping) else [(where, c) for c in columns]
     first = rows[0]
     available = column_names(first)
     for field, column in pairs:

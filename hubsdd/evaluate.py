@@ -99,7 +99,7 @@ class Metric:
 
     @property
     def label(self) -> str:
-        return self.name if self.filter == "none" else f"{self.name} ({self.filter})"
+        return self.name if self.filter == "none" else f"{self.name}, {self.filter}"
 
 
 ACC = Metric("acc", pretty="accuracy")
@@ -324,6 +324,9 @@ class PreparedTask:
     docs: list[dict] = field(default_factory=list)  # the evaluated docs (for speculative prompts)
     leaves: list[str] = field(default_factory=list)  # lm-eval leaf task names (MMLU subjects)
     samples: dict[str, list[int]] | None = None  # hub mode: lm-eval `samples` per leaf task
+    # hub mode, a group sampled partly: its sampled leaves run as tasks and hubsdd aggregates them
+    # (lm-eval would evaluate every item of a leaf that `samples` does not name)
+    aggregate: bool = False
 
     def info(self) -> dict:
         ref = DATASETS.get(self.name)
@@ -455,7 +458,8 @@ def prepare_offline_tasks(tasks: list[str], shots: dict[str, int], limit: int | 
     task_dir.mkdir(parents=True, exist_ok=True)
     out: dict[str, PreparedTask] = {}
     for name in tasks:
-        n = shots.get(name, DEFAULT_SHOTS[name])
+        n = shots.get(name)
+        n = DEFAULT_SHOTS[name] if n is None else n
         out[name] = _prepare_mmlu(n, limit, seed, task_dir) if name == "mmlu" else _prepare_single(name, n, limit, seed, task_dir)
     return out
 
@@ -475,8 +479,9 @@ def _leaf_tasks(obj: Any) -> list[Any]:
     return list(obj.get_all_tasks()) if hasattr(obj, "get_all_tasks") else [obj]
 
 
-def load_hub_tasks(tasks: list[str], shots: dict[str, int]) -> tuple[Any, dict[str, Any]]:
-    """lm-eval's own tasks by name (datasets downloaded from the Hub), shots set per task."""
+def load_hub_tasks(tasks: list[str], shots: dict[str, int | None]) -> tuple[Any, dict[str, Any]]:
+    """lm-eval's own tasks by name (datasets downloaded from the Hub), shots set per task
+    (``None``: the task's own default)."""
     from lm_eval.tasks import TaskManager
 
     manager = TaskManager()
@@ -492,17 +497,23 @@ def load_hub_tasks(tasks: list[str], shots: dict[str, int]) -> tuple[Any, dict[s
         obj = loaded["groups"].get(name) or loaded["tasks"].get(name)
         if obj is None:
             raise DataError(f"lm-eval loaded nothing for {name!r}", fix="use a task or group name, not a tag")
-        for leaf in _leaf_tasks(obj):
-            leaf.set_config(key="num_fewshot", value=shots[name])
+        if shots.get(name) is not None:
+            for leaf in _leaf_tasks(obj):
+                leaf.set_config(key="num_fewshot", value=shots[name])
         objs[name] = obj
     return manager, objs
 
 
-def prepare_hub_tasks(tasks: list[str], shots: dict[str, int], limit: int | None, seed: int) -> dict[str, PreparedTask]:
+def prepare_hub_tasks(tasks: list[str], shots: dict[str, int | None], limit: int | None,
+                      seed: int) -> dict[str, PreparedTask]:
+    """Load lm-eval's tasks once to sample item indices (lm-eval's ``samples``) and record them."""
     _, objs = load_hub_tasks(tasks, shots)
     out = {}
     for name, obj in objs.items():
         leaves = _leaf_tasks(obj)
+        n_shots = shots.get(name)
+        if n_shots is None:
+            n_shots = int(leaves[0].config.num_fewshot or 0)
         pooled = [(leaf.task_name, i) for leaf in leaves for i in range(len(leaf.eval_docs))]
         items = sample_items(list(range(len(pooled))), limit, seed, name)
         samples: dict[str, list[int]] = {}
@@ -518,10 +529,15 @@ def prepare_hub_tasks(tasks: list[str], shots: dict[str, int], limit: int | None
         dataset = (f"{ref.hub_id}{'/' + ref.config if ref.config else ''} ({split}) from the Hub" if ref else
                    f"{first.config.dataset_path}{'/' + first.config.dataset_name if first.config.dataset_name else ''} ({split}) from the Hub")
         fs_split = first.config.fewshot_split or first.config.training_split or first.config.validation_split
+        is_group = hasattr(obj, "get_all_tasks")
+        full = limit is None or len(items) == len(pooled)
         out[name] = PreparedTask(
-            name=name, num_fewshot=shots[name], split=split, items=items, pool=len(pooled),
-            fewshot_source=f"lm-eval's own few-shot source ({fs_split} split)" if shots[name] else "none (0-shot)",
-            dataset=dataset, docs=docs, leaves=[leaf.task_name for leaf in leaves], samples=samples,
+            name=name, num_fewshot=n_shots, split=split, items=items, pool=len(pooled),
+            fewshot_source=f"lm-eval's own few-shot source ({fs_split} split)" if n_shots else "none (0-shot)",
+            dataset=dataset, docs=docs,
+            leaves=[leaf.task_name for leaf in leaves if full or leaf.task_name in samples],
+            samples=None if full else samples,
+            aggregate=is_group and not full,
         )
     return out
 
@@ -566,12 +582,19 @@ def evaluate_model(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase
     with _quiet_lm_eval():
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
         if hub:
-            shots = {n: p.num_fewshot for n, p in prepared.items()}
-            manager, objs = load_hub_tasks(names, shots)
-            task_specs: list[Any] = list(objs.values())
+            manager, objs = load_hub_tasks(names, {n: p.num_fewshot for n, p in prepared.items()})
+            task_specs: list[Any] = []
             samples: dict[str, list[int]] | None = {}
-            for p in prepared.values():
-                samples.update(p.samples or {})
+            for name, obj in objs.items():
+                p = prepared[name]
+                if p.aggregate:  # only the sampled leaves; summarize() aggregates them
+                    task_specs += [leaf for leaf in _leaf_tasks(obj) if leaf.task_name in p.leaves]
+                else:
+                    task_specs.append(obj)
+                if p.samples is not None:
+                    samples.update(p.samples)
+            if not any(p.samples is not None for p in prepared.values()):
+                samples = None
         else:
             manager = TaskManager(include_path=str(task_dir), include_defaults=False)
             task_specs, samples = names, None
@@ -604,7 +627,7 @@ def summarize(raw: dict, prepared: dict[str, PreparedTask]) -> dict[str, dict]:
     out: dict[str, dict] = {}
     res, versions = raw.get("results", {}), raw.get("versions", {})
     for name, p in prepared.items():
-        row = res.get(name)
+        row = _aggregate_leaves(raw, p) if p.aggregate else res.get(name)
         if row is None:
             raise StageError(f"lm-eval produced no result for task {name!r}",
                              fix="look at the lm-eval log above; the task configuration may be wrong")
@@ -612,7 +635,7 @@ def summarize(raw: dict, prepared: dict[str, PreparedTask]) -> dict[str, dict]:
         value = _number(row.get(metric.key))
         if value is None:
             raise StageError(f"lm-eval produced no {metric.key!r} for task {name!r} (has: {sorted(row)})")
-        metrics = {k: v for k, v in ((k, _number(v)) for k, v in row.items() if k != "alias") if v is not None}
+        metrics = {k: v for k, v in ((k, _number(v)) for k, v in row.items() if "," in k) if v is not None}
         effective = sum(int((raw.get("n-samples", {}).get(leaf) or {}).get("effective", 0)) for leaf in p.leaves)
         out[name] = {
             "metric": metric.label,
@@ -624,6 +647,27 @@ def summarize(raw: dict, prepared: dict[str, PreparedTask]) -> dict[str, dict]:
             "n_samples": effective,
         }
     return out
+
+
+def _aggregate_leaves(raw: dict, p: PreparedTask) -> dict:
+    """A group's primary metric from its leaves, weighted by size, with lm-eval's own formulas
+    (as its ``aggregate_metric_list: weight_by_size`` does)."""
+    from lm_eval.api.metrics import aggregate_subtask_metrics, pooled_sample_stderr
+
+    metric = primary_metric(p.name)
+    values, stderrs, sizes = [], [], []
+    for leaf in p.leaves:
+        row = raw.get("results", {}).get(leaf, {})
+        value = _number(row.get(metric.key))
+        if value is None:
+            raise StageError(f"lm-eval produced no {metric.key!r} for {leaf!r} (part of {p.name!r})")
+        values.append(value)
+        stderrs.append(_number(row.get(metric.stderr_key)))
+        sizes.append(int((raw.get("n-samples", {}).get(leaf) or {}).get("effective", 0)))
+    row: dict[str, Any] = {metric.key: aggregate_subtask_metrics(values, sizes, weight_by_size=True)}
+    if all(e is not None for e in stderrs) and sum(sizes) > 1:
+        row[metric.stderr_key] = pooled_sample_stderr(stderrs, sizes)
+    return row
 
 
 def average_score(scores: dict[str, dict]) -> float | None:
@@ -791,6 +835,7 @@ def _timed_generate(model: "PreTrainedModel", encoded: list[Any], config: Any,
     outputs, seconds, tokens = [], 0.0, 0
     with torch.inference_mode():
         for enc in encoded:
+            enc = {k: v.to(model.device) for k, v in enc.items()}
             started = time.perf_counter()
             out = model.generate(**enc, generation_config=config, assistant_model=assistant)
             seconds += time.perf_counter() - started
@@ -834,6 +879,8 @@ def measure_speculative(target: "PreTrainedModel", draft: "PreTrainedModel", tok
         "target_tokens_per_s": tps,
         "plain_tokens_per_s": plain.get("tokens_per_s"),
         "generated_tokens": tokens,
+        # another common reading of "acceptance": the share of output tokens the draft supplied
+        "draft_token_share": counter.accepted / tokens if tokens else None,
         # greedy assisted decoding is lossless up to floating-point ties
         "outputs_identical_to_plain": same / len(outputs) if outputs else None,
     }
@@ -844,7 +891,8 @@ def measure_speculative(target: "PreTrainedModel", draft: "PreTrainedModel", tok
 
 def card_eval_results(scores: dict[str, dict[str, dict]], tasks: dict[str, PreparedTask], hub: bool) -> list[dict]:
     """One model-index entry per (model, task): keys are ``huggingface_hub.EvalResult`` parameters
-    (plus ``model``, which the card stage filters on and drops)."""
+    (plus ``model``, which the card stage filters on and drops). Values are fractions (0-1), as in
+    ``scores``."""
     out = []
     version = _lm_eval_version()
     for model, per_task in scores.items():
@@ -856,7 +904,6 @@ def card_eval_results(scores: dict[str, dict[str, dict]], tasks: dict[str, Prepa
             out.append({
                 "model": model,
                 "task_type": "text-generation",
-                "task_name": "Text Generation",
                 "dataset_type": ref.hub_id if ref else task,
                 "dataset_name": f"{ref.pretty if ref else task} ({p.num_fewshot}-shot, {len(p.items)} items, {where})",
                 "dataset_config": ref.config if ref else None,
@@ -864,8 +911,9 @@ def card_eval_results(scores: dict[str, dict[str, dict]], tasks: dict[str, Prepa
                 "dataset_args": {"num_few_shot": p.num_fewshot},
                 "metric_type": metric.name,
                 "metric_value": round(float(s["value"]), 6),
-                "metric_name": metric.pretty,
-                "source_name": f"lm-evaluation-harness {version} (hubsdd)",
+                "metric_name": f"{metric.pretty} (lm-eval {version})",
+                # EvalResult requires a source_url whenever a source_name is given (the card
+                # stage names the source); task_name and source_name are left to the card stage.
                 "source_url": LM_EVAL_URL,
             })
     return out
@@ -882,10 +930,11 @@ def plot_task_bars(scores: dict[str, dict[str, dict]], averages: dict[str, float
     tasks = list(next(iter(scores.values()))) if scores else []
     groups = tasks + ["average"]
     width = 0.8 / max(1, len(models))
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(groups) * max(1, len(models)) * 0.45 + 2), 4.2))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(groups) + 0.25 * len(groups) * len(models) + 2), 4.2))
     for j, model in enumerate(models):
         values = [scores[model][t]["value"] for t in tasks] + [averages.get(model) or 0.0]
-        errors = [scores[model][t].get("stderr") or 0.0 for t in tasks] + [0.0]
+        # no whisker where there is no standard error (nan is not drawn; 0 would draw caps)
+        errors = [scores[model][t].get("stderr") or float("nan") for t in tasks] + [float("nan")]
         xs = [i + (j - (len(models) - 1) / 2) * width for i in range(len(groups))]
         ax.bar(xs, values, width, yerr=errors, capsize=2, label=model)
     ax.set_xticks(range(len(groups)))
@@ -893,7 +942,7 @@ def plot_task_bars(scores: dict[str, dict[str, dict]], averages: dict[str, float
     ax.set_ylabel("score")
     ax.set_ylim(0, 1)
     ax.set_title("Scores per task (± standard error)")
-    ax.legend(fontsize=8, ncol=min(len(models), 5))
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -930,7 +979,7 @@ def models_to_evaluate(ctx: StageContext) -> dict[str, Path]:
     return {m: found[m] for m in found if m in wanted}
 
 
-def resolve_tasks(section: Any) -> tuple[bool, list[str], dict[str, int]]:
+def resolve_tasks(section: Any) -> tuple[bool, list[str], dict[str, int | None]]:
     """(hub mode?, task names, shots per task) from the recipe's evaluate section."""
     hub = section.source == "hub" or OPENLLM_V1 in section.tasks
     names: list[str] = []
@@ -942,7 +991,8 @@ def resolve_tasks(section: Any) -> tuple[bool, list[str], dict[str, int]]:
     if extra:
         raise StageError(f"evaluate.num_fewshot names tasks that are not evaluated: {extra}",
                          fix=f"use task names from evaluate.tasks: {', '.join(names)}")
-    shots = {n: section.num_fewshot.get(n, DEFAULT_SHOTS.get(n, 0)) for n in names}
+    # offline tasks all have defaults; a hub task hubsdd does not know keeps lm-eval's (None)
+    shots = {n: section.num_fewshot.get(n, DEFAULT_SHOTS.get(n)) for n in names}
     return hub, names, shots
 
 

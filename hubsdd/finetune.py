@@ -44,7 +44,6 @@ from .run import StageContext, StageOutput, atomic_write_json
 
 if TYPE_CHECKING:
     from datasets import Dataset
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger("hubsdd.finetune")
 
@@ -92,9 +91,14 @@ def training_dataset(parquet: Path, data: str) -> tuple["Dataset", int]:
 
 
 def _sft_config(section: FinetuneSection, output_dir: Path) -> Any:
+    import torch
     from trl import SFTConfig
 
+    # TRL defaults checkpointing to True; the recipe decides. transformers >= 5.2x renamed the argument.
+    names = SFTConfig.__dataclass_fields__
+    checkpointing = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
     return SFTConfig(
+        **{checkpointing: section.gradient_checkpointing},
         output_dir=str(output_dir),
         per_device_train_batch_size=section.batch_size,
         gradient_accumulation_steps=section.gradient_accumulation_steps,
@@ -108,9 +112,8 @@ def _sft_config(section: FinetuneSection, output_dir: Path) -> Any:
         data_seed=section.seed,
         logging_steps=section.logging_steps,
         logging_first_step=True,
-        # TRL defaults these two to True; the recipe decides.
-        gradient_checkpointing=section.gradient_checkpointing,
-        bf16=section.bf16,
+        bf16=section.bf16,  # TRL defaults it to True
+        dataloader_pin_memory=torch.cuda.is_available(),
         max_length=section.max_length,
         completion_only_loss=True,
         packing=False,

@@ -84,6 +84,9 @@ def test_missing_file_and_package_name_the_field(tmp_path: Path) -> None:
         load_rows(DataSource(path="nope.jsonl"), tmp_path, where="distill.data")
     with pytest.raises(DataError, match=r"^prune\.calibration\.path: package 'no_such_pkg_xyz' is not installed"):
         load_rows(DataSource(path="package:no_such_pkg_xyz/a.jsonl"), tmp_path, where="prune.calibration")
+    (tmp_path / "c.jsonl").write_text('{"txt": "a"}\n')
+    with pytest.raises(DataError, match=r"^prune\.calibration: column 'text' not in c\.jsonl \(columns: txt\)"):
+        load_rows(DataSource(path="c.jsonl"), tmp_path, columns=["text"], where="prune.calibration")
     (tmp_path / "x.xlsx").write_text("")
     with pytest.raises(DataError, match="file type"):
         load_rows(DataSource(path="x.xlsx"), tmp_path)

@@ -301,3 +301,25 @@ def test_vllm_backend_says_how_to_install(monkeypatch: pytest.MonkeyPatch, tmp_p
     with pytest.raises(StageError) as err:
         VLLMBackend(tmp_path, GenerationSettings(backend="vllm"))
     assert err.value.fix == "pip install 'hubsdd[vllm]'"
+
+
+def test_dataset_card_template_renders_through_huggingface_hub(tmp_path: Path) -> None:
+    import importlib.resources
+
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    ctx = make_ctx(tmp_path, distill_yaml=DISTILL_MATH)
+    out = run_distill(ctx, backend=ScriptedBackend({"What is 2 + 3?": Generation("It is 5.\n#### 5", 7, "stop")}))
+    rows, _ = read_parquet(ctx.out_dir / "data/train.parquet")
+    stage = {"stage": "distill", "config": ctx.recipe.section_dict("distill"), "outputs": out.outputs,
+             "metrics": out.metrics}
+    template = importlib.resources.files("hubsdd.templates").joinpath("dataset_card.md.j2").read_text()
+    assert template.startswith("---\n{{ card_data }}\n---")
+    card = DatasetCard.from_template(DatasetCardData(license="apache-2.0", tags=["sdd"]), template_str=template,
+                                     distill=stage, sample_rows=rows[:3], dataset_repo="org/data",
+                                     model_repo="org/model", license="apache-2.0", recipe_name="t")
+    text = str(card)
+    assert card.data.license == "apache-2.0"
+    for needle in ("org/teacher", "`short.j2`", "1 (16.7%)", "`final-number`", "load_dataset(\"org/data\"",
+                   "2410.09982", "2402.13669", "{{ instruction }} | {{ reference }}", "What is 2 + 3?", "wrong-answer"):
+        assert needle in text, needle

