@@ -68,7 +68,6 @@ LEADERBOARD_V1: dict[str, int] = {
 # Default shots of the offline tasks: the leaderboard's, and 0 for PIQA (not on the leaderboard).
 DEFAULT_SHOTS: dict[str, int] = {**LEADERBOARD_V1, "arc_easy": 25, "piqa": 0}
 OFFLINE_TASKS = ("arc_easy", "arc_challenge", "hellaswag", "piqa", "winogrande", "mmlu", "gsm8k")
-MODEL_ORDER_FIXED = ("base", "pruned")
 LM_EVAL_URL = "https://github.com/EleutherAI/lm-evaluation-harness"
 # Held-out few-shot pool for datasets that ship a single labelled split: at most this many rows,
 # and at most a fifth of the split; fixed (not seed-dependent) so that changing the seed only

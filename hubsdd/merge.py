@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from .errors import ModelLoadError, StageError
-from .run import StageContext, StageOutput, atomic_write_text, read_stage
+from .run import StageContext, StageOutput, atomic_write_text
 
 log = logging.getLogger("hubsdd.merge")
 
@@ -168,9 +168,8 @@ def verify_merged(out_dir: Path, donor: Path) -> dict:
 
 
 def _pruned_dir(ctx: StageContext) -> Path | None:
-    # The merge stage's declared input is finetune; the pruned model (TIES' base) is read from
-    # the prune stage of the same run, which the finetune fingerprint already covers.
-    prune = ctx.inputs.get("prune") or read_stage(ctx.run_dir, "prune")
+    # TIES' base: the pruned model, a declared input of the merge stage.
+    prune = ctx.inputs.get("prune")
     if prune is None or "model_dir" not in prune.outputs:
         return None
     return prune.path("model_dir")

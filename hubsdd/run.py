@@ -179,7 +179,7 @@ STAGES: tuple[StageSpec, ...] = (
               enabled=lambda r: r.distill is not None, describe="teacher rewrites the training data"),
     StageSpec("finetune", ("prune", "distill"), "hubsdd.finetune:run_finetune",
               enabled=lambda r: r.finetune is not None, describe="fine-tune each variant"),
-    StageSpec("merge", ("finetune",), "hubsdd.merge:run_merge",
+    StageSpec("merge", ("prune", "finetune"), "hubsdd.merge:run_merge",
               enabled=lambda r: r.merge is not None, describe="merge variants with mergekit"),
     StageSpec("evaluate", ("base", "prune", "finetune", "merge"), "hubsdd.evaluate:run_evaluate",
               enabled=lambda r: r.evaluate is not None, describe="lm-eval and speculative decoding"),

@@ -7,7 +7,6 @@ exact weighted average; the merged folder must reload with stock transformers.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -73,9 +72,7 @@ finetune: {{}}
 merge:
 {merge_yaml}"""
         recipe = parse_recipe(text)
-        # the prune stage is read from the run folder (TIES' base), as a real run leaves it
-        (prune_dir / "stage.json").write_text(json.dumps(prune.data))
-        return run_stage(SPECS["merge"], recipe, {"finetune": finetune}, "m" * 64)
+        return run_stage(SPECS["merge"], recipe, {"prune": prune, "finetune": finetune}, "m" * 64)
 
     return run, finetune_dir
 
