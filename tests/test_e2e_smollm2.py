@@ -1,0 +1,111 @@
+"""The whole product on the real model: `hubsdd publish` of the demo recipe to the test Hub, then
+`hubsdd pull`, then stock transformers loading from the Hub endpoint.
+
+This is the path a user takes; CI runs it (marked slow). It covers distillation and fine-tuning of
+both variants on SmolLM2, the merge, the evaluation, the cards and the Hub round trip.
+"""
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+from huggingface_hub import DatasetCard, ModelCard, hf_hub_download
+
+from conftest import needs_smollm2
+from hub_fixtures import TOKEN, hub_server  # noqa: F401  (fixture)
+from hubsdd.cli import main
+
+pytestmark = [pytest.mark.slow, needs_smollm2]
+
+DEMO = Path(__file__).parent.parent / "recipes" / "smollm2-135m-demo.yaml"
+MODEL_REPO = "alice/SmolLM2-26L-sdd"
+DATASET_REPO = "alice/SmolLM2-gsm8k-self-distilled"
+
+
+def files_containing(root: Path, needle: bytes) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and needle in p.read_bytes()]
+
+
+def test_demo_publish_pull_and_load_from_the_hub(tmp_path, hub_server, monkeypatch, capsys):  # noqa: F811
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    recipe = tmp_path / "demo.yaml"
+    recipe.write_text(DEMO.read_text().replace("name: smollm2-135m-sdd-demo",
+                                               f"name: e2e\nruns_dir: {tmp_path / 'runs'}"))
+    args = ["publish", str(recipe), "--model-repo", MODEL_REPO, "--dataset-repo", DATASET_REPO]
+    assert main(args) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    for stage in ("base", "prune", "distill", "finetune", "merge", "evaluate", "card"):
+        assert f"[{stage}] done" in out
+    run_dir = tmp_path / "runs" / "e2e"
+
+    # --- the model repo: one hubsdd commit holding the release
+    commits = [c for c in hub_server.commits(MODEL_REPO) if c.parents]
+    assert len(commits) == 1
+    files = set(hub_server.files(MODEL_REPO))
+    assert {"model.safetensors", "config.json", "tokenizer.json", "README.md", "recipe.yaml",
+            "hubsdd/evaluate.json", "plots/prune_heatmap.png", "plots/finetune_loss_curve.png",
+            "plots/evaluate_task_bars.png"} <= files
+
+    # --- the card, read back from the server, says what the run measured
+    card = ModelCard.load(MODEL_REPO)
+    meta = card.data.to_dict()
+    evaluate = json.loads((run_dir / "evaluate" / "stage.json").read_text())["metrics"]
+    prune = json.loads((run_dir / "prune" / "stage.json").read_text())["metrics"]
+    assert meta["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert meta["datasets"] == [DATASET_REPO] and meta["license"] == "apache-2.0"
+    assert meta["hubsdd"]["release"] == "merge"
+    assert meta["hubsdd"]["prune"]["layers_after"] == 26 == prune["layers_after"]
+    expected = {(e["dataset_name"], e["metric_type"]): e["metric_value"]
+                for e in evaluate["card_eval_results"] if e["model"] == "merge"}
+    got = {(r.dataset_name, r.metric_type): r.metric_value for r in card.data.eval_results}
+    assert got == expected and len(got) == 3
+    assert meta["hubsdd"]["retention"] == pytest.approx(evaluate["retention"]["merge"]["average"])
+    body = card.text
+    for row in ("base (unpruned)", "pruned, not fine-tuned", "SDD (self-data distilled)", "SFT (original data)",
+                "merge (slerp of sdd + sft)"):
+        assert row in body
+    assert "## Training" in body and "rewrites kept" in body and "Speculative decoding" in body
+    assert "Removed layers (0-based)" in body and "merge_method: slerp" in body
+
+    # --- the dataset repo: the distilled data with verdicts, and its card
+    parquet = hf_hub_download(DATASET_REPO, "data/train.parquet", repo_type="dataset")
+    rows = pq.read_table(parquet).to_pylist()
+    assert len(rows) == 16
+    from hubsdd.distill import extract_number, normalize_number
+
+    for row in rows:
+        assert row["selected"] == (row["rewrite"] if row["verdict"] == "accepted" else row["original"])
+        if row["verdict"] == "accepted":  # the final-number checker kept only rewrites with the label's answer
+            assert normalize_number(extract_number(row["rewrite"])) == normalize_number(row["label"])
+    distill = json.loads((run_dir / "distill" / "stage.json").read_text())["metrics"]
+    assert distill["accepted"] == sum(r["verdict"] == "accepted" for r in rows)
+    dcard = DatasetCard.load(DATASET_REPO, repo_type="dataset")
+    assert "self-distilled" in dcard.text.lower() or "self-data distillation" in dcard.text.lower()
+
+    # --- stock transformers loads model and tokenizer straight from the endpoint, and generates
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(MODEL_REPO)
+    tok = AutoTokenizer.from_pretrained(MODEL_REPO)
+    assert model.config.num_hidden_layers == 26
+    msgs = [{"role": "user", "content": "What is 2 + 3?"}]
+    inputs = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        gen = model.generate(**inputs, max_new_tokens=16, do_sample=False)
+    assert tok.decode(gen[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+    # --- publishing again changes nothing on the Hub
+    assert main(args) == 0
+    assert "unchanged" in capsys.readouterr().out
+    assert len([c for c in hub_server.commits(MODEL_REPO) if c.parents]) == 1
+
+    # --- pull verifies files and recipe against the card
+    assert main(["pull", MODEL_REPO, "--local-dir", str(tmp_path / "pulled")]) == 0
+    out = capsys.readouterr().out
+    assert "Verified" in out and "30 -> 26" in out and "retention" in out
+
+    # --- the token never reached a file of the run, the download or the server's storage
+    for root in (tmp_path / "runs", tmp_path / "pulled", tmp_path / "hub-storage"):
+        assert files_containing(root, TOKEN.encode()) == []
