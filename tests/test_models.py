@@ -10,6 +10,7 @@ from hubsdd import run as runner
 from hubsdd.errors import ModelLoadError, UnsafeModelError
 from hubsdd.models import load_model
 from hubsdd.recipe import parse_recipe
+from hub_fixtures import hub_server  # noqa: F401  (fixture)
 
 
 def test_pickle_weights_refused_unless_allowed(tmp_path):
@@ -81,3 +82,70 @@ def test_pruned_release_loads_with_stock_transformers(tiny_recipe_text):
     out = model.generate(**ids, max_new_tokens=4, do_sample=False)
     assert out.shape[1] == ids["input_ids"].shape[1] + 4
     assert not list(release.glob("*.bin"))
+
+
+# --------------------------------------------------------------------------- from the Hub (test server)
+
+
+def _upload_base(server, tmp_path, repo_id, *, pickle_only=False, license_id="mit"):
+    from huggingface_hub import HfApi
+
+    from hub_fixtures import TOKEN
+
+    folder = save_tiny(tmp_path / "upload", layers=4)
+    if pickle_only:
+        state = {k: v.clone() for k, v in make_tiny_model("llama", layers=4).state_dict().items()}
+        (folder / "model.safetensors").unlink()
+        torch.save(state, folder / "pytorch_model.bin")
+    (folder / "README.md").write_text(f"---\nlicense: {license_id}\n---\n# tiny base\n")
+    (folder / "LICENSE").write_text("the license text\n")
+    api = HfApi(token=TOKEN)
+    api.create_repo(repo_id)
+    return api.upload_folder(repo_id=repo_id, folder_path=folder).oid
+
+
+def _hub_recipe(tmp_path, calibration_file, repo_id, revision="main"):
+    """A prune-only recipe whose base model (and its license) come from the Hub."""
+    return f"""\
+name: from-hub
+runs_dir: {tmp_path / 'runs'}
+base:
+  model: {repo_id}
+  revision: {revision}
+prune:
+  blocks: 2
+  calibration: {{path: {calibration_file}, text_column: text, samples: 4, max_length: 16}}
+"""
+
+
+def test_base_from_the_hub_pins_the_commit_and_inherits_the_license(hub_server, tmp_path, calibration_file,
+                                                                     monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_test_alice_token")
+    sha = _upload_base(hub_server, tmp_path, "alice/tiny-base")
+    recipe = parse_recipe(_hub_recipe(tmp_path, calibration_file, "alice/tiny-base"))
+    results = runner.run(recipe)
+    base = results["base"]
+    assert base.outputs["source"] == "hub" and base.outputs["commit_sha"] == sha
+    assert base.outputs["license"] == "mit" and base.outputs["license_files"] == ["LICENSE"]
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(results["card"].path("model_dir") / "README.md").data.to_dict()
+    assert card["base_model"] == "alice/tiny-base" and card["license"] == "mit"
+    assert results["prune"].metrics["layers_after"] == 2
+
+
+def test_base_from_the_hub_refuses_pickle_only_repos(hub_server, tmp_path, calibration_file, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_test_alice_token")
+    _upload_base(hub_server, tmp_path, "alice/pickled", pickle_only=True)
+    with pytest.raises(UnsafeModelError) as info:
+        runner.run(parse_recipe(_hub_recipe(tmp_path, calibration_file, "alice/pickled")), until="base")
+    assert "allow_pickle" in info.value.fix
+
+
+def test_base_from_the_hub_unknown_repo_and_revision(hub_server, calibration_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_test_alice_token")
+    with pytest.raises(ModelLoadError, match="was not found"):
+        runner.run(parse_recipe(_hub_recipe(tmp_path, calibration_file, "alice/nope")), until="base")
+    _upload_base(hub_server, tmp_path, "alice/tiny-base")
+    with pytest.raises(ModelLoadError, match="base.revision"):
+        runner.run(parse_recipe(_hub_recipe(tmp_path, calibration_file, "alice/tiny-base", "v9")), until="base")
