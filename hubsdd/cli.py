@@ -40,9 +40,31 @@ def _setup_logging(verbose: bool) -> None:
     root.setLevel(level)
     root.propagate = False
     if not verbose:
-        # Library progress bars and warnings drown the stage log on a terminal.
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        _quiet_libraries()
+
+
+def _quiet_libraries() -> None:
+    """Library progress bars and warnings drown the stage log on a terminal (`-v` keeps them)."""
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    try:
+        import datasets
+        import transformers
+
+        datasets.disable_progress_bars()
+        datasets.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover - both are dependencies
+        pass
+    for name in ("lm_eval", "lm-eval", "mergekit", "trl", "peft", "accelerate", "httpx", "httpx2"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 @app.command()
