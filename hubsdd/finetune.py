@@ -174,6 +174,13 @@ def train_variant(ctx: StageContext, name: str, data: str, *, is_main: bool = Tr
         processing_class=tokenizer,
         peft_config=_lora_config(section) if section.method == "lora" else None,
     )
+    if not log.isEnabledFor(logging.DEBUG):
+        # The Trainer prints a dict per logging step to stdout; the losses go to train_log.json and
+        # the card instead (`hubsdd run -v` keeps the Trainer's own output).
+        from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+        trainer.remove_callback(PrinterCallback)
+        trainer.remove_callback(ProgressCallback)
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in trainer.model.parameters())
     output = trainer.train()
