@@ -356,8 +356,8 @@ def rerender(run_dir: Path) -> Path:
         raise StageError(f"{run_dir} is not a hubsdd run directory (no recipe.yaml)",
                          fix="pass runs/<recipe name>, created by `hubsdd run`")
     recipe = load_recipe(recipe_file)
-    results = {k: v for k, v in load_results(run_dir).items() if k != "card"}
-    card = load_results(run_dir).get("card")
+    results = load_results(run_dir)
+    card = results.pop("card", None)
     if card is None:
         raise StageError(f"{run_dir} has no finished card stage", fix="run `hubsdd run <recipe>` first")
     model_out = card.path("model_dir")

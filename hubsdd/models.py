@@ -22,7 +22,6 @@ from .errors import ModelLoadError, UnsafeModelError
 from .run import StageContext, StageOutput
 
 if TYPE_CHECKING:  # torch and transformers load lazily: `hubsdd validate` must be quick
-    import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger("hubsdd.models")

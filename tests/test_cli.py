@@ -2,7 +2,6 @@
 
 import os
 
-from hub_fixtures import hub_server  # noqa: F401  (fixture)
 import subprocess
 import sys
 

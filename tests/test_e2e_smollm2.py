@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import torch
 from huggingface_hub import DatasetCard, ModelCard, hf_hub_download
 
-from conftest import needs_smollm2
-from hub_fixtures import TOKEN, hub_server  # noqa: F401  (fixture)
+from conftest import chat_reply, needs_smollm2
+from hub_fixtures import TOKEN
 from hubsdd.cli import main
 
 pytestmark = [pytest.mark.slow, needs_smollm2]
@@ -28,7 +27,7 @@ def files_containing(root: Path, needle: bytes) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file() and needle in p.read_bytes()]
 
 
-def test_demo_publish_pull_and_load_from_the_hub(tmp_path, hub_server, monkeypatch, capsys):  # noqa: F811
+def test_demo_publish_pull_and_load_from_the_hub(tmp_path, hub_server, monkeypatch, capsys):
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     recipe = tmp_path / "demo.yaml"
     recipe.write_text(DEMO.read_text().replace("name: smollm2-135m-sdd-demo",
@@ -90,11 +89,7 @@ def test_demo_publish_pull_and_load_from_the_hub(tmp_path, hub_server, monkeypat
     model = AutoModelForCausalLM.from_pretrained(MODEL_REPO)
     tok = AutoTokenizer.from_pretrained(MODEL_REPO)
     assert model.config.num_hidden_layers == 26
-    msgs = [{"role": "user", "content": "What is 2 + 3?"}]
-    inputs = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    with torch.no_grad():
-        gen = model.generate(**inputs, max_new_tokens=16, do_sample=False)
-    assert tok.decode(gen[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    assert chat_reply(model, tok, "What is 2 + 3?", max_new_tokens=16).strip()
 
     # --- publishing again changes nothing on the Hub
     assert main(args) == 0

@@ -12,7 +12,6 @@ from hub_fixtures import (  # noqa: F401 - fixtures
     RUN_FINGERPRINT,
     TOKEN,
     USER,
-    hub_server,
     model_card_meta,
     refresh_model_card,
     release,

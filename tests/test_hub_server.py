@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from hub_fixtures import BAD_TOKEN, OTHER_TOKEN, TOKEN, USER, hub_server  # noqa: F401 - fixture
+from hub_fixtures import BAD_TOKEN, OTHER_TOKEN, TOKEN, USER
 
 from hubsdd.testing.hub_server import HubServer, git_blob_sha1
 

@@ -10,7 +10,6 @@ from hubsdd import run as runner
 from hubsdd.errors import ModelLoadError, UnsafeModelError
 from hubsdd.models import load_model
 from hubsdd.recipe import parse_recipe
-from hub_fixtures import hub_server  # noqa: F401  (fixture)
 
 
 def test_pickle_weights_refused_unless_allowed(tmp_path):

@@ -3,9 +3,8 @@
 from pathlib import Path
 
 import pytest
-import torch
 
-from conftest import needs_smollm2
+from conftest import chat_reply, needs_smollm2
 from hubsdd import run as runner
 from hubsdd.recipe import load_recipe, parse_recipe
 
@@ -49,12 +48,7 @@ def test_pruned_release_reloads_with_stock_transformers_and_generates(pruned_run
     model = AutoModelForCausalLM.from_pretrained(release)
     tok = AutoTokenizer.from_pretrained(release)
     assert model.config.num_hidden_layers == 26
-    msgs = [{"role": "user", "content": "What is the capital of France?"}]
-    inputs = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=12, do_sample=False)
-    text = tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-    assert len(text.strip()) > 0
+    assert len(chat_reply(model, tok, "What is the capital of France?", max_new_tokens=12).strip()) > 0
     assert (release / "README.md").read_text().count("decoder layers removed") == 1
 
 
