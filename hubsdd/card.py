@@ -184,11 +184,16 @@ def build_model_card_data(recipe: Any, results: dict[str, StageResult], release:
 # --------------------------------------------------------------------------- rendering
 
 
+def _plot_in_release(stage: str, key: str) -> str:
+    """Where a stage's plot lies in the release folder (and so how the card links it)."""
+    return f"plots/{stage}_{key}.png"
+
+
 def _plots_in_release(results: dict[str, StageResult]) -> dict[str, dict[str, str]]:
     plots: dict[str, dict[str, str]] = {}
     for name, res in results.items():
-        for key, rel in (res.outputs.get("plots") or {}).items():
-            plots.setdefault(name, {})[key] = f"plots/{name}_{key}.png"
+        for key in res.outputs.get("plots") or {}:
+            plots.setdefault(name, {})[key] = _plot_in_release(name, key)
     return plots
 
 
@@ -324,7 +329,7 @@ def assemble_release(recipe: Any, results: dict[str, StageResult], out_dir: Path
         for key, rel in (res.outputs.get("plots") or {}).items():
             src = res.resolve(rel)
             if src.exists():
-                _link(src, model_out / "plots" / f"{name}_{key}.png")
+                _link(src, model_out / _plot_in_release(name, key))
     files = release_file_hashes(model_out)
     card = render_model_card(recipe, results, release, files, fingerprint)
     card.save(model_out / "README.md")
