@@ -29,6 +29,7 @@ demo: setup
 
 bench: setup
 	$(BIN)/python bench/prune_scoring.py
+	$(BIN)/python bench/distill_throughput.py --static
 
 clean:
 	rm -rf runs .demo

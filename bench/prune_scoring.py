@@ -33,6 +33,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from hubsdd.data import load_rows
+    from hubsdd.models import fast_cpu_linears
     from hubsdd.prune import batches_for, score_blocks
     from hubsdd.recipe import load_recipe
 
@@ -52,8 +53,8 @@ def main() -> None:
     batches = batches_for(tok, texts, args.max_length, args.batch_size)
     tokens = sum(int(b["attention_mask"].sum()) for b in batches)
 
-    def plain() -> None:
-        with torch.inference_mode():
+    def plain() -> None:  # on the same CPU kernels as score_blocks
+        with torch.inference_mode(), fast_cpu_linears(model):
             for b in batches:
                 model(**b, use_cache=False)
 

@@ -215,11 +215,39 @@ def _shuffle_limit(rows: list[dict], source: DataSource) -> list[dict]:
     return rows
 
 
+def resolve_dataset_revision(source: DataSource, where: str = "data") -> str | None:
+    """The commit sha that ``source.revision`` (a branch, tag or sha; default: main) names now, so a
+    load reads one consistent commit and provenance can name it. None when offline (``HF_HUB_OFFLINE``
+    set), where ``datasets`` reads its cache instead."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, OfflineModeIsEnabled,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
+
+    try:
+        return str(HfApi().dataset_info(source.dataset, revision=source.revision).sha)
+    except OfflineModeIsEnabled:
+        return None
+    except RepositoryNotFoundError:
+        raise DataError(f"{where}.dataset: {source.dataset!r} was not found on the Hub (or it is private)",
+                        fix="check the id, log in for private datasets (`hf auth login` / HF_TOKEN), or use `path` "
+                            "with a local copy") from None
+    except RevisionNotFoundError:
+        raise DataError(f"{where}.revision: {source.revision!r} is not a branch, tag or commit of {source.dataset}",
+                        fix="use a branch, tag or commit sha of that dataset") from None
+    except GatedRepoError:
+        raise DataError(f"{where}.dataset: {source.dataset} is gated",
+                        fix="accept its conditions on the Hub, then set HF_TOKEN") from None
+    except (HfHubHTTPError, OSError) as exc:
+        raise DataError(f"{where}.dataset: cannot reach the Hub for {source.dataset!r}: {exc}",
+                        fix="check the network and HF_ENDPOINT, or download it and use `path`") from None
+
+
 def _load_hub(source: DataSource, where: str) -> list[dict]:
     import datasets
 
+    revision = resolve_dataset_revision(source, where) or source.revision
     try:
-        ds = datasets.load_dataset(source.dataset, source.config, split=source.split, revision=source.revision)
+        ds = datasets.load_dataset(source.dataset, source.config, split=source.split, revision=revision)
     except FileNotFoundError as exc:
         raise DataError(f"{where}.dataset: {source.dataset!r} was not found: {exc}",
                         fix="check the id (and `config`), log in for private datasets, or use `path` with a local copy") from None

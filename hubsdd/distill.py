@@ -24,8 +24,10 @@ answer is N", else its last number; compared numerically with commas and ``$`` s
 Generation runs in shards of ``distill.shard_size`` rows, each written atomically to
 ``ctx.work_dir`` as soon as it is done. A killed run resumes without regenerating finished shards.
 A shard's content depends only on its own rows and the settings (rows are length-sorted and batched
-within the shard, sampling is seeded per shard), so under greedy decoding a resumed run produces
-the same dataset as an uninterrupted one.
+within the shard, continuously: a finished row is refilled with the shard's next prompt; sampling is
+seeded per shard), so under greedy decoding a resumed run produces the same dataset as an
+uninterrupted one. Larger shards keep the batch full for longer (each shard ends with a tail in
+which rows finish and are not replaced).
 """
 
 from __future__ import annotations
@@ -42,9 +44,10 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
-from .data import get_value, load_rows
+from .data import get_value, load_rows, resolve_dataset_revision
 from .errors import DataError, StageError
-from .recipe import DistillSection, GenerationSettings, canonical_json
+from .models import fast_cpu_linears
+from .recipe import DataSource, DistillSection, GenerationSettings, canonical_json
 from .run import StageContext, StageOutput, atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -281,17 +284,26 @@ class TransformersBackend:
     Prompts go longest first, so a newcomer always fits in the columns the cache already has (rows
     are right-aligned, left-padded) and an out-of-memory batch fails at once, not at the end.
 
+    The tokens every prompt of a call starts with (chat template, system prompt, the head of the
+    rewrite template) are prefilled once and shared, not recomputed for every prompt.
+
     Caches that are not plain full attention (sliding windows, hybrid layers: gemma2, gemma3) fall
-    back to static, length-sorted batches through ``model.generate``. Either way the output of a
-    call depends only on its prompts and the settings, so greedy results are reproducible."""
+    back to static, length-sorted batches through ``model.generate``; ``continuous=False`` asks for
+    those everywhere (the benchmark compares both). Either way the output of a call depends only on
+    its prompts and the settings, so greedy results are reproducible."""
 
     name = "transformers"
 
     def __init__(self, model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase",
-                 settings: GenerationSettings) -> None:
+                 settings: GenerationSettings, *, continuous: bool | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.settings = settings
+        self.continuous = self.supports_continuous(model) if continuous is None else continuous
+        if self.continuous and not self.supports_continuous(model):
+            raise StageError(f"distill: continuous batching needs a plain full-attention KV cache; "
+                             f"{model.config.model_type} has sliding-window or hybrid layers",
+                             fix="leave `continuous` unset: such models run in static batches")
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self.eos_ids = _eos_ids(model, tokenizer)
@@ -308,14 +320,16 @@ class TransformersBackend:
         encoded = [self.encode(c) for c in conversations]
         order = sorted(range(len(encoded)), key=lambda i: (-len(encoded[i]), i))
         run = self._generate_continuous if self.continuous else self._generate_static
-        return [self._finish(tokens) for tokens in run(encoded, order, seed)]
+        with fast_cpu_linears(self.model):
+            generated = run(encoded, order, seed)
+        return [self._finish(tokens) for tokens in generated]
 
-    @property
-    def continuous(self) -> bool:
+    @staticmethod
+    def supports_continuous(model: "PreTrainedModel") -> bool:
         """Whether every layer's cache is plain full attention, which row refilling needs."""
         from transformers.cache_utils import DynamicCache, DynamicLayer
 
-        layers = DynamicCache(config=self.model.config).layers
+        layers = DynamicCache(config=model.config).layers
         return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
 
     # ------------------------------------------------------------------ continuous batching
@@ -652,14 +666,15 @@ def _as_text(value: Any) -> str:
     return "" if value is None else value if isinstance(value, str) else str(value)
 
 
-def read_examples(section: DistillSection, base_dir: Path) -> list[Example]:
+def read_examples(section: DistillSection, base_dir: Path, source: DataSource | None = None) -> list[Example]:
+    """The training examples of ``section.data`` (or of ``source``: the same data pinned to a commit)."""
     cols = section.columns
     fields = {"distill.columns.instruction": cols.instruction, "distill.columns.response": cols.response}
     if cols.input:
         fields["distill.columns.input"] = cols.input
     if cols.label:
         fields["distill.columns.label"] = cols.label
-    rows = load_rows(section.data, base_dir, columns=fields, where="distill.data")
+    rows = load_rows(source or section.data, base_dir, columns=fields, where="distill.data")
     out = []
     for row in rows:
         out.append(Example(
@@ -732,7 +747,10 @@ def run_distill(ctx: StageContext, *, backend: GenerationBackend | None = None,
     teacher = base.outputs.get("hub_id") or Path(str(base.outputs.get("model_dir", "base"))).name
     teacher_sha = base.outputs.get("commit_sha")
     template = load_template(section.template, ctx.recipe.source_dir)
-    examples = read_examples(section, ctx.recipe.source_dir)
+    # A Hub dataset is read at the commit its revision names now, and that commit is recorded.
+    source_sha = resolve_dataset_revision(section.data, "distill.data") if section.data.dataset else None
+    pinned = section.data.model_copy(update={"revision": source_sha}) if source_sha else section.data
+    examples = read_examples(section, ctx.recipe.source_dir, pinned)
     prompts = [template.render(e.instruction, e.input, e.original) for e in examples]
 
     shard_dir = ctx.work_dir / "shards"
@@ -792,6 +810,7 @@ def run_distill(ctx: StageContext, *, backend: GenerationBackend | None = None,
         "template_name": template.name, "template_sha256": template.sha256,
         "checker": section.checker, "rejection_phrases": list(REJECTION_PHRASES),
         "generation": generation, "source": section.data.model_dump(mode="json", exclude_none=True),
+        "source_sha": source_sha,
     }
     _write_parquet(ctx.out_dir / DATA_FILE, records, DATA_FIELDS, provenance)
 
@@ -820,6 +839,7 @@ def run_distill(ctx: StageContext, *, backend: GenerationBackend | None = None,
         "teacher": teacher,
         "teacher_sha": teacher_sha,
         "source": section.data.model_dump(mode="json", exclude_none=True),
+        "source_sha": source_sha,
         "columns": section.columns.model_dump(mode="json"),
         "data_license": section.data_license,
         "checker": section.checker,

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import yaml
 
 from .errors import DataError, HubError, StageError
+from .models import fast_cpu_linears
 from .run import StageContext, StageOutput, StageResult, atomic_write_json
 
 if TYPE_CHECKING:
@@ -598,11 +599,12 @@ def evaluate_model(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase
             manager = TaskManager(include_path=str(task_dir), include_defaults=False)
             task_specs, samples = names, None
         try:
-            results = evaluator.simple_evaluate(
-                model=lm, tasks=task_specs, samples=samples, task_manager=manager,
-                random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
-                bootstrap_iters=1000, log_samples=False,
-            )
+            with fast_cpu_linears(model):
+                results = evaluator.simple_evaluate(
+                    model=lm, tasks=task_specs, samples=samples, task_manager=manager,
+                    random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
+                    bootstrap_iters=1000, log_samples=False,
+                )
         except (ConnectionError, OSError) as exc:
             if hub:
                 raise _hub_error(exc, names) from exc
@@ -832,7 +834,8 @@ def _timed_generate(model: "PreTrainedModel", encoded: list[Any], config: Any,
     import torch
 
     outputs, seconds, tokens = [], 0.0, 0
-    with torch.inference_mode():
+    # Target and draft both on the faster CPU kernels, in plain and assisted runs alike.
+    with torch.inference_mode(), fast_cpu_linears(model), fast_cpu_linears(assistant or model):
         for enc in encoded:
             enc = {k: v.to(model.device) for k, v in enc.items()}
             started = time.perf_counter()

@@ -10,11 +10,13 @@ where it came from (Hub id, resolved commit sha, license).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import yaml
 
@@ -268,3 +270,65 @@ def set_threads() -> None:
     n = os.environ.get("HUBSDD_THREADS")
     if n:
         torch.set_num_threads(int(n))
+
+
+# --------------------------------------------------------------------------- CPU inference speed
+
+
+_ONEDNN_OK: bool | None = None
+
+
+def _onednn_linear_works() -> bool:
+    """Whether torch's oneDNN linear kernel exists here and agrees with ``F.linear`` (checked once)."""
+    global _ONEDNN_OK
+    if _ONEDNN_OK is None:
+        import torch
+
+        _ONEDNN_OK = False
+        if os.environ.get("HUBSDD_ONEDNN", "1") != "0" and torch.backends.mkldnn.is_available() \
+                and hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+            try:
+                gen = torch.Generator().manual_seed(0)
+                x, w, b = (torch.randn(shape, generator=gen) for shape in ((3, 5, 64), (48, 64), (48,)))
+                with torch.inference_mode():
+                    got = torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+                _ONEDNN_OK = bool(torch.allclose(got, torch.nn.functional.linear(x, w, b), rtol=1e-4, atol=1e-4))
+            except RuntimeError:
+                pass
+    return _ONEDNN_OK
+
+
+@contextlib.contextmanager
+def fast_cpu_linears(model: Any) -> Iterator[int]:
+    """Run the model's fp32 ``nn.Linear`` layers through oneDNN while inside, on CPU, for inference.
+
+    torch's CPU wheel sends fp32 ``F.linear`` to MKL, which on the AMD EPYC (Zen 5) machine this
+    project runs on reaches ~200 GFLOPS on 2 cores; oneDNN's kernel reaches ~470 on the same
+    shapes. Measured on SmolLM2-135M: prefill 1.9x faster, a decode step 1.3-1.6x faster at batch
+    1-32 (BENCHMARKS.md). Same fp32 arithmetic, other summation order: outputs agree to rounding.
+    Layers are restored on exit; anything that needs gradients falls back to ``F.linear``; a
+    machine without oneDNN, or ``HUBSDD_ONEDNN=0``, changes nothing. Yields how many layers run
+    through oneDNN."""
+    import torch
+
+    patched = []
+    if _onednn_linear_works():
+        for module in model.modules():
+            # Exactly nn.Linear: PEFT/quantized subclasses compute more than x @ W.T + b.
+            if (type(module) is torch.nn.Linear and "forward" not in module.__dict__
+                    and module.weight.device.type == "cpu" and module.weight.dtype == torch.float32):
+                module.forward = functools.partial(_onednn_forward, module)
+                patched.append(module)
+    try:
+        yield len(patched)
+    finally:
+        for module in patched:
+            del module.forward
+
+
+def _onednn_forward(module: Any, x: Any) -> Any:
+    import torch
+
+    if torch.is_grad_enabled() or x.dtype != torch.float32 or x.device.type != "cpu":
+        return torch.nn.functional.linear(x, module.weight, module.bias)
+    return torch.ops.mkldnn._linear_pointwise(x.contiguous(), module.weight, module.bias, "none", [], "")

