@@ -302,11 +302,11 @@ def _onednn_linear_works() -> bool:
 def fast_cpu_linears(model: Any) -> Iterator[int]:
     """Run the model's fp32 ``nn.Linear`` layers through oneDNN while inside, on CPU, for inference.
 
-    torch's CPU wheel sends fp32 ``F.linear`` to MKL, which on the AMD EPYC (Zen 5) machine this
-    project runs on reaches ~200 GFLOPS on 2 cores; oneDNN's kernel reaches ~470 on the same
-    shapes. Measured on SmolLM2-135M: prefill 1.9x faster, a decode step 1.3-1.6x faster at batch
-    1-32 (BENCHMARKS.md). Same fp32 arithmetic, other summation order: outputs agree to rounding.
-    Layers are restored on exit; anything that needs gradients falls back to ``F.linear``; a
+    torch's CPU wheel sends fp32 ``F.linear`` to MKL, which on the AMD EPYC machine this project
+    runs on reaches ~215 GFLOPS on 2 cores; oneDNN's kernel reaches ~470 on the same shapes.
+    Measured on SmolLM2-135M (``bench/cpu_linear.py``): prefill 1.75x faster, a decode step
+    1.45-1.6x faster at batch 1-32. Same fp32 arithmetic in another summation order: outputs agree
+    to rounding. Layers are restored on exit; anything that needs gradients falls back to ``F.linear``; a
     machine without oneDNN, or ``HUBSDD_ONEDNN=0``, changes nothing. Yields how many layers run
     through oneDNN."""
     import torch
