@@ -239,6 +239,8 @@ def test_hub_dataset_is_read_at_a_pinned_commit_and_the_commit_recorded(datasets
     assert out.metrics["rows"] == len(INSTRUCTIONS) and out.metrics["accepted"] == 1
     rows, meta = read_parquet(ctx.out_dir / "data/train.parquet")
     assert meta["source_sha"] == sha and rows[0]["original"] == INSTRUCTIONS[0]["answer"]
+    text = str(render_dataset_card(ctx, out))
+    assert f"[alice/gsm-mini](https://huggingface.co/datasets/alice/gsm-mini) (`main`), split `train` @ `{sha[:12]}`" in text
 
 
 def test_data_errors_name_the_recipe_field(tmp_path: Path) -> None:
@@ -418,21 +420,25 @@ def test_vllm_backend_says_how_to_install(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert err.value.fix == "pip install 'hubsdd[vllm]'"
 
 
-def test_dataset_card_template_renders_through_huggingface_hub(tmp_path: Path) -> None:
+def render_dataset_card(ctx: StageContext, out) -> "object":
     import importlib.resources
 
     from huggingface_hub import DatasetCard, DatasetCardData
 
-    ctx = make_ctx(tmp_path, distill_yaml=DISTILL_MATH)
-    out = run_distill(ctx, backend=ScriptedBackend({"What is 2 + 3?": Generation("It is 5.\n#### 5", 7, "stop")}))
     rows, _ = read_parquet(ctx.out_dir / "data/train.parquet")
     stage = {"stage": "distill", "config": ctx.recipe.section_dict("distill"), "outputs": out.outputs,
              "metrics": out.metrics}
     template = importlib.resources.files("hubsdd.templates").joinpath("dataset_card.md.j2").read_text()
     assert template.startswith("---\n{{ card_data }}\n---")
-    card = DatasetCard.from_template(DatasetCardData(license="apache-2.0", tags=["sdd"]), template_str=template,
+    return DatasetCard.from_template(DatasetCardData(license="apache-2.0", tags=["sdd"]), template_str=template,
                                      distill=stage, sample_rows=rows[:3], dataset_repo="org/data",
                                      model_repo="org/model", license="apache-2.0", recipe_name="t")
+
+
+def test_dataset_card_template_renders_through_huggingface_hub(tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path, distill_yaml=DISTILL_MATH)
+    out = run_distill(ctx, backend=ScriptedBackend({"What is 2 + 3?": Generation("It is 5.\n#### 5", 7, "stop")}))
+    card = render_dataset_card(ctx, out)
     text = str(card)
     assert card.data.license == "apache-2.0"
     for needle in ("org/teacher", "`short.j2`", "1 (16.7%)", "`final-number`", "load_dataset(\"org/data\"",
