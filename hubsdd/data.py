@@ -242,10 +242,10 @@ def resolve_dataset_revision(source: DataSource, where: str = "data") -> str | N
                         fix="check the network and HF_ENDPOINT, or download it and use `path`") from None
 
 
-def _load_hub(source: DataSource, where: str) -> list[dict]:
+def _load_hub(source: DataSource, where: str, commit: str | None = None) -> list[dict]:
     import datasets
 
-    revision = resolve_dataset_revision(source, where) or source.revision
+    revision = commit or resolve_dataset_revision(source, where) or source.revision
     try:
         ds = datasets.load_dataset(source.dataset, source.config, split=source.split, revision=revision)
     except FileNotFoundError as exc:
@@ -262,17 +262,18 @@ def _load_hub(source: DataSource, where: str) -> list[dict]:
 
 
 def load_rows(source: DataSource, base_dir: Path, *, columns: list[str] | Mapping[str, str] | None = None,
-              where: str = "data") -> list[dict]:
+              where: str = "data", commit: str | None = None) -> list[dict]:
     """Rows of ``source`` as plain dicts, shuffled with ``shuffle_seed`` and cut to ``limit``.
 
     ``base_dir`` anchors relative paths (the recipe's folder). ``columns`` are checked to exist in
     the data: a list of names, or a mapping ``{yaml field: column}`` so errors name the field
     (``distill.columns.response: column 'answer2' not in data/x.jsonl (columns: question, answer)``).
     ``where`` is the YAML path of the source itself (``distill.data``), used in file errors.
-    Rows keep their nested structure; read dotted columns with :func:`get_value`.
+    Rows keep their nested structure; read dotted columns with :func:`get_value`. ``commit`` is what
+    :func:`resolve_dataset_revision` already returned for a Hub ``source``, so it is not asked again.
     """
     if source.dataset:
-        rows = _load_hub(source, where)
+        rows = _load_hub(source, where, commit)
     else:
         try:
             path = resolve_path(source.path, Path(base_dir))

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 from .data import get_value, load_rows, resolve_dataset_revision
 from .errors import DataError, StageError
 from .models import fast_cpu_linears
-from .recipe import DataSource, DistillSection, GenerationSettings, canonical_json
+from .recipe import DistillSection, GenerationSettings, canonical_json
 from .run import StageContext, StageOutput, atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -666,15 +666,15 @@ def _as_text(value: Any) -> str:
     return "" if value is None else value if isinstance(value, str) else str(value)
 
 
-def read_examples(section: DistillSection, base_dir: Path, source: DataSource | None = None) -> list[Example]:
-    """The training examples of ``section.data`` (or of ``source``: the same data pinned to a commit)."""
+def read_examples(section: DistillSection, base_dir: Path, commit: str | None = None) -> list[Example]:
+    """The training examples of ``section.data``; ``commit``: the Hub commit its revision resolved to."""
     cols = section.columns
     fields = {"distill.columns.instruction": cols.instruction, "distill.columns.response": cols.response}
     if cols.input:
         fields["distill.columns.input"] = cols.input
     if cols.label:
         fields["distill.columns.label"] = cols.label
-    rows = load_rows(source or section.data, base_dir, columns=fields, where="distill.data")
+    rows = load_rows(section.data, base_dir, columns=fields, where="distill.data", commit=commit)
     out = []
     for row in rows:
         out.append(Example(
@@ -749,8 +749,7 @@ def run_distill(ctx: StageContext, *, backend: GenerationBackend | None = None,
     template = load_template(section.template, ctx.recipe.source_dir)
     # A Hub dataset is read at the commit its revision names now, and that commit is recorded.
     source_sha = resolve_dataset_revision(section.data, "distill.data") if section.data.dataset else None
-    pinned = section.data.model_copy(update={"revision": source_sha}) if source_sha else section.data
-    examples = read_examples(section, ctx.recipe.source_dir, pinned)
+    examples = read_examples(section, ctx.recipe.source_dir, source_sha)
     prompts = [template.render(e.instruction, e.input, e.original) for e in examples]
 
     shard_dir = ctx.work_dir / "shards"

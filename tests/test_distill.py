@@ -234,8 +234,12 @@ def test_hub_dataset_is_read_at_a_pinned_commit_and_the_commit_recorded(datasets
                                           "main/test.jsonl": jsonl(INSTRUCTIONS[:1]),
                                           "socratic/train.jsonl": jsonl(INSTRUCTIONS[:1])}, "v1")
     ctx = make_ctx(tmp_path, distill_yaml=DISTILL_MATH, data_yaml="{dataset: alice/gsm-mini, config: main}")
+    datasets_hub.requests.clear()
     out = run_distill(ctx, backend=ScriptedBackend({"What is 2 + 3?": Generation("It is 5.\n#### 5", 7, "stop")}))
     assert out.outputs["source_sha"] == sha and out.outputs["source"]["dataset"] == "alice/gsm-mini"
+    # The default branch is resolved once by hubsdd; `datasets` then asks once about that commit.
+    lookups = [path for _, path, kind, _ in datasets_hub.requests if kind == "repo_info"]
+    assert lookups == ["/api/datasets/alice/gsm-mini", f"/api/datasets/alice/gsm-mini/revision/{sha}"]
     assert out.metrics["rows"] == len(INSTRUCTIONS) and out.metrics["accepted"] == 1
     rows, meta = read_parquet(ctx.out_dir / "data/train.parquet")
     assert meta["source_sha"] == sha and rows[0]["original"] == INSTRUCTIONS[0]["answer"]
