@@ -835,7 +835,8 @@ def _timed_generate(model: "PreTrainedModel", encoded: list[Any], config: Any,
 
     outputs, seconds, tokens = [], 0.0, 0
     # Target and draft both on the faster CPU kernels, in plain and assisted runs alike.
-    with torch.inference_mode(), fast_cpu_linears(model), fast_cpu_linears(assistant or model):
+    draft_kernels = fast_cpu_linears(assistant) if assistant is not None else contextlib.nullcontext()
+    with torch.inference_mode(), fast_cpu_linears(model), draft_kernels:
         for enc in encoded:
             enc = {k: v.to(model.device) for k, v in enc.items()}
             started = time.perf_counter()
