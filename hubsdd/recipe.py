@@ -191,6 +191,27 @@ class VariantSection(Section):
     data: Literal["distilled", "original"] = Field(
         ..., description="distilled: the teacher's rewrites (SDD); original: the source responses (SFT)."
     )
+    loss: Literal["ce", "kd"] = Field(
+        "ce",
+        description="ce: cross-entropy on the response tokens; kd: logit distillation from the unpruned "
+        "base model (KL to its next-token distribution on the same tokens, TRL's GKDTrainer with lmbda=0). "
+        "The four methods: sft = original + ce, sdd = distilled + ce, kd = original + kd, "
+        "sdd-kd = distilled + kd.",
+    )
+    learning_rate: float | None = Field(
+        None, gt=0, description="This variant's learning rate (default: finetune.learning_rate); "
+        "methods compared at the same budget each deserve their own best rate."
+    )
+
+
+class KDSettings(Section):
+    """How ``loss: kd`` variants are distilled from the base model."""
+
+    beta: float = Field(
+        0.0, ge=0, le=1,
+        description="Generalized JSD interpolation: 0 = forward KL(teacher || student), the Minitron "
+        "recipe for depth-pruned models; 1 = reverse KL; in between, the JSD. Logits at temperature 1.",
+    )
 
 
 class FinetuneSection(Section):
@@ -202,6 +223,7 @@ class FinetuneSection(Section):
     )
     method: Literal["lora", "full"] = "lora"
     lora: LoraSettings = LoraSettings()
+    kd: KDSettings = KDSettings()
     learning_rate: float = Field(1e-4, gt=0)
     epochs: float = Field(1.0, gt=0)
     max_steps: int = Field(-1, description="Overrides epochs when > 0.")
@@ -259,6 +281,20 @@ class SpeculativeSettings(Section):
     num_assistant_tokens: int = Field(5, ge=1)
 
 
+class FidelitySettings(Section):
+    """How closely each model still imitates the base model, on prompts none of them trained on
+    (taken round-robin from the evaluated items): the base's greedy continuations are teacher-forced
+    through every model."""
+
+    prompts: int = Field(32, ge=1)
+    max_new_tokens: int = Field(64, ge=1)
+    num_assistant_tokens: int = Field(
+        5, ge=1, description="Draft length for the speculative-decoding acceptance rate computed "
+        "from the teacher-forced predictions (greedy decoding makes it exact)."
+    )
+    batch_size: int = Field(8, ge=1)
+
+
 class EvaluateSection(Section):
     tasks: list[str] = Field(
         default_factory=lambda: ["arc_easy", "hellaswag", "winogrande"],
@@ -268,12 +304,17 @@ class EvaluateSection(Section):
     source: Literal["offline", "hub"] = "offline"
     num_fewshot: dict[str, int] = Field(default_factory=dict)
     limit: int | None = Field(None, ge=1, description="Items per task, sampled with `seed`.")
+    offset: int = Field(
+        0, ge=0, description="Skip this many items of the seeded order first: with the same `seed`, "
+        "`offset: <limit of another recipe>` gives items disjoint from that recipe's (a dev set)."
+    )
     seed: int = 1234
     batch_size: int = Field(8, ge=1)
     models: list[str] | None = Field(
         None, description="Which models to evaluate: base, pruned, variant names, merge. Default: all."
     )
     speculative: SpeculativeSettings | None = SpeculativeSettings()
+    fidelity: FidelitySettings | None = FidelitySettings()
 
 
 # --------------------------------------------------------------------------- card / publish

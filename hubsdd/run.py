@@ -177,7 +177,7 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec("prune", ("base",), "hubsdd.prune:run_prune", describe="score blocks, remove layers"),
     StageSpec("distill", ("base",), "hubsdd.distill:run_distill",
               enabled=lambda r: r.distill is not None, describe="teacher rewrites the training data"),
-    StageSpec("finetune", ("prune", "distill"), "hubsdd.finetune:run_finetune",
+    StageSpec("finetune", ("base", "prune", "distill"), "hubsdd.finetune:run_finetune",
               enabled=lambda r: r.finetune is not None, describe="fine-tune each variant"),
     StageSpec("merge", ("prune", "finetune"), "hubsdd.merge:run_merge",
               enabled=lambda r: r.merge is not None, describe="merge variants with mergekit"),

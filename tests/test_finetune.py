@@ -26,7 +26,8 @@ def write_distilled(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def finetune_ctx(tmp_path: Path, finetune_yaml: str, model_dir: Path, *, out: str = "out") -> StageContext:
+def finetune_ctx(tmp_path: Path, finetune_yaml: str, model_dir: Path, *, out: str = "out",
+                 teacher: Path | None = None) -> StageContext:
     rows = [{"instruction": r["question"], "input": "", "original": r["answer"],
              "selected": f"Let me compute. {r['answer']}"} for r in INSTRUCTIONS]
     write_distilled(tmp_path / "distill" / "data" / "train.parquet", rows)
@@ -39,10 +40,11 @@ prune: {{blocks: 1, calibration: {{path: {tmp_path / 'cal.jsonl'}, text_column: 
 distill: {{data: {{path: {tmp_path / 'cal.jsonl'}}}}}
 finetune:
 {finetune_yaml}""")
+    base = StageResult("base", tmp_path / "base", {"fingerprint": "b", "outputs": {"model_dir": str(teacher or model_dir)}})
     prune = StageResult("prune", tmp_path / "prune", {"fingerprint": "p", "outputs": {"model_dir": str(model_dir)}})
     distill = StageResult("distill", tmp_path / "distill", {"fingerprint": "d", "outputs": {"data": "data/train.parquet"}})
     return StageContext(recipe, "finetune", tmp_path / "runs", tmp_path / out, tmp_path / "work",
-                        {"prune": prune, "distill": distill}, "finetune-fp")
+                        {"base": base, "prune": prune, "distill": distill}, "finetune-fp")
 
 
 def assert_plain_checkpoint(folder: Path, layers: int) -> "object":
@@ -65,7 +67,7 @@ def test_lora_lowers_loss_merges_and_resumes(tmp_path: Path, monkeypatch: pytest
     import trl
     from safetensors.torch import load_file
 
-    from hubsdd.finetune import run_finetune, train_variant
+    from hubsdd.finetune import run_finetune, train_variant, variant_dir
 
     pruned = save_tiny(tmp_path / "pruned", layers=3)
     ctx = finetune_ctx(tmp_path, """\
@@ -75,8 +77,8 @@ def test_lora_lowers_loss_merges_and_resumes(tmp_path: Path, monkeypatch: pytest
   lora: {r: 4, alpha: 8, dropout: 0.0, target_modules: all-linear}
 """, pruned)
     # A previous run trained `sdd`, then was killed before `sft`.
-    train_variant(ctx, "sdd", "distilled")
-    sdd_weights = ctx.work_dir / "sdd" / "model" / "model.safetensors"
+    train_variant(ctx, "sdd")
+    sdd_weights = variant_dir(ctx, "sdd") / "model" / "model.safetensors"
     stamp = sdd_weights.stat().st_mtime_ns
 
     built = []
@@ -93,8 +95,10 @@ def test_lora_lowers_loss_merges_and_resumes(tmp_path: Path, monkeypatch: pytest
     assert sdd_weights.stat().st_mtime_ns == stamp
 
     assert out.outputs["variants"] == {
-        "sdd": {"model_dir": "sdd/model", "data": "distilled", "train_log": "sdd/train_log.json"},
-        "sft": {"model_dir": "sft/model", "data": "original", "train_log": "sft/train_log.json"},
+        "sdd": {"model_dir": "sdd/model", "data": "distilled", "loss": "ce", "learning_rate": 0.02,
+                "train_log": "sdd/train_log.json"},
+        "sft": {"model_dir": "sft/model", "data": "original", "loss": "ce", "learning_rate": 0.02,
+                "train_log": "sft/train_log.json"},
     }
     assert out.outputs["plots"] == {"loss_curve": "loss_curve.png"}
     assert (ctx.out_dir / "loss_curve.png").read_bytes()[:8] == PNG_MAGIC
@@ -184,6 +188,87 @@ prune: {{blocks: 1, calibration: {{path: cal.jsonl, text_column: text}}}}
 distill: {{data: {{path: cal.jsonl}}}}
 finetune: {{}}
 """)
-    with pytest.raises(StageError, match=r"stages \['prune', 'distill'\] have not finished") as err:
+    with pytest.raises(StageError, match=r"stages \['base', 'prune', 'distill'\] have not finished") as err:
         main([str(recipe)])
     assert "--until distill" in err.value.fix
+
+
+def response_kl(student_dir: Path, teacher_dir: Path) -> float:
+    """Mean KL(teacher || student) per response token over the training examples."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from conftest import make_tokenizer
+
+    tok = make_tokenizer()
+    student = AutoModelForCausalLM.from_pretrained(student_dir).eval()
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir).eval()
+    total, n = 0.0, 0
+    for r in INSTRUCTIONS:
+        prompt = tok.apply_chat_template([{"role": "user", "content": r["question"]}], add_generation_prompt=True,
+                                         tokenize=False)
+        p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([p_ids + tok(r["answer"] + "<|im_end|>", add_special_tokens=False)["input_ids"]])
+        with torch.no_grad():
+            q = torch.log_softmax(student(ids).logits[0, len(p_ids) - 1:-1], -1)
+            p = torch.log_softmax(teacher(ids).logits[0, len(p_ids) - 1:-1], -1)
+        total += float(torch.nn.functional.kl_div(q, p, log_target=True, reduction="sum"))
+        n += q.shape[0]
+    return total / n
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_kd_moves_the_student_towards_its_teacher(tmp_path: Path, method: str) -> None:
+    from hubsdd.finetune import run_finetune
+
+    teacher = save_tiny(tmp_path / "teacher", layers=4, seed=1)
+    student = save_tiny(tmp_path / "student", layers=2, seed=2)
+    lora = "  lora: {r: 8, alpha: 16, dropout: 0.0, target_modules: all-linear}\n" if method == "lora" else ""
+    ctx = finetune_ctx(tmp_path, f"""\
+  variants: {{kd: {{data: original, loss: kd}}, sdd-kd: {{data: distilled, loss: kd, learning_rate: 0.01}}}}
+  method: {method}
+  learning_rate: 0.01
+  max_steps: 12
+  batch_size: 3
+{lora}""", student, teacher=teacher)
+    out = run_finetune(ctx)
+    before = response_kl(student, teacher)
+    after = response_kl(ctx.out_dir / "kd" / "model", teacher)
+    assert after < 0.8 * before, f"KL to the teacher {before:.4f} -> {after:.4f}"
+    for name in ("kd", "sdd-kd"):
+        assert out.outputs["variants"][name]["loss"] == "kd"
+        assert out.metrics["variants"][name]["loss"] == "kd" and out.metrics["variants"][name]["steps"] == 12
+        assert_plain_checkpoint(ctx.out_dir / name / "model", layers=2)
+    assert out.outputs["kd"] == {"beta": 0.0}
+
+
+def test_a_trained_variant_is_reused_when_variants_change(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import trl
+
+    from hubsdd.finetune import run_finetune
+
+    pruned = save_tiny(tmp_path / "pruned", layers=2)
+    common = "  learning_rate: 0.01\n  max_steps: 2\n  batch_size: 2\n"
+    first = finetune_ctx(tmp_path, "  variants: {sft: {data: original}}\n" + common, pruned, out="out1")
+    run_finetune(first)
+    built = []
+    real = trl.SFTTrainer
+
+    class CountingTrainer(real):  # type: ignore[misc, valid-type]
+        def __init__(self, *a, **kw):
+            built.append(kw["train_dataset"][0]["completion"][0]["content"])
+            super().__init__(*a, **kw)
+
+    monkeypatch.setattr(trl, "SFTTrainer", CountingTrainer)
+    # `sft` renamed `baseline` and a new variant added: only the new one trains
+    second = finetune_ctx(tmp_path, "  variants: {baseline: {data: original}, sdd: {data: distilled}}\n" + common,
+                          pruned, out="out2")
+    run_finetune(second)
+    assert len(built) == 1 and built[0].startswith("Let me compute.")
+    assert (first.out_dir / "sft" / "model" / "model.safetensors").read_bytes() == \
+        (second.out_dir / "baseline" / "model" / "model.safetensors").read_bytes()
+    # another learning rate is another variant
+    third = finetune_ctx(tmp_path, "  variants: {sft: {data: original, learning_rate: 0.02}}\n" + common, pruned,
+                         out="out3")
+    run_finetune(third)
+    assert len(built) == 2

@@ -7,7 +7,9 @@ import pytest
 from hubsdd.errors import RecipeError
 from hubsdd.recipe import load_recipe, parse_recipe, resolve_path
 
-RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
+ROOT = Path(__file__).parent.parent
+# Shipped recipes: the user-facing ones and those the benchmarks run.
+RECIPES = sorted(ROOT.glob("recipes/*.yaml")) + sorted(ROOT.glob("bench/*.yaml"))
 
 MINIMAL = """\
 name: t
@@ -20,7 +22,7 @@ prune:
 """
 
 
-@pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
+@pytest.mark.parametrize("path", RECIPES, ids=[str(p.relative_to(ROOT)) for p in RECIPES])
 def test_shipped_recipes_validate(path):
     recipe = load_recipe(path)
     assert recipe.prune.blocks >= 1
@@ -117,3 +119,40 @@ def test_package_paths_resolve_without_importing(tmp_path):
     p = resolve_path("package:json/__init__.py", tmp_path)
     assert p.name == "__init__.py" and p.exists()
     assert resolve_path("rel/x.jsonl", tmp_path) == tmp_path / "rel/x.jsonl"
+
+
+FINETUNE = MINIMAL + """\
+distill:
+  data: {path: data.jsonl}
+finetune:
+  variants:
+    sft: {data: original}
+    sdd: {data: distilled, learning_rate: 3.0e-4}
+    kd: {data: original, loss: kd}
+    sdd-kd: {data: distilled, loss: kd, learning_rate: 1.0e-3}
+  kd: {beta: 0.0}
+"""
+
+
+def test_variants_name_their_loss_and_learning_rate():
+    ft = parse_recipe(FINETUNE).finetune
+    assert {n: (v.data, v.loss) for n, v in ft.variants.items()} == {
+        "sft": ("original", "ce"), "sdd": ("distilled", "ce"), "kd": ("original", "kd"), "sdd-kd": ("distilled", "kd")}
+    assert ft.variants["sdd"].learning_rate == 3e-4 and ft.variants["sft"].learning_rate is None
+    assert ft.kd.beta == 0.0
+
+
+def test_bad_loss_and_kd_settings_name_their_path():
+    [p] = problems(FINETUNE.replace("loss: kd}", "loss: kl}", 1))
+    assert p.startswith("finetune.variants.kd.loss (line 14):") and "'ce' or 'kd'" in p
+    [p] = problems(FINETUNE.replace("beta: 0.0", "beta: 1.5"))
+    assert p.startswith("finetune.kd.beta (line 16):")
+    [p] = problems(FINETUNE.replace("learning_rate: 3.0e-4", "learning_rate: -1"))
+    assert p.startswith("finetune.variants.sdd.learning_rate (line 13):")
+
+
+def test_evaluate_offset_and_fidelity_validate():
+    r = parse_recipe(MINIMAL + "evaluate: {limit: 100, offset: 400, fidelity: {prompts: 16}}\n")
+    assert r.evaluate.offset == 400 and r.evaluate.fidelity.prompts == 16
+    [p] = problems(MINIMAL + "evaluate: {offset: -1}\n")
+    assert p.startswith("evaluate.offset (line 8):")
