@@ -133,6 +133,29 @@ def eval_results_for(release: str, results: dict[str, StageResult], model_name: 
     return out
 
 
+def retention_summary(evaluate_metrics: dict, release: str) -> dict | None:
+    """The release's retention for the card's metadata (and ``hubsdd pull``): the figure, its 95%
+    interval, the margin retention, how many items it rests on, and whether they are enough to
+    headline it (:func:`hubsdd.evidence.headline_ok`)."""
+    from . import evidence
+
+    found = evaluate_metrics.get("evidence") or {}
+    row = (found.get("models") or {}).get(release) or {}
+    if "retention" not in row:
+        return None
+    out = {
+        "value": round(row["retention"]["value"], 6),
+        "ci95": [round(x, 6) for x in row["retention"]["ci95"]],
+        "items_per_task": min(found.get("items", {}).values(), default=0),
+        "tasks": len(found.get("items", {})),
+        "precise": evidence.headline_ok(found, release),
+    }
+    if "margin_retention" in row:
+        out["margin"] = round(row["margin_retention"]["value"], 6)
+        out["margin_ci95"] = [round(x, 6) for x in row["margin_retention"]["ci95"]]
+    return out
+
+
 def build_model_card_data(recipe: Any, results: dict[str, StageResult], release: str,
                           files: dict[str, str], fingerprint: str) -> Any:
     from huggingface_hub import ModelCardData
@@ -160,9 +183,9 @@ def build_model_card_data(recipe: Any, results: dict[str, StageResult], release:
         meta["prune"] = {k: m[k] for k in ("method", "removed_layers", "layers_before", "layers_after",
                                            "params_before", "params_after") if k in m}
     if "evaluate" in results:
-        retention = results["evaluate"].metrics.get("retention", {}).get(release, {})
-        if "average" in retention:
-            meta["retention"] = retention["average"]
+        summary = retention_summary(results["evaluate"].metrics, release)
+        if summary is not None:
+            meta["retention"] = summary
     datasets = [recipe.publish.dataset_repo] if recipe.publish.dataset_repo and "distill" in results else None
     return ModelCardData(
         base_model=base_id,
@@ -197,6 +220,15 @@ def _plots_in_release(results: dict[str, StageResult]) -> dict[str, dict[str, st
     return plots
 
 
+def _headline(results: dict[str, StageResult], release: str) -> bool:
+    """Whether the evaluation is precise enough to headline the release's retention."""
+    from . import evidence
+
+    if "evaluate" not in results:
+        return False
+    return evidence.headline_ok(results["evaluate"].metrics.get("evidence") or {}, release)
+
+
 def render_model_card(recipe: Any, results: dict[str, StageResult], release: str, files: dict[str, str],
                       fingerprint: str) -> Any:
     """The model card (a huggingface_hub.ModelCard) of a run's finished stages."""
@@ -206,7 +238,7 @@ def render_model_card(recipe: Any, results: dict[str, StageResult], release: str
     stages = {name: res.data for name, res in results.items()}
     plots = _plots_in_release(results)
     context = dict(stages=stages, plots=plots, release=release, dataset_repo=recipe.publish.dataset_repo,
-                   model_repo=recipe.publish.model_repo)
+                   model_repo=recipe.publish.model_repo, headline=_headline(results, release))
     training = render_section("sections/training.md.j2", **context) if "finetune" in results else ""
     evaluation = render_section("sections/evaluation.md.j2", **context) if "evaluate" in results else ""
     versions = {}
@@ -219,6 +251,9 @@ def render_model_card(recipe: Any, results: dict[str, StageResult], release: str
     return ModelCard.from_template(
         card_data,
         template_str=template_text("model_card.md.j2"),
+        # ModelCardData.to_dict() drops model_name once eval_results exist (it moves into
+        # model-index), so the title and first sentence get it explicitly.
+        model_name=card_data.model_name,
         stages=stages,
         prune=prune,
         plots=plots,

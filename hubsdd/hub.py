@@ -717,6 +717,29 @@ def format_publish(result: PublishResult) -> str:
     return "\n".join(lines)
 
 
+def _pct(x: Any) -> str:
+    return f"{x:.1%}" if isinstance(x, (int, float)) else str(x)
+
+
+def format_retention(ret: Any) -> str:
+    """A card's retention block as one line: the figure, its 95% interval and what it rests on; a
+    figure from too few items is said to be so rather than given alone."""
+    if isinstance(ret, (int, float)):  # releases of hubsdd < 0.2: a bare figure, no interval
+        return f"{ret:.1%} of the base model's average (no interval recorded)"
+    if not isinstance(ret, dict) or "value" not in ret:
+        return str(ret)
+    lo, hi = (ret.get("ci95") or [None, None])[:2]
+    text = f"{_pct(ret['value'])} of the base model's average (95% CI {_pct(lo)} to {_pct(hi)})"
+    if "margin" in ret:
+        text += f"; above chance: {_pct(ret['margin'])}"
+    items, tasks = ret.get("items_per_task"), ret.get("tasks")
+    if items:
+        text += f"; {items} items per task" + (f" x {tasks} tasks" if tasks else "")
+    if ret.get("precise") is False:
+        text += " -- too few items to tell the models apart: read the interval, not the figure"
+    return text
+
+
 def format_summary(result: PullResult) -> str:
     """What `hubsdd pull` prints after a verified download."""
     lines = [f"Verified {result.repo_id}@{result.commit_sha[:12]} ({result.revision}): "
@@ -731,14 +754,7 @@ def format_summary(result: PullResult) -> str:
         lines.append(f"  layers:          {p.get('layers_before')} -> {p.get('layers_after')}"
                      + (f" (removed {', '.join(map(str, removed))})" if removed else ""))
     if result.retention is not None:
-        ret = result.retention
-        if isinstance(ret, (int, float)):
-            lines.append(f"  retention:       {ret:.1%}" if ret <= 1.5 else f"  retention:       {ret}")
-        elif isinstance(ret, dict):
-            lines.append("  retention:       " + ", ".join(
-                f"{k} {v:.1%}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in ret.items()))
-        else:
-            lines.append(f"  retention:       {ret}")
+        lines.append(f"  retention:       {format_retention(result.retention)}")
     if result.unlisted:
         lines.append(f"  not covered by the card: {', '.join(result.unlisted)}")
     lines.append(f"  load with:       AutoModelForCausalLM.from_pretrained({str(result.local_path)!r})")

@@ -160,7 +160,7 @@ def test_evaluation_section_renders(evaluated: StageResult) -> None:
     }
     text = env.from_string('{% include "sections/evaluation.md.j2" %}').render(
         stages=stages, plots={"evaluate": {"task_bars": "plots/evaluate_task_bars.png"}}, release="sdd",
-        dataset_repo=None)
+        dataset_repo=None, headline=False)
     assert "| base (unpruned) |" in text and "SDD (self-data distilled) **← this model**" in text
     score = evaluated.metrics["scores"]["pruned"]["arc_easy"]["value"]
     assert f"{score * 100:.1f}" in text
@@ -168,6 +168,8 @@ def test_evaluation_section_renders(evaluated: StageResult) -> None:
     assert "Acceptance rate" in text and "slower than plain decoding" in text
     assert "```yaml\nmerge_method: slerp\n```" in text
     assert "None" not in text
+    assert "Too few items to tell these models apart" in text and "| Model | vs base | vs pruned |" in text
+    assert "#### Fidelity to the base model" in text
 
 
 # --------------------------------------------------------------------------- speculative decoding

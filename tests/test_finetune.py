@@ -167,7 +167,7 @@ def test_training_section_renders_from_stage_json() -> None:
         stages={"distill": distill, "finetune": finetune}, plots={"finetune": {"loss_curve": "plots/loss.png"}},
         dataset_repo="org/data")
     for needle in ("150 of 200 rewrites kept (75.0%)", "| LoRA rank / alpha / dropout | 8 / 16 / 0.05 |",
-                   "| Steps | 50 |", "| Gradient accumulation | 2 |", "| `sdd` | 50 | 200 | 4,884,480 | 2.5000 | 1.2500",
+                   "| Steps | 50 |", "| Gradient accumulation | 2 |", "| `sdd` | 50 | 200 | 4,884,480 | 2.5 | 1.25 | 1.5",
                    "self-distilled responses (SDD)", "original responses (SFT baseline)", "![Training loss",
                    "plots/loss.png", "datasets/org/data", "| Seed | 42 |"):
         assert needle in text, needle

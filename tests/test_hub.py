@@ -193,12 +193,15 @@ def test_pull_verifies_and_detects_tampering(hub_server, release, tmp_path):  # 
     published = _publish(release)
     got = pull(f"{MODEL}@{TAG}", local_dir=tmp_path / "pulled")
     assert got.commit_sha == published.model.commit_sha and got.base_model == BASE_MODEL
-    assert got.prune == {"removed_layers": [2, 3], "layers_before": 4, "layers_after": 2} and got.retention == 0.912
+    assert got.prune == {"removed_layers": [2, 3], "layers_before": 4, "layers_after": 2}
+    assert got.retention["value"] == 0.912 and got.retention["ci95"] == [0.871, 0.95]
     assert got.files_verified == len(model_card_meta(release[0])["hubsdd"]["files"])
     model = AutoModelForCausalLM.from_pretrained(got.local_path)
     assert model.config.num_hidden_layers == 2
     summary = format_summary(got)
-    assert "2 -> 2" not in summary and "4 -> 2" in summary and "91.2%" in summary
+    assert "2 -> 2" not in summary and "4 -> 2" in summary
+    assert "retention:       91.2% of the base model's average (95% CI 87.1% to 95.0%); above chance: 85.0%; " \
+           "400 items per task x 6 tasks" in summary and "too few" not in summary
 
     config = json.loads(hub_server.file_bytes(MODEL, "config.json"))
     config["num_hidden_layers"] = 3
@@ -242,3 +245,13 @@ def test_parse_repo_ref():
         parse_repo_ref("/abs/path")
     with pytest.raises(HubError):
         parse_repo_ref("org/name@v1", "v2")
+
+
+def test_pull_summary_says_when_items_are_too_few() -> None:
+    from hubsdd.hub import format_retention
+
+    few = {"value": 1.143, "ci95": [0.78, 1.52], "items_per_task": 20, "tasks": 3, "precise": False}
+    text = format_retention(few)
+    assert text.startswith("114.3% of the base model's average (95% CI 78.0% to 152.0%); 20 items per task")
+    assert "too few items to tell the models apart" in text
+    assert format_retention(0.9) == "90.0% of the base model's average (no interval recorded)"
