@@ -4,7 +4,7 @@
     results = run(load_recipe("recipes/smollm2-135m-demo.yaml"), until="prune")
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from .recipe import Recipe, load_recipe, parse_recipe  # noqa: E402
 from . import run  # noqa: E402  (the module is callable: run(recipe, until=...))
