@@ -32,6 +32,30 @@ def best_of(fn: Callable[[], object], repeats: int) -> float:
     return min(times)
 
 
+def measure_gflops(threads: int = 2, repeats: int = 20) -> dict:
+    """This machine's fp32 linear throughput on SmolLM2's 300 x 576 x 1536 layer shape: GFLOPS of
+    torch's default kernel (MKL) and of oneDNN, and the better of the two (what hubsdd's inference
+    gets). A second: put it beside every absolute time, since 2-core machines here differ ~4x."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        gen = torch.Generator().manual_seed(0)
+        x, w = torch.randn(300, 576, generator=gen), torch.randn(1536, 576, generator=gen)
+        flops = 2 * 300 * 576 * 1536 / 1e9
+        with torch.inference_mode():
+            mkl = flops / best_of(lambda: torch.nn.functional.linear(x, w), repeats)
+            try:
+                dnn = flops / best_of(lambda: torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], ""), repeats)
+            except (RuntimeError, AttributeError):
+                dnn = 0.0
+    finally:
+        torch.set_num_threads(before)
+    return {"mkl": round(mkl, 1), "onednn": round(dnn, 1), "best": round(max(mkl, dnn), 1), "threads": threads,
+            "shape": "300 x 576 x 1536"}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=2)
