@@ -23,6 +23,14 @@ Retention (the paper's headline figure) is a model's score divided by the base m
 and for the average over tasks of each task's primary metric (acc_norm for ARC and HellaSwag as on
 the leaderboard, exact match for GSM8K, accuracy otherwise).
 
+Every model's outcome on every item is kept (lm-eval's logged samples), so :mod:`hubsdd.evidence`
+can give each average and retention a 95% interval and compare models item by item (paired).
+Log-likelihood requests are scored by :mod:`hubsdd.scoring` (each context once, the choices packed
+after it), with lm-eval's numbers. A model's results are cached in the run directory under its
+content hash and exactly what was evaluated, so no model is evaluated twice. Fidelity to the base
+(top-1 agreement, KL, greedy draft acceptance, :mod:`hubsdd.fidelity`) is measured on the base
+model's continuations of held-out prompts taken from the evaluated items.
+
 Speculative decoding: each pruned model drafts for the base model with transformers'
 ``generate(assistant_model=...)``, greedy. The acceptance rate (accepted / proposed draft tokens)
 measures how faithfully the pruned model imitates the base; it is counted by instrumenting the

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The offline demo, end to end: a local Hub-compatible server on 127.0.0.1, `hubsdd publish` of the
 # demo recipe to it, `hubsdd pull` back with verification, then load and generate with stock
-# transformers. Called by `make demo` after the set-up; the venv's bin is on PATH.
+# transformers beside the base model. Called by `make demo` after the set-up; the venv's bin is on PATH.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,18 +33,42 @@ echo "== hubsdd pull $MODEL_REPO"
 rm -rf "$DEMO_DIR/pulled"
 hubsdd pull "$MODEL_REPO" --local-dir "$DEMO_DIR/pulled"
 
-echo "== load with stock transformers and generate"
-python - "$DEMO_DIR/pulled" <<'PY'
+echo "== the base model and the released model, same prompts, greedy (stock transformers)"
+python - "runs/smollm2-135m-sdd-demo/base/model" "$DEMO_DIR/pulled" <<'PY'
 import sys
+import textwrap
+
 from transformers import AutoModelForCausalLM, AutoTokenizer
-path = sys.argv[1]
-tok = AutoTokenizer.from_pretrained(path)
-model = AutoModelForCausalLM.from_pretrained(path)
-msgs = [{"role": "user", "content": "Tom has 3 apples and buys 4 more. How many apples does he have?"}]
-inputs = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-out = model.generate(**inputs, max_new_tokens=48, do_sample=False)
-print(f"{model.config.num_hidden_layers} layers, {sum(p.numel() for p in model.parameters())/1e6:.1f}M parameters")
-print("prompt:", msgs[0]["content"])
-print("reply: ", tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip())
+
+PROMPTS = [
+    "Tom has 3 apples and buys 4 more. How many apples does he have?",
+    "What is the capital of France?",
+    "Give one tip for staying healthy.",
+]
+
+
+def replies(path):
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    out = []
+    for text in PROMPTS:
+        inputs = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                         return_tensors="pt", return_dict=True)
+        ids = model.generate(**inputs, max_new_tokens=48, do_sample=False)
+        out.append(tok.decode(ids[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip())
+    size = f"{model.config.num_hidden_layers} layers, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters"
+    return size, out
+
+
+base_size, base = replies(sys.argv[1])
+release_size, release = replies(sys.argv[2])
+width = 60
+print(f"{'base (' + base_size + ')':<{width}}  | released ({release_size})")
+for prompt, a, b in zip(PROMPTS, base, release):
+    print("-" * (2 * width + 3))
+    print(f"prompt: {prompt}")
+    left, right = textwrap.wrap(a, width) or [""], textwrap.wrap(b, width) or [""]
+    for i in range(max(len(left), len(right))):
+        print(f"{left[i] if i < len(left) else '':<{width}}  | {right[i] if i < len(right) else ''}")
 PY
 echo "== demo finished in $(( $(date +%s) - start ))s (pipeline + publish + pull); release card: runs/smollm2-135m-sdd-demo/card/model/README.md"

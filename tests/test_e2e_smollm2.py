@@ -60,8 +60,16 @@ def test_demo_publish_pull_and_load_from_the_hub(tmp_path, hub_server, monkeypat
                 for e in evaluate["card_eval_results"] if e["model"] == "merge"}
     got = {(r.dataset_name, r.metric_type): r.metric_value for r in card.data.eval_results}
     assert got == expected and len(got) == 3
-    assert meta["hubsdd"]["retention"] == pytest.approx(evaluate["retention"]["merge"]["average"])
+    retention = meta["hubsdd"]["retention"]
+    assert retention["value"] == pytest.approx(evaluate["retention"]["merge"]["average"], abs=1e-6)
+    lo, hi = retention["ci95"]
+    assert lo <= retention["value"] <= hi and retention["items_per_task"] == 20
+    assert retention["precise"] is False  # 20 items per task cannot tell the models apart
     body = card.text
+    name = meta["model-index"][0]["name"]
+    assert body.lstrip().startswith(f"# {name}\n") and f"**{name}** is [HuggingFaceTB/SmolLM2-135M-Instruct]" in body
+    assert "Too few items to tell these models apart" in body and "keeps **" not in body
+    assert "Fidelity to the base model" in body
     for row in ("base (unpruned)", "pruned, not fine-tuned", "SDD (self-data distilled)", "SFT (original data)",
                 "merge (slerp of sdd + sft)"):
         assert row in body
@@ -99,7 +107,8 @@ def test_demo_publish_pull_and_load_from_the_hub(tmp_path, hub_server, monkeypat
     # --- pull verifies files and recipe against the card
     assert main(["pull", MODEL_REPO, "--local-dir", str(tmp_path / "pulled")]) == 0
     out = capsys.readouterr().out
-    assert "Verified" in out and "30 -> 26" in out and "retention" in out
+    assert "Verified" in out and "30 -> 26" in out
+    assert "retention:" in out and "95% CI" in out and "too few items to tell the models apart" in out
 
     # --- the token never reached a file of the run, the download or the server's storage
     for root in (tmp_path / "runs", tmp_path / "pulled", tmp_path / "hub-storage"):

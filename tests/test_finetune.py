@@ -272,3 +272,41 @@ def test_a_trained_variant_is_reused_when_variants_change(tmp_path: Path, monkey
                          out="out3")
     run_finetune(third)
     assert len(built) == 2
+
+
+@pytest.mark.parametrize("kd", [False, True])
+def test_response_only_losses_equal_trl_own(tmp_path: Path, kd: bool) -> None:
+    """The leaner losses give TRL's own loss and gradients on the same batch."""
+    import torch
+    from trl import SFTTrainer
+    from trl.experimental.gkd import GKDTrainer
+
+    from conftest import make_tiny_model, make_tokenizer
+    from hubsdd.finetune import _lora_config, _sft_config, trainer_classes, training_dataset
+    from hubsdd.recipe import FinetuneSection
+
+    rows = [{"instruction": r["question"], "input": "", "original": r["answer"], "selected": r["answer"]}
+            for r in INSTRUCTIONS]
+    dataset, _ = training_dataset(write_distilled(tmp_path / "d.parquet", rows), "original", messages=kd)
+    section = FinetuneSection(batch_size=3, max_steps=1, gradient_accumulation_steps=2,
+                              lora={"r": 4, "alpha": 8, "dropout": 0.0})
+    ours_class = trainer_classes()[1 if kd else 0]
+    theirs_class = GKDTrainer if kd else SFTTrainer
+    losses, grads = [], []
+    for cls in (theirs_class, ours_class):
+        kwargs = {"teacher_model": make_tiny_model(layers=4, seed=9)} if kd else {}
+        trainer = cls(model=make_tiny_model(layers=2, seed=1), args=_sft_config(section, tmp_path / "t", kd=kd),
+                      train_dataset=dataset, processing_class=make_tokenizer(), peft_config=_lora_config(section),
+                      **kwargs)
+        trainer.model.train()
+        batch = next(iter(trainer.get_train_dataloader()))
+        for n in (None, 17):
+            loss = trainer.compute_loss(trainer.model, dict(batch), num_items_in_batch=n)
+            losses.append(float(loss))
+        trainer.model.zero_grad()
+        trainer.compute_loss(trainer.model, dict(batch)).backward()
+        grads.append([p.grad.clone() for p in trainer.model.parameters() if p.requires_grad])
+    assert losses[0] > 0
+    assert losses[:2] == pytest.approx(losses[2:], rel=1e-5)
+    for a, b in zip(*grads, strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
