@@ -15,6 +15,7 @@ from typing import Optional
 
 import typer
 
+from .console import Output
 from .errors import HubsddError
 
 app = typer.Typer(
@@ -25,46 +26,68 @@ app = typer.Typer(
 )
 
 STATUS_MARK = {"cached": "cached ", "stale": "stale  ", "pending": "pending", "disabled": "-      "}
+LOG_FORMATS = ("text", "json")
+
+# One Output per invocation, set by the global options (see hubsdd.console).
+_out = Output()
 
 
-def _echo(msg: str = "") -> None:
-    typer.echo(msg)
+@app.callback()
+def _options(
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only results and errors."),
+    log_format: str = typer.Option("text", "--log-format", help="text, or json: one JSON object per line on stdout "
+                                   "(stage, event, seconds, metrics), for CI logs."),
+) -> None:
+    """Options for every command."""
+    global _out
+    if log_format not in LOG_FORMATS:
+        raise typer.BadParameter(f"{log_format!r} is not one of {', '.join(LOG_FORMATS)}", param_hint="--log-format")
+    _out = Output(log_format=log_format, quiet=quiet)
+
+
+def _echo(msg: str = "", *, result: bool = False) -> None:
+    _out.line(msg, result=result)
 
 
 def _setup_logging(verbose: bool) -> None:
-    level = logging.DEBUG if verbose else logging.INFO
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
-    root = logging.getLogger("hubsdd")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
-    if not verbose:
-        _quiet_libraries()
+    _out.setup(verbose)
 
 
-def _quiet_libraries() -> None:
-    """Library progress bars and warnings drown the stage log on a terminal (`-v` keeps them)."""
-    import warnings
+class _StageEvents:
+    """The runner's events: a line per stage (text), a JSON object per stage (json), the summary."""
 
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    warnings.filterwarnings("ignore", category=UserWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    try:
-        import datasets
-        import transformers
+    def __init__(self, run_dir: Path) -> None:
+        from .report import RunSummary
 
-        datasets.disable_progress_bars()
-        datasets.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
-        transformers.utils.logging.set_verbosity_error()
-    except ImportError:  # pragma: no cover - both are dependencies
-        pass
-    for name in ("lm_eval", "lm-eval", "mergekit", "trl", "peft", "accelerate", "httpx", "httpx2"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+        self.run_dir = run_dir
+        self.summary = RunSummary()
+
+    def __call__(self, stage: str, status: str, seconds: float | None) -> None:
+        from .report import headline
+        from .run import read_stage
+
+        result = read_stage(self.run_dir, stage) if status in ("done", "cached") else None
+        self.summary.event(stage, status, seconds, result)
+        _out.event(stage=stage, event=status, seconds=seconds,
+                   metrics=headline(result) if result is not None else None)
+        if status == "skipped":
+            return
+        extra = f" ({seconds:.1f}s)" if seconds is not None else ""
+        label = {"cached": "cached, skipped", "running": "running...", "done": "done"}[status]
+        _echo(f"[{stage}] {label}{extra}")
+
+    def finish(self, urls: list[str] | None = None) -> None:
+        rows = self.summary.rows()
+        _out.event(event="summary", stages=[vars(r) for r in rows], urls=urls or [])
+        if not rows:
+            return
+        _echo("")
+        _echo(f"{'stage':<10}{'status':<9}{'seconds':>9}  output")
+        for r in rows:
+            secs = f"{r.seconds:.1f}" if r.seconds is not None and r.status != "skipped" else "-"
+            _echo(f"{r.stage:<10}{r.status:<9}{secs:>9}  {r.output}")
+        for url in urls or []:
+            _echo(f"pushed: {url}", result=True)
 
 
 @app.command()
@@ -72,9 +95,11 @@ def validate(recipe: Path = typer.Argument(..., help="Recipe YAML file.")) -> No
     """Check a recipe; print every error with its YAML path and line."""
     from .recipe import load_recipe
 
+    from .run import STAGES
+
     r = load_recipe(recipe)
-    stages = [p for p in ("prune", "distill", "finetune", "merge", "evaluate") if getattr(r, p) is not None]
-    _echo(f"{recipe}: ok (name: {r.name}; stages: base, {', '.join(stages)}, card)")
+    stages = [spec.name for spec in STAGES if spec.enabled(r)]
+    _echo(f"{recipe}: ok (name: {r.name}; stages: {', '.join(stages)})", result=True)
 
 
 @app.command()
@@ -96,14 +121,6 @@ def plan(recipe: Path = typer.Argument(..., help="Recipe YAML file.")) -> None:
         _echo(f"  dataset -> {pub.dataset_repo or '(publish.dataset_repo not set)'}")
 
 
-def _progress(stage: str, status: str, seconds: float | None) -> None:
-    if status == "skipped":
-        return
-    extra = f" ({seconds:.1f}s)" if seconds is not None else ""
-    label = {"cached": "cached, skipped", "running": "running...", "done": "done"}[status]
-    _echo(f"[{stage}] {label}{extra}")
-
-
 @app.command("run")
 def run_cmd(
     recipe: Path = typer.Argument(..., help="Recipe YAML file."),
@@ -117,10 +134,15 @@ def run_cmd(
 
     _setup_logging(verbose)
     r = load_recipe(recipe)
-    results = runner.run(r, until=until, force=tuple(force), on_event=_progress)
+    events = _StageEvents(r.run_dir)
+    with _out.progress():
+        results = runner.run(r, until=until, force=tuple(force), on_event=events)
+    _out.close()
+    events.finish()
     card = results.get("card")
     if card is not None:
-        _echo(f"release: {card.path('model_dir')} ({card.outputs.get('release')})")
+        _echo(f"release: {card.path('model_dir')} ({card.outputs.get('release')})", result=True)
+        _out.event(event="release", path=str(card.path("model_dir")), release=card.outputs.get("release"))
 
 
 @app.command()
@@ -129,7 +151,7 @@ def card(run_dir: Path = typer.Argument(..., help="A run directory, runs/<name>.
     from .card import rerender
 
     path = rerender(run_dir)
-    _echo(f"wrote {path}")
+    _echo(f"wrote {path}", result=True)
 
 
 @app.command()
@@ -160,7 +182,9 @@ def publish(
     if model_repo != pub.model_repo or dataset_repo != pub.dataset_repo:
         # The card links the repos: render it with the names actually pushed to.
         r.publish.model_repo, r.publish.dataset_repo = model_repo, dataset_repo
-    results = runner.run(r, on_event=_progress)
+    events = _StageEvents(r.run_dir)
+    with _out.progress():
+        results = runner.run(r, on_event=events)
     card_res = results["card"]
     dataset_dir = card_res.path("dataset_dir") if "dataset_dir" in card_res.outputs and pub.push_dataset else None
     if dataset_dir is not None and not dataset_repo:
@@ -176,7 +200,12 @@ def publish(
         tag=f"hubsdd-{card_res.fingerprint[:12]}",
         commit_message=pub.commit_message,
     )
-    _echo(hub.format_publish_result(result))
+    _out.close()
+    events.finish([] if dry_run else [r.pr_url or r.url for r in result.repos])
+    _echo(hub.format_publish_result(result), result=True)
+    _out.event(event="publish", dry_run=dry_run, repos=[
+        {"repo": r.repo_id, "type": r.repo_type, "url": r.url, "commit": r.commit_sha, "pr_url": r.pr_url,
+         "skipped": r.skipped} for r in result.repos])
 
 
 @app.command()
@@ -188,8 +217,11 @@ def pull(
     """Download a released checkpoint and verify its files and recipe against its card."""
     from . import hub
 
+    _setup_logging(False)
     result = hub.pull(repo, revision=revision, local_dir=local_dir)
-    _echo(hub.format_pull_summary(result))
+    _echo(hub.format_pull_summary(result), result=True)
+    _out.event(event="pull", repo=result.repo_id, commit=result.commit_sha, path=str(result.local_path),
+               retention=result.retention)
 
 
 @app.command()
@@ -202,7 +234,7 @@ def init(
     from .scaffold import write_scaffold
 
     for written in write_scaffold(path, github_action=github_action, force=force):
-        _echo(f"wrote {written}")
+        _echo(f"wrote {written}", result=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,9 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     except HubsddError as exc:
         if debug:
             traceback.print_exc()
-        typer.echo(f"error: {exc.message}", err=True)
-        if exc.fix:
-            typer.echo(f"  fix: {exc.fix}", err=True)
+        _out.error(exc.message, exc.fix)
         return exc.exit_code
     except KeyboardInterrupt:
         typer.echo("interrupted; rerun the same command to resume", err=True)

@@ -44,6 +44,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
+from . import progress
 from .data import get_value, load_rows, resolve_dataset_revision
 from .errors import DataError, StageError
 from .models import fast_cpu_linears
@@ -762,30 +763,34 @@ def run_distill(ctx: StageContext, *, backend: GenerationBackend | None = None,
     teacher_identity = f"{teacher}@{teacher_sha or base.data.get('fingerprint', '')}"
     own_backend = backend is None
     try:
-        for k, (lo, hi) in enumerate(bounds):
-            key = shard_key(prompts[lo:hi], settings, teacher_identity, k)
-            path = shard_dir / f"shard-{k:05d}.parquet"
-            found = _read_shard(path, key) if path.exists() else None
-            if found is not None:
-                rows, meta = found
-                resumed += 1
-            else:
-                if backend is None:
-                    backend = make_backend(ctx, settings)
-                t0 = time.perf_counter()
-                outs = backend.generate([[{"role": "user", "content": p}] for p in prompts[lo:hi]],
-                                        seed=settings.seed + k)
-                seconds = time.perf_counter() - t0
-                rows = [{"row": lo + j, "rewrite": g.text, "tokens": g.tokens, "finish_reason": g.finish_reason}
-                        for j, g in enumerate(outs)]
-                meta = {"key": key, "seconds": seconds, "tokens": sum(g.tokens for g in outs), "backend": backend.name}
-                _write_parquet(path, rows, SHARD_SCHEMA_FIELDS, meta)
-                log.info("distill: shard %d/%d, %d rows, %.1f tok/s", k + 1, len(bounds), hi - lo,
-                         meta["tokens"] / max(seconds, 1e-9))
-            gen_seconds += float(meta.get("seconds", 0.0))
-            generations.extend(rows)
-            if on_shard is not None:
-                on_shard(k, len(bounds), found is not None)
+        with progress.task("teacher rewrites", total=len(prompts), unit="row") as bar:
+            for k, (lo, hi) in enumerate(bounds):
+                key = shard_key(prompts[lo:hi], settings, teacher_identity, k)
+                path = shard_dir / f"shard-{k:05d}.parquet"
+                found = _read_shard(path, key) if path.exists() else None
+                if found is not None:
+                    rows, meta = found
+                    resumed += 1
+                else:
+                    if backend is None:
+                        backend = make_backend(ctx, settings)
+                    t0 = time.perf_counter()
+                    outs = backend.generate([[{"role": "user", "content": p}] for p in prompts[lo:hi]],
+                                            seed=settings.seed + k)
+                    seconds = time.perf_counter() - t0
+                    rows = [{"row": lo + j, "rewrite": g.text, "tokens": g.tokens, "finish_reason": g.finish_reason}
+                            for j, g in enumerate(outs)]
+                    meta = {"key": key, "seconds": seconds, "tokens": sum(g.tokens for g in outs),
+                            "backend": backend.name}
+                    _write_parquet(path, rows, SHARD_SCHEMA_FIELDS, meta)
+                    log.info("distill: shard %d/%d, %d rows, %.1f tok/s", k + 1, len(bounds), hi - lo,
+                             meta["tokens"] / max(seconds, 1e-9))
+                gen_seconds += float(meta.get("seconds", 0.0))
+                tok_s = float(meta.get("tokens", 0)) / max(float(meta.get("seconds", 0.0)), 1e-9)
+                bar.advance(hi - lo, tok_s=round(tok_s, 1))
+                generations.extend(rows)
+                if on_shard is not None:
+                    on_shard(k, len(bounds), found is not None)
     finally:
         if own_backend and backend is not None:
             backend.close()

@@ -593,12 +593,20 @@ def _quiet_lm_eval() -> Iterator[None]:
     loggers = [logging.getLogger(n) for n in ("lm_eval", "lm-eval", "datasets")]
     levels = [lg.level for lg in loggers]
     # Its warnings about being handed a loaded model are about what hubsdd does on purpose.
-    quiet = logging.DEBUG if log.isEnabledFor(logging.DEBUG) else logging.ERROR
+    verbose = log.isEnabledFor(logging.DEBUG)
     for lg in loggers:
-        lg.setLevel(quiet)
+        lg.setLevel(logging.DEBUG if verbose else logging.ERROR)
+    # lm-eval records its own git hash by running `git describe` in the current directory, which
+    # prints "fatal: not a git repository" to the terminal wherever that is not a checkout.
+    import lm_eval.evaluator as lm_evaluator
+
+    git_hash = lm_evaluator.get_git_commit_hash
+    if not verbose:
+        lm_evaluator.get_git_commit_hash = lambda: None
     try:
         yield
     finally:
+        lm_evaluator.get_git_commit_hash = git_hash
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
 

@@ -40,12 +40,14 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import progress
 from .distill import user_message
 from .errors import DataError, StageError
 from .recipe import FinetuneSection
@@ -316,8 +318,12 @@ def train_variant(ctx: StageContext, name: str, *, is_main: bool = True) -> dict
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in trainer.model.parameters())
     # On CPU the frozen weights (all of them under LoRA) and the teacher run through oneDNN.
+    per_step = section.batch_size * section.gradient_accumulation_steps
+    steps = section.max_steps if section.max_steps > 0 else math.ceil(len(dataset) / per_step * section.epochs)
     with fast_cpu_frozen_linears(trainer.model), \
-            (fast_cpu_linears(teacher) if teacher is not None else contextlib.nullcontext()):
+            (fast_cpu_linears(teacher) if teacher is not None else contextlib.nullcontext()), \
+            progress.task(f"training {name}", total=steps, unit="step") as bar:
+        trainer.add_callback(progress.CallbackAdapter.build(bar))
         output = trainer.train()
     seconds = time.time() - started
     history = [{"step": int(e["step"]), "loss": float(e["loss"])} for e in trainer.state.log_history

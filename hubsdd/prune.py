@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 
+from . import progress
 from .errors import DataError, UnsupportedArchitectureError
 from .models import fast_cpu_linears
 from .run import StageContext, StageOutput
@@ -171,14 +172,18 @@ def score_blocks(model: "PreTrainedModel", batches: Iterable[dict], token_positi
 
     handle = layers[-1].register_forward_hook(keep_last_output)
     device = next(model.parameters()).device
+    batches = list(batches)
     try:
-        with torch.inference_mode(), fast_cpu_linears(model):
+        with torch.inference_mode(), fast_cpu_linears(model), \
+                progress.task("scoring blocks", total=len(batches), unit="batch") as bar:
             for batch in batches:
+                bar.advance(0)
                 batch = {k: v.to(device) for k, v in batch.items()}
                 out = model(**batch, output_hidden_states=True, use_cache=False)
                 # hidden_states[i] enters layer i; the last entry is post-norm, replaced by the hook's.
                 boundaries = list(out.hidden_states[:-1]) + [captured.pop("last")]
                 acc.add(boundaries, batch["attention_mask"])
+                bar.advance(1)
     finally:
         handle.remove()
     return acc.result()

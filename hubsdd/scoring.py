@@ -118,7 +118,8 @@ def tree_mask(tree_of: list[int], branch_of: list[int]) -> Any:
 
 
 def score_packed(model: Any, requests: list[tuple[Any, list[int], list[int]]], *, vocab_size: int,
-                 pack_tokens: int = PACK_TOKENS, device: Any = None) -> list[tuple[float, bool]]:
+                 pack_tokens: int = PACK_TOKENS, device: Any = None,
+                 on_row: Any = None) -> list[tuple[float, bool]]:
     """(sum of continuation log-probs, continuation is the greedy one) for every request."""
     import torch
     import torch.nn.functional as F
@@ -149,6 +150,8 @@ def score_packed(model: Any, requests: list[tuple[Any, list[int], list[int]]], *
             rows_lp = logprobs[[where[p] for p in ps]]
             greedy = bool((rows_lp.argmax(dim=-1) == cont).all())
             results[req] = (float(rows_lp.gather(1, cont[:, None]).sum()), greedy)
+        if on_row is not None:
+            on_row(len(wanted))
     return results  # type: ignore[return-value]
 
 
@@ -157,14 +160,31 @@ def packed_lm_class() -> type:
     from lm_eval.models.huggingface import HFLM
 
     class PackedHFLM(HFLM):
-        """lm-eval's HFLM; log-likelihood requests are scored by :func:`score_packed`."""
+        """lm-eval's HFLM; log-likelihood requests are scored by :func:`score_packed`. lm-eval's
+        own progress bars show only when hubsdd logs at debug level (``-v``)."""
+
+        def _quiet(self, disable_tqdm: bool) -> bool:
+            return disable_tqdm or not logging.getLogger("hubsdd").isEnabledFor(logging.DEBUG)
+
+        def loglikelihood(self, requests: list, disable_tqdm: bool = False) -> list:
+            return super().loglikelihood(requests, disable_tqdm=self._quiet(disable_tqdm))
+
+        def loglikelihood_rolling(self, requests: list, disable_tqdm: bool = False) -> list:
+            return super().loglikelihood_rolling(requests, disable_tqdm=self._quiet(disable_tqdm))
+
+        def generate_until(self, requests: list, disable_tqdm: bool = False) -> list:
+            return super().generate_until(requests, disable_tqdm=self._quiet(disable_tqdm))
 
         def _loglikelihood_tokens(self, requests: list, disable_tqdm: bool = False,
                                   override_bs: int | None = None) -> list[tuple[float, bool]]:
             too_long = any(len(c) + len(x) > self.max_length + 1 for _, c, x in requests)
             if self.backend != "causal" or too_long or not packing_supported(self.model):
                 return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
-            answers = score_packed(self.model, requests, vocab_size=self.vocab_size, device=self.device)
+            from . import progress
+
+            with progress.task("scoring (lm-eval requests)", total=len(requests), unit="request") as bar:
+                answers = score_packed(self.model, requests, vocab_size=self.vocab_size, device=self.device,
+                                       on_row=bar.advance)
             for (request_str, _, _), answer in zip(requests, answers):
                 if request_str is not None:
                     self.cache_hook.add_partial("loglikelihood", request_str, answer)

@@ -1,0 +1,74 @@
+"""What a run did, in a few figures per stage: for the closing summary and ``--log-format json``.
+
+Reads only ``stage.json`` (through :class:`~hubsdd.run.StageResult`), like the card.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .run import StageResult
+
+
+def headline(result: StageResult) -> dict[str, Any]:
+    """A stage's few figures worth a log line (the full metrics stay in its stage.json)."""
+    m, o = result.metrics, result.outputs
+    name = result.name
+    if name == "base":
+        return {k: o[k] for k in ("hub_id", "commit_sha", "license") if o.get(k)}
+    if name == "prune":
+        return {k: m[k] for k in ("removed_layers", "layers_before", "layers_after", "params_before", "params_after")
+                if k in m}
+    if name == "distill":
+        return {k: m[k] for k in ("rows", "accepted", "acceptance_rate", "tokens_per_second") if k in m}
+    if name == "finetune":
+        return {v: {k: r.get(k) for k in ("loss", "learning_rate", "steps", "train_loss_first", "train_loss_last")}
+                for v, r in (m.get("variants") or {}).items()}
+    if name == "merge":
+        return {k: o[k] for k in ("method", "models") if k in o}
+    if name == "evaluate":
+        evid = m.get("evidence") or {}
+        out: dict[str, Any] = {}
+        for model, row in (evid.get("models") or {}).items():
+            entry = {"average": row["average"]["value"], "average_ci95": row["average"]["ci95"]}
+            if "retention" in row:
+                entry.update(retention=row["retention"]["value"], retention_ci95=row["retention"]["ci95"])
+            out[model] = entry
+        return {"models": out, "items": evid.get("items", {})}
+    if name == "card":
+        return {"release": o.get("release")}
+    return {}
+
+
+@dataclass
+class StageLine:
+    stage: str
+    status: str  # ran | cached | skipped
+    seconds: float | None = None
+    output: str = ""
+
+
+@dataclass
+class RunSummary:
+    """Collects the runner's events into the closing table."""
+
+    lines: dict[str, StageLine] = field(default_factory=dict)
+    urls: list[str] = field(default_factory=list)
+
+    def event(self, stage: str, status: str, seconds: float | None, result: StageResult | None = None) -> None:
+        if status == "running":
+            return
+        kind = {"done": "ran", "cached": "cached", "skipped": "skipped"}.get(status, status)
+        self.lines[stage] = StageLine(stage, kind, seconds, _short(result.dir) if result is not None else "")
+
+    def rows(self) -> list[StageLine]:
+        return list(self.lines.values())
+
+
+def _short(path: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
