@@ -202,8 +202,64 @@ def _token(token: str | None) -> str:
 
     token = token or get_token()
     if not token:
-        raise AuthError("no Hugging Face token found", fix="log in with `hf auth login` or set HF_TOKEN")
+        raise AuthError("no Hugging Face token found",
+                        fix="log in with `hf auth login`, set HF_TOKEN, or in CI use trusted publishing "
+                            "(HF_OIDC_RESOURCE with an OIDC id token)")
     return token
+
+
+OIDC_ENV = "HF_OIDC_RESOURCE"
+
+
+def oidc_resource(repo_id: str, repo_type: str) -> str:
+    """How the Hub names a repository as a trusted-publishing resource: ``ns/name`` for a model,
+    ``datasets/ns/name`` for a dataset."""
+    return f"{URL_PREFIX[repo_type]}{repo_id}"
+
+
+def repo_tokens(repos: dict[str, tuple[str, str]], token: str | None = None) -> dict[str, str]:
+    """A token per repository to push (``{key: (repo_id, repo_type)}``), all obtained before anything
+    is pushed, so a refused token changes nothing on the Hub.
+
+    With trusted publishing on (``HF_OIDC_RESOURCE`` set, as in a GitHub Actions job with
+    ``id-token: write``), huggingface_hub exchanges the CI's OIDC id token for a short-lived token
+    scoped to *one* repository; hubsdd asks for one per repository it pushes, each scoped to that
+    repository (the repositories must exist, each with this workflow configured as a trusted
+    publisher). Otherwise one token (the argument, ``HF_TOKEN`` or the ``hf auth login`` store) serves
+    every repository."""
+    import os
+
+    from huggingface_hub import get_token
+    from huggingface_hub.errors import HfHubHTTPError, OIDCError
+
+    if token or not os.environ.get(OIDC_ENV):
+        one = _token(token)
+        return {key: one for key in repos}
+    configured = os.environ[OIDC_ENV]
+    out = {}
+    try:
+        for key, (repo_id, repo_type) in repos.items():
+            resource = oidc_resource(repo_id, repo_type)
+            os.environ[OIDC_ENV] = resource
+            try:
+                exchanged = get_token()
+            except OIDCError as exc:
+                raise AuthError(f"trusted publishing: no OIDC id token to exchange for {resource}: {exc}",
+                                fix="run in GitHub Actions with `permissions: id-token: write` (or set "
+                                    "HF_OIDC_ID_TOKEN), or unset HF_OIDC_RESOURCE and set an HF_TOKEN secret") from None
+            except HfHubHTTPError as exc:
+                server = (getattr(exc, "server_message", None) or "").strip() or str(exc).strip().splitlines()[0]
+                raise AuthError(f"trusted publishing: the Hub refused to exchange the OIDC token for {resource} "
+                                f"({server})",
+                                fix=f"create {repo_type} repository {repo_id} and add this workflow as a trusted "
+                                    "publisher in its settings on the Hub; or unset HF_OIDC_RESOURCE and set an "
+                                    "HF_TOKEN secret") from None
+            if not exchanged:
+                raise AuthError(f"trusted publishing: no token for {resource}", fix="check HF_OIDC_RESOURCE")
+            out[key] = exchanged
+    finally:
+        os.environ[OIDC_ENV] = configured
+    return out
 
 
 # --------------------------------------------------------------------------- local release
@@ -564,8 +620,13 @@ def publish(model_dir: Path, dataset_dir: Path | None = None, *, model_repo: str
 
     from huggingface_hub import HfApi
 
-    token = _token(token)
-    api = HfApi(endpoint=_endpoint(), token=token)
+    # The configured resource (the model) last: huggingface_hub caches one exchanged token, and it
+    # should be the one HF_OIDC_RESOURCE names once this returns.
+    wanted = {"dataset": (dataset_repo, "dataset")} if dataset else {}
+    wanted["model"] = (model_repo, "model")  # type: ignore[assignment]
+    tokens = repo_tokens(wanted, token)
+    api = HfApi(endpoint=_endpoint(), token=tokens["model"])
+    ds_api = HfApi(endpoint=_endpoint(), token=tokens["dataset"]) if dataset else api
     with _hub_errors("checking the Hub token"):
         me = api.whoami()
     namespaces = {me.get("name")} | {o.get("name") for o in me.get("orgs", []) if isinstance(o, dict)}
@@ -578,7 +639,7 @@ def publish(model_dir: Path, dataset_dir: Path | None = None, *, model_repo: str
                                     "a pull request with `--pr`")
     # Both cards are validated before anything is created or uploaded.
     for rel in filter(None, (dataset, model)):
-        _validate_remote(rel, token)
+        _validate_remote(rel, tokens[rel.kind])
 
     message = commit_message or f"hubsdd release {fingerprint[:12] if fingerprint else ''}".strip()
     base = model.meta.get("base_model")
@@ -586,10 +647,11 @@ def publish(model_dir: Path, dataset_dir: Path | None = None, *, model_repo: str
                    f"Run fingerprint: {fingerprint}.")
     # Plan both repositories before writing to either: a conflict leaves both untouched.
     opts = dict(private=private, create_pr=create_pr, revision=revision, overwrite=overwrite)
-    ds_plan = _plan_repo(api, dataset, dataset_repo, **opts) if dataset else None  # type: ignore[arg-type]
+    ds_plan = _plan_repo(ds_api, dataset, dataset_repo, **opts) if dataset else None  # type: ignore[arg-type]
     model_plan = _plan_repo(api, model, model_repo, **opts)
     # Dataset first: the model card links to it.
-    ds_result = _apply_plan(api, ds_plan, commit_message=message, commit_description=description) if ds_plan else None
+    ds_result = (_apply_plan(ds_api, ds_plan, commit_message=message, commit_description=description)
+                 if ds_plan else None)
     model_result = _apply_plan(api, model_plan, commit_message=message, commit_description=description)
     if tag_name and not create_pr:
         _tag(api, model_result, tag_name, fingerprint)

@@ -74,6 +74,8 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import yaml
 
+from .oidc import ExchangeRefused, TrustedPublishing
+
 log = logging.getLogger("hubsdd.hub_server")
 
 HOST = "127.0.0.1"
@@ -694,10 +696,24 @@ class _Handler(BaseHTTPRequestHandler):
         if not auth:
             return None
         scheme, _, token = auth.partition(" ")
-        user = self.hub.tokens.get(token.strip()) if scheme.lower() == "bearer" else None
+        token = token.strip()
+        user = self.hub.tokens.get(token) if scheme.lower() == "bearer" else None
+        if user is None and scheme.lower() == "bearer":
+            try:
+                grant = self.hub.trusted.lookup(token)
+            except ExchangeRefused as exc:
+                raise HubHTTPError(401, exc.description) from None
+            if grant is not None:
+                self.scope, user = grant["resource"], grant["user"]
         if user is None:
             raise HubHTTPError(401, "Invalid credentials in Authorization header")
         return user
+
+    def _check_scope(self, repo_type: str, repo_id: str) -> None:
+        """A trusted-publishing token writes to the one repository it was exchanged for."""
+        resource = f"{URL_PREFIX[repo_type]}{repo_id}"
+        if self.scope is not None and self.scope != resource:
+            raise HubHTTPError(403, f"This token is scoped to {self.scope} and cannot write to {resource}")
 
     def _require_user(self) -> str:
         user = self._user()
@@ -717,6 +733,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise _repo_not_found(401 if user is None else 404)
         if write or pr:
             user = self._require_user()
+            self._check_scope(repo_type, repo_id)
             if write and not self.hub.can_write(user, repo_id):
                 ns = repo_id.split("/")[0]
                 raise HubHTTPError(403, f"You don't have the rights to write to {repo_id}: user {user!r} is not "
@@ -727,6 +744,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self, method: str) -> None:
         self._body_consumed = False
+        self.scope: str | None = None  # set by _user() for a trusted-publishing token
         self._cached_body: bytes | None = None
         self._status = 0
         self._request_id = uuid.uuid4().hex[:16]
@@ -769,6 +787,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _route(self, method: str):
         s = self.segments
         n = len(s)
+        if s == ["oauth", "token"] and method == "POST":
+            return "oauth_token", self._oauth_token
         if s[:1] == ["api"]:
             if s == ["api", "whoami-v2"] and method == "GET":
                 return "whoami", self._whoami
@@ -878,6 +898,14 @@ class _Handler(BaseHTTPRequestHandler):
                     "fullname": user, "email": None, "emailVerified": False, "isPro": False, "orgs": orgs,
                     "auth": {"type": "access_token", "accessToken": {"displayName": "test-token", "role": "write"}}})
 
+    def _oauth_token(self) -> None:
+        """RFC 8693 token exchange of a CI OIDC id token (trusted publishing, see hubsdd.testing.oidc)."""
+        try:
+            self._json(self.hub.trusted.exchange(self._json_body()))
+        except ExchangeRefused as exc:
+            self._json({"error": exc.error, "error_description": exc.description}, exc.status,
+                       {"X-Error-Message": exc.description})
+
     def _validate_yaml(self) -> None:
         body = self._json_body()
         content = body.get("content")
@@ -900,6 +928,7 @@ class _Handler(BaseHTTPRequestHandler):
         if repo_type not in REPO_TYPES:
             raise HubHTTPError(400, f"Invalid repo type {repo_type!r}")
         repo_id = self._check_id(org, str(name))
+        self._check_scope(repo_type, repo_id)
         if not self.hub.can_write(user, repo_id):
             raise HubHTTPError(403, f"You don't have the rights to create a {repo_type} under the namespace {org!r}")
         private = body.get("visibility") == "private" or bool(body.get("private"))
@@ -1397,6 +1426,9 @@ class HubServer:
         self.cdn_port = cdn_port
         self.tree_page_size = tree_page_size
         self.secret = os.urandom(32)
+        # trusted publishing: register publishers with trusted.add_publisher, mint id tokens with
+        # trusted.mint_id_token (the audience is this server's URL once started)
+        self.trusted = TrustedPublishing()
         self._servers: list[_Server] = []
         self._threads: list[threading.Thread] = []
         self._faults: dict[str, list[_Fault]] = collections.defaultdict(list)
@@ -1418,6 +1450,7 @@ class HubServer:
         self.port, self.cdn_port = api.server_address[1], cdn.server_address[1]
         self.url = f"http://{HOST}:{self.port}"
         self.cdn_url = f"http://{HOST}:{self.cdn_port}"
+        self.trusted.audience = self.url
         for srv in self._servers:
             t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05},
                                  name=f"hub-server-{srv.role}", daemon=True)
