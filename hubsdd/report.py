@@ -72,3 +72,59 @@ def _short(path: Path) -> str:
         return str(Path(path).resolve().relative_to(Path.cwd()))
     except ValueError:
         return str(path)
+
+
+def _pct(x: Any) -> str:
+    return "–" if x is None or x != x else f"{100 * x:.1f}"
+
+
+def _ci(iv: dict | None, unit: str = "") -> str:
+    if not iv:
+        return "–"
+    lo, hi = iv["ci95"]
+    return f"{_pct(iv['value'])}{unit} ({_pct(lo)}–{_pct(hi)}{unit})"
+
+
+def markdown_summary(run_dir: Path, log_lines: list[str] | None = None) -> str:
+    """A run in markdown (for ``$GITHUB_STEP_SUMMARY``): what was pushed where, what was removed,
+    and the evaluation with its intervals."""
+    import json
+
+    from . import evidence
+    from .run import load_results
+
+    results = load_results(run_dir)
+    events = []
+    for line in log_lines or []:
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    out = [f"## hubsdd: {Path(run_dir).name}", ""]
+    for e in events:
+        if e.get("event") == "publish":
+            for repo in e.get("repos", []):
+                where = repo.get("pr_url") or repo.get("url")
+                state = "unchanged" if repo.get("skipped") else ("pull request" if repo.get("pr_url") else "committed")
+                out.append(f"- {repo.get('type')} **{repo.get('repo')}**: {state} — {where}")
+        if e.get("event") == "error":
+            out.append(f"- **failed**: {e.get('message')}" + (f" (fix: {e['fix']})" if e.get("fix") else ""))
+    if "prune" in results:
+        m = results["prune"].metrics
+        out.append(f"- layers {m.get('layers_before')} → {m.get('layers_after')} (removed "
+                   f"{', '.join(map(str, m.get('removed_layers', [])))})")
+    if "card" in results:
+        out.append(f"- released checkpoint: `{results['card'].outputs.get('release')}`")
+    if "evaluate" in results:
+        evid = results["evaluate"].metrics.get("evidence") or {}
+        items = evid.get("items") or {}
+        out += ["", f"### Evaluation ({', '.join(f'{t}: {n} items' for t, n in items.items())})", "",
+                "| model | average (95% CI) | retention (95% CI) | margin retention (95% CI) |",
+                "|---|---:|---:|---:|"]
+        for name, row in (evid.get("models") or {}).items():
+            out.append(f"| {name} | {_ci(row.get('average'))} | {_ci(row.get('retention'), '%')} | "
+                       f"{_ci(row.get('margin_retention'), '%')} |")
+        release = results["card"].outputs.get("release") if "card" in results else None
+        if release and not evidence.headline_ok(evid, release):
+            out += ["", "Too few items to tell these models apart: read the intervals, not the point values."]
+    return "\n".join(out) + "\n"

@@ -87,7 +87,7 @@ def test_init_writes_a_valid_recipe_and_workflow(tmp_path):
     workflow = yaml.safe_load((tmp_path / ".github/workflows/publish.yml").read_text())
     steps = workflow["jobs"]["publish"]["steps"]
     publish = [s for s in steps if s.get("name") == "Publish"][0]
-    assert publish["env"]["HF_TOKEN"] == "${{ secrets.HF_TOKEN }}" and "hubsdd publish recipe.yaml" in publish["run"]
+    assert publish["env"]["HF_TOKEN"] == "${{ secrets.HF_TOKEN }}" and "publish recipe.yaml" in publish["run"]
     again = hubsdd("init", cwd=tmp_path)
     assert again.returncode == 1 and "--force" in again.stderr
 
