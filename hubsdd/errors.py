@@ -55,6 +55,10 @@ class StageError(HubsddError):
     """A stage cannot run: a missing input, or a run directory in an unexpected state."""
 
 
+class OutOfMemoryError(StageError):
+    """A stage ran out of (GPU or host) memory."""
+
+
 class HubError(HubsddError):
     """Talking to the Hub failed."""
 

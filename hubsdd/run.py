@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from . import __version__
-from .errors import StageError
+from .errors import OutOfMemoryError, StageError
 from .recipe import Recipe, canonical_json
 
 log = logging.getLogger("hubsdd")
@@ -318,8 +318,15 @@ def run_stage(spec: StageSpec, recipe: Recipe, results: dict[str, StageResult], 
     started = time.time()
     try:
         output = _load_entry(spec.entry)(ctx)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
+        if _is_out_of_memory(exc):
+            raise OutOfMemoryError(
+                f"stage {spec.name!r} ran out of memory ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})",
+                fix="lower the batch sizes (finetune.batch_size, raising gradient_accumulation_steps to keep the "
+                    "effective batch; distill.generation.batch_size; evaluate.batch_size), set "
+                    "finetune.gradient_checkpointing: true, or use a larger GPU; finished work is kept, rerun "
+                    "to resume") from exc
         raise
     seconds = time.time() - started
     data = {
@@ -339,6 +346,13 @@ def run_stage(spec: StageSpec, recipe: Recipe, results: dict[str, StageResult], 
     _install(staging, final)
     shutil.rmtree(work_dir, ignore_errors=True)
     return StageResult(spec.name, final, data)
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    names = {type(exc).__name__, *(t.__name__ for t in type(exc).__mro__)}
+    return "OutOfMemoryError" in names or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
 
 
 def _clean_stale_staging(run_dir: Path) -> None:

@@ -105,3 +105,19 @@ def test_package_level_run_accepts_a_path(tiny_recipe_text, tmp_path):
     path.write_text(tiny_recipe_text)
     results = hubsdd.run(path, until="prune")
     assert {"base", "prune", "card"} <= set(results)
+
+
+def test_running_out_of_memory_is_a_clear_error_naming_the_fix(tmp_path, tiny_recipe_text, monkeypatch) -> None:
+    from hubsdd import prune
+    from hubsdd.errors import OutOfMemoryError
+    from hubsdd.recipe import parse_recipe
+    from hubsdd.run import run
+
+    def oom(ctx):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(prune, "run_prune", oom)
+    with pytest.raises(OutOfMemoryError) as err:
+        run(parse_recipe(tiny_recipe_text), until="prune")
+    assert "stage 'prune' ran out of memory" in err.value.message and "batch_size" in err.value.fix
+    assert not list((tmp_path / "runs" / "tiny").glob(".staging-*"))
