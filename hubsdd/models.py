@@ -191,7 +191,13 @@ def _snapshot(repo_id: str, revision: str, allow_pickle: bool) -> tuple[Path, st
         )
     ignore = [f"*{s}" for s in PICKLE_SUFFIXES] if has_safetensors or not allow_pickle else None
     ignore = (ignore or []) + ["*.gguf", "*.onnx", "*.msgpack", "*.h5", "original/*"]
-    folder = snapshot_download(repo_id, revision=info.sha, ignore_patterns=ignore)
+    try:
+        folder = snapshot_download(repo_id, revision=info.sha, ignore_patterns=ignore)
+    except GatedRepoError:  # the card is public, the weights are behind the license
+        raise ModelLoadError(f"base.model: {repo_id} is gated", fix="accept its license on the Hub, then set HF_TOKEN") from None
+    except (HfHubHTTPError, OSError) as exc:
+        raise ModelLoadError(f"base.model: cannot download {repo_id}: {exc}",
+                             fix="check the network and HF_ENDPOINT, or use `base.path` with a local copy") from None
     return Path(folder), str(info.sha)
 
 

@@ -142,8 +142,7 @@ def decoder_layers(model: "PreTrainedModel") -> "torch.nn.ModuleList":
     route = SUPPORTED_ARCHITECTURES.get(model_type)
     if route is None:
         raise UnsupportedArchitectureError(
-            f"layer surgery does not support model_type {model_type!r} "
-            f"({', '.join(getattr(model.config, 'architectures', None) or [])})",
+            f"layer surgery does not support model_type {model_type!r} ({type(model).__name__})",
             fix=f"use a model of a supported family: {', '.join(sorted(SUPPORTED_ARCHITECTURES))}",
         )
     obj: Any = model

@@ -973,7 +973,7 @@ class _Handler(BaseHTTPRequestHandler):
         info: dict[str, Any] = {
             "_id": hashlib.sha1(f"{self.repo_type}/{self.repo_id}".encode()).hexdigest()[:24],
             "id": self.repo_id, "author": self.repo_id.split("/")[0], "sha": sha, "private": meta["private"],
-            "gated": False, "disabled": False, "downloads": 0, "likes": 0, "createdAt": meta["createdAt"],
+            "gated": "manual" if meta.get("gated_users") is not None else False, "disabled": False, "downloads": 0, "likes": 0, "createdAt": meta["createdAt"],
             "lastModified": head["date"], "siblings": siblings,
             "usedStorage": sum(e["size"] for e in files.values()),
         }
@@ -1334,9 +1334,16 @@ class _Handler(BaseHTTPRequestHandler):
     def _resolve(self) -> None:
         """GET/HEAD a file at a revision. Regular files are served here; LFS files redirect to a
         signed URL on the CDN origin with the metadata headers on the redirect itself."""
-        self._repo(self.repo_type, self.repo_id)
+        meta, user = self._repo(self.repo_type, self.repo_id)
         sha, files = self.storage.files_at(self.repo_type, self.repo_id, self.rev)
         entry = files.get(self.file_path)
+        gated = meta.get("gated_users")
+        if gated is not None and user not in gated and not self.hub.can_write(user, self.repo_id) \
+                and self.file_path not in ("README.md", ".gitattributes", "config.json"):
+            # As on the Hub: a gated repository's card and config are public, its weights are not.
+            raise HubHTTPError(401 if user is None else 403,
+                               f"Access to model {self.repo_id} is restricted. You must have access to it and be "
+                               "authenticated to access it. Please log in.", code="GatedRepo")
         if entry is None:
             # X-Repo-Commit lets the client cache the non-existence for this commit.
             raise HubHTTPError(404, f"Entry not found: {self.file_path}", code="EntryNotFound",
@@ -1560,9 +1567,15 @@ class HubServer:
                 "prs": {int(k): dict(v) for k, v in refs["prs"].items()}}
 
     def create_repo(self, repo_id: str, *, owner: str | None = None, private: bool = False,
-                    repo_type: str = "model") -> None:
-        """Create a repository server-side (e.g. to stage a pre-existing repo in a test)."""
+                    repo_type: str = "model", gated_users: list[str] | None = None) -> None:
+        """Create a repository server-side (e.g. to stage a pre-existing repo in a test).
+        ``gated_users``: make it gated, readable in full only by these users (and its owners)."""
         self.storage.create_repo(repo_type, repo_id, owner or repo_id.split("/")[0], private)
+        if gated_users is not None:
+            with self.storage.lock:
+                meta = self.storage.repo_meta(repo_type, repo_id)
+                meta["gated_users"] = list(gated_users)
+                self.storage._write_meta(repo_type, repo_id, meta)
 
     def rewrite_file(self, repo_id: str, path: str, content: bytes, *, revision: str = "main",
                      repo_type: str = "model", message: str | None = None, author: str = "tamperer",
