@@ -1115,6 +1115,18 @@ def evaluation_spec(prepared: dict[str, PreparedTask], *, hub: bool, seed: int, 
     }
 
 
+def _stderr(task: dict) -> float | None:
+    """lm-eval's standard error; where it gives none (a group aggregated from few items per
+    subject), the sample standard error of the per-item scores."""
+    if task.get("stderr") is not None:
+        return task["stderr"]
+    values = list((task.get("item_scores") or {}).values())
+    if len(values) < 2:
+        return None
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
+
+
 def measure_fidelity(ctx: StageContext, settings: Any, prepared: dict[str, PreparedTask], models: dict[str, Path],
                      content: dict[str, str], base_dir: Path, device: str) -> dict[str, dict]:
     """Top-1 agreement, KL(base || model) and greedy draft acceptance of every model but the base,
@@ -1232,7 +1244,8 @@ def run_evaluate(ctx: StageContext) -> StageOutput:
         records[name] = record
         atomic_write_json(ctx.out_dir / "results" / f"{name}.json", record)
         results_out[name] = f"results/{name}.json"
-        scores[name] = {t: {k: record["tasks"][t][k] for k in ("metric", "value", "stderr")} for t in names}
+        scores[name] = {t: {"metric": record["tasks"][t]["metric"], "value": record["tasks"][t]["value"],
+                            "stderr": _stderr(record["tasks"][t])} for t in names}
         seconds[name] = record["seconds"]
 
     averages = {m: average_score(s) for m, s in scores.items()}
