@@ -220,6 +220,26 @@ def _plots_in_release(results: dict[str, StageResult]) -> dict[str, dict[str, st
     return plots
 
 
+SDD_LINK = "self-data distillation (arXiv [2410.09982](https://arxiv.org/abs/2410.09982))"
+
+
+def _recovery_phrase(release: str, results: dict[str, StageResult]) -> str:
+    """How the released checkpoint recovered quality, in words for the card's first sentence."""
+    variants = (results["finetune"].outputs.get("variants") or {}) if "finetune" in results else {}
+
+    def one(name: str) -> str:
+        v = variants.get(name) or {}
+        distilled, kd = v.get("data") == "distilled", v.get("loss") == "kd"
+        if kd:
+            return "logit distillation from the base model" + (" on self-distilled data" if distilled else "")
+        return SDD_LINK if distilled else "fine-tuning on the original data"
+
+    if release == "merge" and "merge" in results:
+        models = results["merge"].outputs.get("models") or []
+        return "a merge of variants trained with " + " and ".join(one(m) for m in models)
+    return one(release)
+
+
 def _headline(results: dict[str, StageResult], release: str) -> bool:
     """Whether the evaluation is precise enough to headline the release's retention."""
     from . import evidence
@@ -259,6 +279,7 @@ def render_model_card(recipe: Any, results: dict[str, StageResult], release: str
         plots=plots,
         release=release,
         release_label={"merge": "merged", "pruned": "pruned (not fine-tuned)"}.get(release, f"fine-tuned ({release})"),
+        recovery=_recovery_phrase(release, results),
         model_repo=recipe.publish.model_repo or f"<your-org>/{card_data.model_name}",
         dataset_repo=recipe.publish.dataset_repo,
         base_hub_id=recipe.base.model,

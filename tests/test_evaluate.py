@@ -345,3 +345,20 @@ def test_smollm2_arc_easy(tmp_path: Path) -> None:
     assert summary["n_samples"] == 10 and 0.0 <= summary["value"] <= 1.0
     # 10 items x 4 choices = 40 log-likelihood requests
     print(f"arc_easy acc_norm={summary['value']:.2f} ({40 / seconds:.1f} requests/s incl. task setup)")
+
+
+def test_evaluation_section_headlines_retention_only_with_enough_items(evaluated: StageResult) -> None:
+    import jinja2
+
+    templates = Path(__file__).resolve().parents[1] / "templates"
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates)), keep_trailing_newline=True,
+                             undefined=jinja2.StrictUndefined)
+    stages = {"evaluate": evaluated.data,
+              "finetune": {"outputs": {"variants": {"sdd": {"model_dir": "sdd/model", "data": "distilled"}}}}}
+    render = env.from_string('{% include "sections/evaluation.md.j2" %}').render
+    precise = render(stages=stages, plots={}, release="sdd", dataset_repo=None, headline=True)
+    retained = evaluated.metrics["evidence"]["models"]["sdd"]["retention"]["value"]
+    assert f"keeps **{retained * 100:.1f}%**" in precise and "Against the pruned model" in precise
+    assert "Too few items" not in precise
+    few = render(stages=stages, plots={}, release="sdd", dataset_repo=None, headline=False)
+    assert "keeps **" not in few and "Too few items to tell these models apart" in few
