@@ -53,7 +53,7 @@ sys.path.insert(0, str(BENCH))
 METHODS = ("sft", "sdd", "kd", "sdd-kd")
 RECIPES = {"sweep": BENCH / "quality-sweep.yaml", "4": BENCH / "quality-4.yaml", "6": BENCH / "quality-6.yaml"}
 # The differences the paper's question is about, as (a, b) for a - b.
-NAMED_PAIRS = [("sdd", "sft"), ("kd", "sft"), ("sdd-kd", "sdd"), ("sdd-kd", "sft"), ("kd", "sdd"), ("merge", "sdd"),
+NAMED_PAIRS = [("sdd", "sft"), ("kd", "sft"), ("sdd-kd", "sdd"), ("sdd-kd", "kd"), ("sdd-kd", "sft"), ("kd", "sdd"), ("merge", "sdd"),
                ("merge", "sft")]
 
 
