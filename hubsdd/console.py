@@ -75,6 +75,10 @@ class RichReporter:
             info = "  ".join(f"{k.replace('_', '/')} {v}" for k, v in fields.items())
             self.progress.update(self.ids[key], advance=amount, **({"info": info} if info else {}))
 
+    def set_total(self, key: int, total: float | None) -> None:
+        if key in self.ids:
+            self.progress.update(self.ids[key], total=total)
+
     def finish(self, key: int) -> None:
         task_id = self.ids.pop(key, None)
         if task_id is not None:

@@ -29,13 +29,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
-from . import __version__
+from . import __version__, progress
 from .errors import AuthError, HubError, HubsddError, RepoConflictError, StageError, VerificationError
 from .recipe import HUB_ID_RE
 from .run import sha256_file
@@ -545,17 +546,59 @@ def _apply_plan(api: Any, plan: _Plan, *, commit_message: str, commit_descriptio
             api.create_branch(repo_id, repo_type=kind, branch=branch, revision=head, exist_ok=True)
         if head is None or not plan.branch_exists:
             head = api.repo_info(repo_id, repo_type=kind, revision=branch).sha
-        ops: list[Any] = [CommitOperationAdd(path_in_repo=f.path,
-                                             path_or_fileobj=f.data if f.data is not None else str(f.local))
-                          for f in release.files]
-        ops += [CommitOperationDelete(path_in_repo=p) for p in result.deleted]
-        # parent_commit: if someone pushed since we looked, fail instead of committing over their work.
-        info = api.create_commit(repo_id, operations=ops, commit_message=commit_message,
-                                 commit_description=commit_description, repo_type=kind, revision=branch,
-                                 create_pr=result.create_pr, parent_commit=None if result.create_pr else head)
+        readers = [_CountingReader(f.local) if f.data is None else None for f in release.files]
+        try:
+            ops: list[Any] = [CommitOperationAdd(path_in_repo=f.path, path_or_fileobj=f.data if r is None else r)
+                              for f, r in zip(release.files, readers)]
+            ops += [CommitOperationDelete(path_in_repo=p) for p in result.deleted]
+            total = sum(f.size for f, r in zip(release.files, readers) if r is not None)
+            with progress.task(f"uploading {repo_id}", total=total, unit="byte") as bar:
+                for r in readers:
+                    if r is not None:  # hashed already (above); count from here on what is sent
+                        r.on_read = bar.advance
+                # parent_commit: if someone pushed since we looked, fail instead of committing over their work.
+                info = api.create_commit(repo_id, operations=ops, commit_message=commit_message,
+                                         commit_description=commit_description, repo_type=kind, revision=branch,
+                                         create_pr=result.create_pr, parent_commit=None if result.create_pr else head)
+        finally:
+            for r in readers:
+                if r is not None:
+                    r.close()
         result.commit_sha, result.commit_url = info.oid, info.commit_url
         result.pr_url, result.pr_ref = info.pr_url, info.pr_revision
     return result
+
+
+class _CountingReader(io.BufferedIOBase):
+    """A release file as huggingface_hub reads it for upload, reporting the bytes read (the client
+    hashes every file first, then sends what the Hub lacks: counting starts once ``on_read`` is set)."""
+
+    def __init__(self, path: Path | None) -> None:
+        super().__init__()
+        self._file = open(path, "rb")  # noqa: SIM115 - closed by _apply_plan
+        self.on_read: Any = None
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = self._file.read(-1 if size is None else size)
+        if self.on_read is not None and data:
+            self.on_read(len(data))
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
 
 
 def _matching_pr(api: Any, repo_id: str, kind: str, local: dict[str, ReleaseFile],
@@ -689,7 +732,7 @@ def pull(repo: str, *, revision: str | None = None, local_dir: Path | None = Non
     with _hub_errors(f"pulling {repo_id}", repo_id):
         sha = api.model_info(repo_id, revision=rev).sha
         path = Path(snapshot_download(repo_id, revision=sha, local_dir=local_dir, token=token,
-                                      endpoint=_endpoint()))
+                                      endpoint=_endpoint(), tqdm_class=progress.tqdm_class()))
     where = f"{repo_id}@{sha[:12]}"
     readme = path / "README.md"
     if not readme.is_file():

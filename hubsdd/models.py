@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import yaml
 
+from . import progress
 from .errors import ModelLoadError, UnsafeModelError
 from .run import StageContext, StageOutput
 
@@ -192,7 +193,7 @@ def _snapshot(repo_id: str, revision: str, allow_pickle: bool) -> tuple[Path, st
     ignore = [f"*{s}" for s in PICKLE_SUFFIXES] if has_safetensors or not allow_pickle else None
     ignore = (ignore or []) + ["*.gguf", "*.onnx", "*.msgpack", "*.h5", "original/*"]
     try:
-        folder = snapshot_download(repo_id, revision=info.sha, ignore_patterns=ignore)
+        folder = snapshot_download(repo_id, revision=info.sha, ignore_patterns=ignore, tqdm_class=progress.tqdm_class())
     except GatedRepoError:  # the card is public, the weights are behind the license
         raise ModelLoadError(f"base.model: {repo_id} is gated", fix="accept its license on the Hub, then set HF_TOKEN") from None
     except (HfHubHTTPError, OSError) as exc:

@@ -46,6 +46,10 @@ class Task:
         if self._reporter is not None:
             self._reporter.advance(self.key, amount, dict(fields))
 
+    def set_total(self, total: float | None) -> None:
+        if self._reporter is not None and hasattr(self._reporter, "set_total"):
+            self._reporter.set_total(self.key, total)
+
 
 @contextlib.contextmanager
 def task(description: str, total: float | None = None, unit: str = "it") -> Iterator[Task]:
@@ -90,3 +94,42 @@ class CallbackAdapter:
                 t.advance(1, **({"loss": round(float(loss), 4)} if loss is not None else {}))
 
         return StepProgress()
+
+
+def tqdm_class() -> type:
+    """A tqdm class for libraries that take one (huggingface_hub's downloads): it draws nothing
+    itself and reports to :func:`task` instead, its total kept up to date as the library grows it."""
+    from tqdm.auto import tqdm
+
+    class ProgressTqdm(tqdm):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self._task: Task | None = None
+            kwargs["disable"] = True  # hubsdd's reporter draws it
+            desc = kwargs.get("desc") or "downloading"
+            self._ctx = task(str(desc), total=kwargs.get("total") or None,
+                             unit="byte" if kwargs.get("unit") == "B" else "file")
+            self._task = self._ctx.__enter__()
+            super().__init__(*args, **kwargs)
+
+        @property
+        def total(self) -> Any:  # noqa: D401 - tqdm's attribute
+            return self.__dict__.get("_total")
+
+        @total.setter
+        def total(self, value: Any) -> None:
+            self.__dict__["_total"] = value
+            if self.__dict__.get("_task") is not None:
+                self._task.set_total(value or None)
+
+        def update(self, n: float = 1) -> Any:
+            if self._task is not None and n:
+                self._task.advance(n)
+            return super().update(n)
+
+        def close(self) -> None:
+            ctx, self._ctx = getattr(self, "_ctx", None), None
+            if ctx is not None:
+                ctx.__exit__(None, None, None)
+            super().close()
+
+    return ProgressTqdm

@@ -255,3 +255,38 @@ def test_pull_summary_says_when_items_are_too_few() -> None:
     assert text.startswith("114.3% of the base model's average (95% CI 78.0% to 152.0%); 20 items per task")
     assert "too few items to tell the models apart" in text
     assert format_retention(0.9) == "90.0% of the base model's average (no interval recorded)"
+
+
+class RecordingReporter:
+    def __init__(self):
+        self.tasks, self.done = {}, {}
+
+    def start(self, key, description, total, unit):
+        self.tasks[key] = [description, total, unit]
+        self.done[key] = 0
+
+    def advance(self, key, amount, fields):
+        self.done[key] += amount
+
+    def set_total(self, key, total):
+        self.tasks[key][1] = total
+
+    def finish(self, key):
+        pass
+
+
+def test_publish_and_pull_report_bytes_and_files_as_progress(hub_server, release, tmp_path):  # noqa: F811
+    from hubsdd import progress
+
+    rec = RecordingReporter()
+    with progress.reporting(rec):
+        _publish(release)
+        pull(MODEL, local_dir=tmp_path / "pulled")
+    uploads = {k: v for k, v in rec.tasks.items() if v[0].startswith("uploading")}
+    assert {v[0] for v in uploads.values()} == {f"uploading {MODEL}", f"uploading {DATASET}"}
+    model_upload = next(k for k, v in uploads.items() if v[0] == f"uploading {MODEL}")
+    total = rec.tasks[model_upload][1]
+    assert rec.tasks[model_upload][2] == "byte" and total > 100_000  # the weights
+    assert rec.done[model_upload] >= total  # every file went up (LFS ones read once more for the PUT)
+    downloads = [k for k, v in rec.tasks.items() if not v[0].startswith("uploading")]
+    assert downloads and any(rec.done[k] > 0 for k in downloads)
