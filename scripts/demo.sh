@@ -39,6 +39,9 @@ import sys
 import textwrap
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging
+
+logging.disable_progress_bar()
 
 PROMPTS = [
     "Tom has 3 apples and buys 4 more. How many apples does he have?",
