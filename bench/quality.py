@@ -4,7 +4,7 @@
     python bench/quality.py --smoke    # the same machinery on a tiny random model, in a minute (CI)
 
 It drives the recipe machinery, nothing else: three recipes under ``bench/`` run through
-``hubsdd.run`` in one run directory, so what one recipe computed another reuses (the base model,
+``hubsdd.run`` (hubsdd.runner) in one run directory, so what one recipe computed another reuses (the base model,
 the distilled data, every trained variant and every evaluated model are cached by what decides
 them), and an interrupted run resumes where it stopped, across sessions:
 
@@ -142,7 +142,7 @@ class Ledger:
 
 
 def run_recipe(label: str, d: dict, runs_dir: Path, ledger: Ledger) -> dict:
-    from hubsdd import run as runner
+    from hubsdd import runner
 
     started = time.time()
 

@@ -7,6 +7,6 @@
 __version__ = "0.2.0"
 
 from .recipe import Recipe, load_recipe, parse_recipe  # noqa: E402
-from . import run  # noqa: E402  (the module is callable: run(recipe, until=...))
+from .runner import run  # noqa: E402
 
 __all__ = ["Recipe", "load_recipe", "parse_recipe", "run", "__version__"]

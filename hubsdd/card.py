@@ -25,7 +25,8 @@ from typing import Any
 
 from . import __version__
 from .errors import StageError
-from .run import StageContext, StageOutput, StageResult, load_results, sha256_file
+from .files import sha256_file
+from .runner import StageContext, StageOutput, StageResult, checkpoint_dirs, load_results
 
 log = logging.getLogger("hubsdd.card")
 
@@ -95,11 +96,7 @@ def release_choice(recipe: Any, results: dict[str, StageResult]) -> str:
 
 
 def release_model_dir(name: str, results: dict[str, StageResult]) -> Path:
-    if name == "pruned":
-        return results["prune"].path("model_dir")
-    if name == "merge":
-        return results["merge"].path("model_dir")
-    return results["finetune"].resolve(results["finetune"].outputs["variants"][name]["model_dir"])
+    return checkpoint_dirs(results)[name]
 
 
 # --------------------------------------------------------------------------- metadata

@@ -64,7 +64,7 @@ class _StageEvents:
 
     def __call__(self, stage: str, status: str, seconds: float | None) -> None:
         from .report import headline
-        from .run import read_stage
+        from .runner import read_stage
 
         result = read_stage(self.run_dir, stage) if status in ("done", "cached") else None
         self.summary.event(stage, status, seconds, result)
@@ -95,7 +95,7 @@ def validate(recipe: Path = typer.Argument(..., help="Recipe YAML file.")) -> No
     """Check a recipe; print every error with its YAML path and line."""
     from .recipe import load_recipe
 
-    from .run import STAGES
+    from .runner import STAGES
 
     r = load_recipe(recipe)
     stages = [spec.name for spec in STAGES if spec.enabled(r)]
@@ -105,7 +105,7 @@ def validate(recipe: Path = typer.Argument(..., help="Recipe YAML file.")) -> No
 @app.command()
 def plan(recipe: Path = typer.Argument(..., help="Recipe YAML file.")) -> None:
     """Show each stage as cached, stale (will rerun), pending or disabled, and what will be pushed."""
-    from . import run as runner
+    from . import runner
     from .recipe import load_recipe
 
     r = load_recipe(recipe)
@@ -129,7 +129,7 @@ def run_cmd(
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run the pipeline; cached stages are skipped, a killed run resumes."""
-    from . import run as runner
+    from . import runner
     from .recipe import load_recipe
 
     _setup_logging(verbose)
@@ -168,7 +168,7 @@ def publish(
 ) -> None:
     """Run every stage, then push model + card (+ dataset) to the Hub in one commit per repo."""
     from . import hub
-    from . import run as runner
+    from . import runner
     from .errors import HubError
     from .recipe import load_recipe
 

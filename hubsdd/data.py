@@ -24,6 +24,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from .hub_errors import reading_errors
 from .errors import DataError
 from .recipe import DataSource, resolve_path
 
@@ -220,26 +221,15 @@ def resolve_dataset_revision(source: DataSource, where: str = "data") -> str | N
     load reads one consistent commit and provenance can name it. None when offline (``HF_HUB_OFFLINE``
     set), where ``datasets`` reads its cache instead."""
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, OfflineModeIsEnabled,
-                                        RepositoryNotFoundError, RevisionNotFoundError)
+    from huggingface_hub.errors import OfflineModeIsEnabled
 
     try:
-        return str(HfApi().dataset_info(source.dataset, revision=source.revision).sha)
+        with reading_errors(DataError, repo_id=source.dataset, revision=source.revision, id_field=f"{where}.dataset",
+                            revision_field=f"{where}.revision", local_fix="download it and use `path`",
+                            kind="dataset"):
+            return str(HfApi().dataset_info(source.dataset, revision=source.revision).sha)
     except OfflineModeIsEnabled:
         return None
-    except RepositoryNotFoundError:
-        raise DataError(f"{where}.dataset: {source.dataset!r} was not found on the Hub (or it is private)",
-                        fix="check the id, log in for private datasets (`hf auth login` / HF_TOKEN), or use `path` "
-                            "with a local copy") from None
-    except RevisionNotFoundError:
-        raise DataError(f"{where}.revision: {source.revision!r} is not a branch, tag or commit of {source.dataset}",
-                        fix="use a branch, tag or commit sha of that dataset") from None
-    except GatedRepoError:
-        raise DataError(f"{where}.dataset: {source.dataset} is gated",
-                        fix="accept its conditions on the Hub, then set HF_TOKEN") from None
-    except (HfHubHTTPError, OSError) as exc:
-        raise DataError(f"{where}.dataset: cannot reach the Hub for {source.dataset!r}: {exc}",
-                        fix="check the network and HF_ENDPOINT, or download it and use `path`") from None
 
 
 def _load_hub(source: DataSource, where: str, commit: str | None = None) -> list[dict]:

@@ -46,10 +46,12 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 from . import progress
 from .data import get_value, load_rows, resolve_dataset_revision
+from .chat import chat_prompt_ids, chat_prompts_ids
 from .errors import DataError, StageError
 from .models import fast_cpu_linears
 from .recipe import DistillSection, GenerationSettings, canonical_json
-from .run import StageContext, StageOutput, atomic_write_bytes
+from .files import atomic_write_bytes
+from .runner import StageContext, StageOutput
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -313,9 +315,7 @@ class TransformersBackend:
                              fix="use an instruct/chat base model, or add a chat_template to its tokenizer_config.json")
 
     def encode(self, conversation: Messages) -> list[int]:
-        text = self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
-        # The template already wrote any BOS it wants; adding special tokens again would double it.
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return chat_prompt_ids(self.tokenizer, conversation)
 
     def generate(self, conversations: Sequence[Messages], *, seed: int) -> list[Generation]:
         encoded = [self.encode(c) for c in conversations]
@@ -618,8 +618,7 @@ class VLLMBackend:
                  "length" if o.outputs[0].finish_reason == "length" else "stop") for o in outs]
 
     def generate(self, conversations: Sequence[Messages], *, seed: int) -> list[Generation]:
-        ids = [self.tokenizer(self.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False),
-                              add_special_tokens=False)["input_ids"] for c in conversations]
+        ids = chat_prompts_ids(self.tokenizer, conversations)
         if not self.workers:
             return [Generation(*t) for t in self._generate_ids(ids, seed)]
         n = len(self.workers)

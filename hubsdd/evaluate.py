@@ -56,9 +56,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import yaml
 
 from . import evidence
+from .chat import chat_prompt_ids
 from .errors import DataError, HubError, StageError
+from .figures import figure
 from .models import fast_cpu_linears, model_content_id
-from .run import StageContext, StageOutput, StageResult, atomic_write_json
+from .files import atomic_write_json
+from .runner import StageContext, StageOutput, StageResult, checkpoint_dirs
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -879,14 +882,12 @@ def speculative_prompts(prepared: dict[str, PreparedTask], count: int) -> list[s
 
 
 def _encode_prompts(tokenizer: "PreTrainedTokenizerBase", prompts: list[str]) -> list[Any]:
+    import torch
+
     encoded = []
     for text in prompts:
-        if getattr(tokenizer, "chat_template", None):
-            rendered = tokenizer.apply_chat_template([{"role": "user", "content": text}],
-                                                     add_generation_prompt=True, tokenize=False)
-            encoded.append(tokenizer(rendered, return_tensors="pt", add_special_tokens=False))
-        else:
-            encoded.append(tokenizer(text, return_tensors="pt"))
+        ids = torch.tensor([chat_prompt_ids(tokenizer, text)])
+        encoded.append({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
     return encoded
 
 
@@ -1001,33 +1002,26 @@ def card_eval_results(scores: dict[str, dict[str, dict]], tasks: dict[str, Prepa
 
 def plot_task_bars(scores: dict[str, dict[str, dict]], averages: dict[str, float | None], path: Path) -> None:
     """Grouped bars: one group per task (and the average), one bar per model, stderr whiskers."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     models = list(scores)
     tasks = list(next(iter(scores.values()))) if scores else []
     groups = tasks + ["average"]
     width = 0.8 / max(1, len(models))
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(groups) + 0.25 * len(groups) * len(models) + 2), 4.2))
-    for j, model in enumerate(models):
-        values = [scores[model][t]["value"] for t in tasks] + [averages.get(model) or 0.0]
-        # no whisker where there is no standard error (nan is not drawn; 0 would draw caps)
-        errors = [scores[model][t].get("stderr") or float("nan") for t in tasks] + [float("nan")]
-        xs = [i + (j - (len(models) - 1) / 2) * width for i in range(len(groups))]
-        ax.bar(xs, values, width, yerr=errors, capsize=2, label=model)
-    ax.set_xticks(range(len(groups)))
-    ax.set_xticklabels([f"{t}\n({primary_metric(t).name})" if t != "average" else "average" for t in groups], fontsize=8)
-    ax.set_ylabel("score")
-    ax.set_ylim(0, 1)
-    ax.set_title("Scores per task (± standard error)")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    size = (max(6.0, 1.1 * len(groups) + 0.25 * len(groups) * len(models) + 2), 4.2)
+    with figure(path, figsize=size, dpi=120) as (_, ax):
+        for j, model in enumerate(models):
+            values = [scores[model][t]["value"] for t in tasks] + [averages.get(model) or 0.0]
+            # no whisker where there is no standard error (nan is not drawn; 0 would draw caps)
+            errors = [scores[model][t].get("stderr") or float("nan") for t in tasks] + [float("nan")]
+            xs = [i + (j - (len(models) - 1) / 2) * width for i in range(len(groups))]
+            ax.bar(xs, values, width, yerr=errors, capsize=2, label=model)
+        ax.set_xticks(range(len(groups)))
+        ax.set_xticklabels([f"{t}\n({primary_metric(t).name})" if t != "average" else "average" for t in groups],
+                           fontsize=8)
+        ax.set_ylabel("score")
+        ax.set_ylim(0, 1)
+        ax.set_title("Scores per task (± standard error)")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+        ax.grid(axis="y", alpha=0.3)
 
 
 # --------------------------------------------------------------------------- the stage
@@ -1036,17 +1030,7 @@ def plot_task_bars(scores: dict[str, dict[str, dict]], averages: dict[str, float
 def models_to_evaluate(ctx: StageContext) -> dict[str, Path]:
     """base, pruned, each fine-tuned variant, the merge — the ones that ran, in that order,
     filtered by ``evaluate.models``."""
-    found: dict[str, Path] = {}
-    if "base" in ctx.inputs:
-        found["base"] = ctx.input("base").path("model_dir")
-    if "prune" in ctx.inputs:
-        found["pruned"] = ctx.input("prune").path("model_dir")
-    if "finetune" in ctx.inputs:
-        ft: StageResult = ctx.input("finetune")
-        for name, info in (ft.outputs.get("variants") or {}).items():
-            found[name] = ft.resolve(info["model_dir"])
-    if "merge" in ctx.inputs:
-        found["merge"] = ctx.input("merge").path("model_dir")
+    found = checkpoint_dirs(ctx.inputs)
     wanted = ctx.section.models
     if wanted is None:
         return found

@@ -25,6 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
+from .chat import chat_prompt_ids
+
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -45,15 +47,6 @@ class Reference:
         return cls(d["prompts"], d["continuations"], int(d["max_new_tokens"]))
 
 
-def encode_chat(tokenizer: "PreTrainedTokenizerBase", text: str) -> list[int]:
-    """A user message through the chat template (plain text for a model without one)."""
-    if getattr(tokenizer, "chat_template", None):
-        rendered = tokenizer.apply_chat_template([{"role": "user", "content": text}],
-                                                 add_generation_prompt=True, tokenize=False)
-        return tokenizer(rendered, add_special_tokens=False)["input_ids"]
-    return tokenizer(text)["input_ids"]
-
-
 def _stop_ids(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase") -> set[int]:
     eos = model.generation_config.eos_token_id if model.generation_config is not None else None
     if eos is None:
@@ -67,7 +60,7 @@ def reference_continuations(base: "PreTrainedModel", tokenizer: "PreTrainedToken
     """The base model's greedy continuation of each prompt, up to and including its end token."""
     import torch
 
-    encoded = [encode_chat(tokenizer, p) for p in prompts]
+    encoded = [chat_prompt_ids(tokenizer, p) for p in prompts]
     stops = _stop_ids(base, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(stops), 0)
     continuations: list[list[int]] = [[] for _ in encoded]

@@ -50,8 +50,10 @@ from typing import TYPE_CHECKING, Any
 from . import progress
 from .distill import user_message
 from .errors import DataError, StageError
+from .figures import figure
 from .recipe import FinetuneSection
-from .run import StageContext, StageOutput, atomic_write_json
+from .files import atomic_write_json
+from .runner import StageContext, StageOutput
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -392,25 +394,17 @@ def _link_or_copy(src: str, dst: str) -> None:
 
 
 def plot_losses(results: dict[str, dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
-    for name, res in results.items():
-        hist = res["log_history"]
-        if hist:
-            ax.plot([h["step"] for h in hist], [h["loss"] for h in hist], label=f"{name} ({res['data']})", marker="." if len(hist) < 40 else None)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("training loss (completion tokens)")
-    ax.set_title("Fine-tuning the pruned model")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    with figure(path, figsize=(6.4, 4.0), dpi=120) as (_, ax):
+        for name, res in results.items():
+            hist = res["log_history"]
+            if hist:
+                ax.plot([h["step"] for h in hist], [h["loss"] for h in hist], label=f"{name} ({res['data']})",
+                        marker="." if len(hist) < 40 else None)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("training loss (completion tokens)")
+        ax.set_title("Fine-tuning the pruned model")
+        ax.grid(alpha=0.3)
+        ax.legend()
 
 
 def train_all(ctx: StageContext, *, is_main: bool = True) -> dict[str, dict]:
@@ -455,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     from accelerate import PartialState
 
     from .recipe import load_recipe
-    from .run import expected_fingerprints, load_results, run
+    from .runner import expected_fingerprints, load_results, run, stage_work_dir
 
     parser = argparse.ArgumentParser(prog="python -m hubsdd.finetune", description=main.__doc__)
     parser.add_argument("recipe", help="recipe YAML whose prune and distill stages have finished")
@@ -473,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     fp = fps["finetune"]
     # Variants are trained into the run's cache (variant_dir), where the stage finds them done.
     ctx = StageContext(recipe=recipe, name="finetune", run_dir=recipe.run_dir, out_dir=recipe.run_dir / ".unused",
-                       work_dir=recipe.run_dir / ".work" / f"finetune-{fp[:16]}",
+                       work_dir=stage_work_dir(recipe.run_dir, "finetune", fp),
                        inputs={n: results[n] for n in ("base", "prune", "distill")}, fingerprint=fp)
     train_all(ctx, is_main=state.is_main_process)
     state.wait_for_everyone()

@@ -39,7 +39,9 @@ from typing import Any, Iterator
 from . import __version__, progress
 from .errors import AuthError, HubError, HubsddError, RepoConflictError, StageError, VerificationError
 from .recipe import HUB_ID_RE
-from .run import sha256_file
+from .files import git_blob_sha1, sha256_file
+from .hub_errors import endpoint as _endpoint
+from .hub_errors import hub_errors
 
 log = logging.getLogger("hubsdd.hub")
 
@@ -131,71 +133,8 @@ class PullResult:
 # --------------------------------------------------------------------------- errors
 
 
-def _endpoint() -> str:
-    from huggingface_hub import constants
-
-    return constants.ENDPOINT.rstrip("/")
-
-
 def _repo_url(repo_id: str, repo_type: str) -> str:
     return f"{_endpoint()}/{URL_PREFIX.get(repo_type, repo_type + 's/')}{repo_id}"
-
-
-@contextlib.contextmanager
-def _hub_errors(action: str, repo_id: str | None = None) -> Iterator[None]:
-    """Turn huggingface_hub/httpx errors into hubsdd errors that say what to do.
-
-    Messages come from the server's error text and the URL, never from request headers, so the
-    token cannot leak into them."""
-    import httpx2
-    from huggingface_hub.errors import (
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    ns = repo_id.split("/")[0] if repo_id else None
-    try:
-        try:
-            yield
-        except RuntimeError as exc:
-            # The client wraps a failed LFS upload ("Error while uploading ..."): judge the cause.
-            if isinstance(exc.__cause__, (HfHubHTTPError, httpx2.TransportError)):
-                raise exc.__cause__ from None
-            raise
-    except HubsddError:
-        raise
-    except HfHubHTTPError as exc:
-        status = exc.response.status_code if exc.response is not None else None
-        server = (getattr(exc, "server_message", None) or "").strip() or str(exc).strip().splitlines()[0]
-        if status == 401 and not isinstance(exc, RepositoryNotFoundError):
-            raise AuthError(f"{action}: the Hub refused the token (401: {server})",
-                            fix="log in with `hf auth login` or set HF_TOKEN to a valid token with write access") from None
-        if status == 403:
-            raise AuthError(f"{action}: the token's user may not write to the namespace {ns!r} (403: {server})",
-                            fix=f"use a token of a member of {ns!r} with write access, choose a repository under "
-                                "your own namespace, or publish as a pull request with `--pr`") from None
-        if isinstance(exc, RevisionNotFoundError):
-            raise HubError(f"{action}: revision not found in {repo_id} ({server})",
-                           fix="use an existing branch, tag or commit sha") from None
-        if isinstance(exc, RepositoryNotFoundError):
-            raise HubError(f"{action}: {repo_id} was not found on the Hub, or the token cannot see it",
-                           fix="check the repository id; for a private repository log in with `hf auth login` "
-                               "or set HF_TOKEN") from None
-        raise HubError(f"{action}: the Hub answered {status}: {server}",
-                       fix="retry; a rerun resumes without duplicating commits or re-sending uploaded files") from None
-    except (httpx2.TransportError, OfflineModeIsEnabled, LocalEntryNotFoundError) as exc:
-        raise HubError(f"{action}: cannot reach the Hub at {_endpoint()} ({type(exc).__name__}: {exc})",
-                       fix="check the network connection and HF_ENDPOINT") from None
-    except ValueError as exc:  # e.g. create_commit's own README metadata check
-        raise HubError(f"{action}: {exc}") from None
-    except (OSError, RuntimeError) as exc:  # hf_xet and other transports raise their own errors
-        xet = "xet" in str(exc).lower()
-        raise HubError(f"{action}: {type(exc).__name__}: {str(exc).strip()[:500]}",
-                       fix="set HF_HUB_DISABLE_XET=1: this Hub endpoint does not speak Xet storage" if xet
-                       else "retry; a rerun resumes without duplicating commits or re-sending uploaded files") from None
 
 
 def _token(token: str | None) -> str:
@@ -393,7 +332,7 @@ def _validate_remote(release: _Release, token: str) -> None:
     """POST the card to the Hub's validate-yaml endpoint (at HF_ENDPOINT) before any upload."""
     from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
-    with _hub_errors(f"validating the {release.kind} card"):
+    with hub_errors(f"validating the {release.kind} card"):
         resp = get_session().post(f"{_endpoint()}/api/validate-yaml",
                                   json={"content": release.card_text, "repoType": release.kind},
                                   headers=build_hf_headers(token=token))
@@ -413,17 +352,13 @@ def _validate_remote(release: _Release, token: str) -> None:
 # --------------------------------------------------------------------------- remote state
 
 
-def _git_blob_sha1(data: bytes) -> str:
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-
-
 def _same(local: ReleaseFile, remote: Any) -> bool:
     """Whether a remote RepoFile holds the local file's bytes (LFS sha256, or git blob sha1)."""
     if remote is None or remote.size != local.size:
         return False
     if remote.lfs is not None:
         return remote.lfs.sha256 == local.sha256
-    return remote.blob_id == _git_blob_sha1(local.read())
+    return remote.blob_id == git_blob_sha1(local.read())
 
 
 def _remote_files(api: Any, repo_id: str, repo_type: str, sha: str) -> dict[str, Any]:
@@ -482,7 +417,7 @@ def _plan_repo(api: Any, release: _Release, repo_id: str, *, private: bool, crea
                         files=[(f.path, f.size) for f in release.files], card_text=release.card_text,
                         create_pr=create_pr, private=private)
     local = release.by_path
-    with _hub_errors(f"reading {kind} repository {repo_id}", repo_id):
+    with hub_errors(f"reading {kind} repository {repo_id}", repo_id):
         try:
             api.repo_info(repo_id, repo_type=kind)
         except RepositoryNotFoundError:
@@ -538,7 +473,7 @@ def _apply_plan(api: Any, plan: _Plan, *, commit_message: str, commit_descriptio
     if result.skipped:
         return result
     repo_id, kind, branch = result.repo_id, result.repo_type, result.revision
-    with _hub_errors(f"publishing to {kind} repository {repo_id}", repo_id):
+    with hub_errors(f"publishing to {kind} repository {repo_id}", repo_id):
         head = plan.head
         if not plan.exists:
             api.create_repo(repo_id, repo_type=kind, private=result.private, exist_ok=True)
@@ -616,7 +551,7 @@ def _matching_pr(api: Any, repo_id: str, kind: str, local: dict[str, ReleaseFile
 
 def _tag(api: Any, result: RepoResult, name: str, fingerprint: str | None) -> None:
     """Tag the release commit; an existing tag is left where it is (tags do not move)."""
-    with _hub_errors(f"tagging {result.repo_id}", result.repo_id):
+    with hub_errors(f"tagging {result.repo_id}", result.repo_id):
         refs = api.list_repo_refs(result.repo_id, repo_type=result.repo_type)
         current = {t.name: t.target_commit for t in refs.tags}
         if name in current:
@@ -670,7 +605,7 @@ def publish(model_dir: Path, dataset_dir: Path | None = None, *, model_repo: str
     tokens = repo_tokens(wanted, token)
     api = HfApi(endpoint=_endpoint(), token=tokens["model"])
     ds_api = HfApi(endpoint=_endpoint(), token=tokens["dataset"]) if dataset else api
-    with _hub_errors("checking the Hub token"):
+    with hub_errors("checking the Hub token"):
         me = api.whoami()
     namespaces = {me.get("name")} | {o.get("name") for o in me.get("orgs", []) if isinstance(o, dict)}
     if not create_pr:
@@ -729,7 +664,7 @@ def pull(repo: str, *, revision: str | None = None, local_dir: Path | None = Non
 
     repo_id, rev = parse_repo_ref(repo, revision)
     api = HfApi(endpoint=_endpoint(), token=token)
-    with _hub_errors(f"pulling {repo_id}", repo_id):
+    with hub_errors(f"pulling {repo_id}", repo_id):
         sha = api.model_info(repo_id, revision=rev).sha
         path = Path(snapshot_download(repo_id, revision=sha, local_dir=local_dir, token=token,
                                       endpoint=_endpoint(), tqdm_class=progress.tqdm_class()))

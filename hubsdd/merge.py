@@ -25,7 +25,8 @@ from typing import Any
 import yaml
 
 from .errors import ModelLoadError, StageError
-from .run import StageContext, StageOutput, atomic_write_text
+from .files import atomic_write_text
+from .runner import StageContext, StageOutput, checkpoint_dirs
 
 log = logging.getLogger("hubsdd.merge")
 
@@ -172,7 +173,7 @@ def _pruned_dir(ctx: StageContext) -> Path | None:
     prune = ctx.inputs.get("prune")
     if prune is None or "model_dir" not in prune.outputs:
         return None
-    return prune.path("model_dir")
+    return checkpoint_dirs(ctx.inputs)["pruned"]
 
 
 def run_merge(ctx: StageContext) -> StageOutput:
@@ -185,7 +186,8 @@ def run_merge(ctx: StageContext) -> StageOutput:
     if missing:
         raise StageError(f"merge.models: {missing} were not produced by the finetune stage (it made {list(variants)})",
                          fix="name finetune variants in merge.models, or rerun finetune")
-    model_dirs = {m: finetune.resolve(variants[m]["model_dir"]) for m in section.models}
+    available = checkpoint_dirs(ctx.inputs)
+    model_dirs = {m: available[m] for m in section.models}
     for name, path in model_dirs.items():
         _check_model_dir(name, path)
     base_dir = _pruned_dir(ctx) if section.method == "ties" else None

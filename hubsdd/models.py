@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any, Iterator
 import yaml
 
 from . import progress
+from .hub_errors import reading_errors
 from .errors import ModelLoadError, UnsafeModelError
-from .run import StageContext, StageOutput
+from .runner import StageContext, StageOutput
 
 if TYPE_CHECKING:  # torch and transformers load lazily: `hubsdd validate` must be quick
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -128,7 +129,7 @@ def model_content_id(folder: Path) -> str:
     run or recipe produced the same weights."""
     import hashlib
 
-    from .run import sha256_file
+    from .files import sha256_file
 
     h = hashlib.sha256()
     for p in model_files(Path(folder)):
@@ -167,22 +168,12 @@ def _copy_license_files(src: Path, dest: Path) -> list[str]:
 def _snapshot(repo_id: str, revision: str, allow_pickle: bool) -> tuple[Path, str]:
     """Download a Hub model at a revision; return the folder and the resolved commit sha."""
     from huggingface_hub import HfApi, snapshot_download
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
+    fields = dict(repo_id=repo_id, revision=revision, id_field="base.model", revision_field="base.revision",
+                  local_fix="use `base.path` with a local copy", kind="model")
     api = HfApi()
-    try:
+    with reading_errors(ModelLoadError, **fields):
         info = api.model_info(repo_id, revision=revision, files_metadata=False)
-    except RepositoryNotFoundError:
-        raise ModelLoadError(f"base.model: {repo_id!r} was not found on the Hub (or it is private)",
-                             fix="check the id, or log in with `hf auth login` / set HF_TOKEN") from None
-    except RevisionNotFoundError:
-        raise ModelLoadError(f"base.revision: {revision!r} does not exist in {repo_id}",
-                             fix="use a branch, tag or commit sha of that repository") from None
-    except GatedRepoError:
-        raise ModelLoadError(f"base.model: {repo_id} is gated", fix="accept its license on the Hub, then set HF_TOKEN") from None
-    except (HfHubHTTPError, OSError) as exc:
-        raise ModelLoadError(f"base.model: cannot reach the Hub for {repo_id}: {exc}",
-                             fix="check the network and HF_ENDPOINT, or use `base.path` with a local copy") from None
     names = [s.rfilename for s in (info.siblings or [])]
     has_safetensors = any(n.endswith(".safetensors") for n in names)
     if not has_safetensors and not allow_pickle:
@@ -192,13 +183,9 @@ def _snapshot(repo_id: str, revision: str, allow_pickle: bool) -> tuple[Path, st
         )
     ignore = [f"*{s}" for s in PICKLE_SUFFIXES] if has_safetensors or not allow_pickle else None
     ignore = (ignore or []) + ["*.gguf", "*.onnx", "*.msgpack", "*.h5", "original/*"]
-    try:
+    # The card is public while gated weights are behind the license: the download can be refused too.
+    with reading_errors(ModelLoadError, **fields):
         folder = snapshot_download(repo_id, revision=info.sha, ignore_patterns=ignore, tqdm_class=progress.tqdm_class())
-    except GatedRepoError:  # the card is public, the weights are behind the license
-        raise ModelLoadError(f"base.model: {repo_id} is gated", fix="accept its license on the Hub, then set HF_TOKEN") from None
-    except (HfHubHTTPError, OSError) as exc:
-        raise ModelLoadError(f"base.model: cannot download {repo_id}: {exc}",
-                             fix="check the network and HF_ENDPOINT, or use `base.path` with a local copy") from None
     return Path(folder), str(info.sha)
 
 

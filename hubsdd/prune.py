@@ -32,8 +32,9 @@ import numpy as np
 
 from . import progress
 from .errors import DataError, UnsupportedArchitectureError
+from .figures import figure
 from .models import fast_cpu_linears
-from .run import StageContext, StageOutput
+from .runner import StageContext, StageOutput
 
 if TYPE_CHECKING:
     import torch
@@ -286,13 +287,13 @@ def write_block_influence_csv(scores: BlockScores, path: Path) -> None:
 
 
 def plot_heatmap(scores: BlockScores, removed: list[int], method: str, path: Path, title: str = "") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     L = scores.num_layers
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [3, 2]})
+    with figure(path, figsize=(12, 4.8), dpi=110, ncols=2, gridspec_kw={"width_ratios": [3, 2]}) as (fig, (ax, ax2)):
+        _draw_heatmap(fig, ax, ax2, scores, removed, method, title, L)
+
+
+def _draw_heatmap(fig: Any, ax: Any, ax2: Any, scores: BlockScores, removed: list[int], method: str, title: str,
+                  L: int) -> None:
     masked = np.ma.masked_invalid(scores.angular)
     im = ax.imshow(masked, origin="lower", aspect="auto", cmap="viridis_r",
                    extent=(-0.5, L - 0.5, 0.5, L + 0.5))
@@ -309,9 +310,6 @@ def plot_heatmap(scores: BlockScores, removed: list[int], method: str, path: Pat
     ax2.set_xlabel("layer")
     ax2.set_ylabel("block influence (1 - cos)")
     ax2.set_title("Block influence per layer (red: removed)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 # --------------------------------------------------------------------------- calibration

@@ -1,6 +1,6 @@
 """What a run did, in a few figures per stage: for the closing summary and ``--log-format json``.
 
-Reads only ``stage.json`` (through :class:`~hubsdd.run.StageResult`), like the card.
+Reads only ``stage.json`` (through :class:`~hubsdd.runner.StageResult`), like the card.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .run import StageResult
+from .runner import StageResult
 
 
 def headline(result: StageResult) -> dict[str, Any]:
@@ -91,7 +91,7 @@ def markdown_summary(run_dir: Path, log_lines: list[str] | None = None) -> str:
     import json
 
     from . import evidence
-    from .run import load_results
+    from .runner import load_results
 
     results = load_results(run_dir)
     events = []

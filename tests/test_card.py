@@ -4,7 +4,7 @@ import hashlib
 
 from huggingface_hub import ModelCard
 
-from hubsdd import run as runner
+from hubsdd import runner
 from hubsdd.card import rerender
 from hubsdd.recipe import parse_recipe
 

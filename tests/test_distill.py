@@ -23,7 +23,7 @@ from hubsdd.distill import (
 )
 from hubsdd.errors import DataError, StageError
 from hubsdd.recipe import GenerationSettings, parse_recipe
-from hubsdd.run import StageContext, StageResult
+from hubsdd.runner import StageContext, StageResult
 
 ORIGINAL = "Janet sells 16 - 3 - 4 = 9 eggs.\nShe makes 9 * 2 = $18.\n#### 18"
 

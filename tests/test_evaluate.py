@@ -17,7 +17,7 @@ from conftest import make_tokenizer, needs_smollm2, tiny_config
 from hubsdd import evaluate as ev
 from hubsdd.errors import DataError, HubError
 from hubsdd.recipe import EvaluateSection, parse_recipe
-from hubsdd.run import SPECS, StageResult, run_stage
+from hubsdd.runner import SPECS, StageResult, run_stage
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import INSTRUCTIONS, save_tiny
 from hubsdd.recipe import parse_recipe
-from hubsdd.run import StageContext, StageResult
+from hubsdd.runner import StageContext, StageResult
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -15,7 +15,7 @@ import yaml
 from conftest import save_tiny
 
 from hubsdd.recipe import parse_recipe
-from hubsdd.run import SPECS, StageResult, run_stage
+from hubsdd.runner import SPECS, StageResult, run_stage
 
 WEIGHT = "model.layers.1.self_attn.q_proj.weight"
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import make_tiny_model, save_tiny
-from hubsdd import run as runner
+from hubsdd import runner
 from hubsdd.errors import ModelLoadError, UnsafeModelError
 from hubsdd.models import load_model
 from hubsdd.recipe import parse_recipe

@@ -10,7 +10,7 @@ import torch
 from huggingface_hub import ModelCard
 
 from conftest import chat_reply, make_tokenizer
-from hubsdd import run as runner
+from hubsdd import runner
 from hubsdd.hub import format_retention
 from hubsdd.recipe import parse_recipe
 

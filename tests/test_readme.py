@@ -83,7 +83,7 @@ def test_troubleshooting_out_of_memory(tmp_path, tiny_recipe_text, monkeypatch) 
     from hubsdd import prune
     from hubsdd.errors import OutOfMemoryError
     from hubsdd.recipe import parse_recipe
-    from hubsdd.run import run
+    from hubsdd.runner import run
 
     class FakeCudaOOM(RuntimeError):
         pass

@@ -74,6 +74,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import yaml
 
+from ..files import git_blob_sha1
 from .oidc import ExchangeRefused, TrustedPublishing
 
 log = logging.getLogger("hubsdd.hub_server")
@@ -119,11 +120,6 @@ FRONT_MATTER_RE = re.compile(r"^(\s*---(?:\r\n|\r|\n))([\S\s]*?)((?:\r\n|\r|\n)-
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def git_blob_sha1(data: bytes) -> str:
-    """The git oid of a blob: what the Hub reports for regular files and what the client compares."""
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
 def lfs_pointer(oid: str, size: int) -> bytes:

@@ -31,43 +31,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from . import __version__
+from .files import atomic_write_json, atomic_write_text
 from .errors import OutOfMemoryError, StageError
 from .recipe import Recipe, canonical_json
 
 log = logging.getLogger("hubsdd")
 
 STAGE_FILE = "stage.json"
-
-
-# --------------------------------------------------------------------------- files
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a file so that readers see the old content or the new, never a torn one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- stages
@@ -104,6 +74,23 @@ class StageResult:
         """A path recorded anywhere in ``outputs`` (nested too): relative to the stage folder."""
         p = Path(value)
         return p if p.is_absolute() else self.dir / p
+
+
+def checkpoint_dirs(results: dict[str, StageResult]) -> dict[str, Path]:
+    """Every model checkpoint the finished stages made, by the name recipes and cards use for it:
+    ``base``, ``pruned``, each fine-tuned variant, ``merge`` (in that order)."""
+    found: dict[str, Path] = {}
+    if "base" in results:
+        found["base"] = results["base"].path("model_dir")
+    if "prune" in results:
+        found["pruned"] = results["prune"].path("model_dir")
+    if "finetune" in results:
+        ft = results["finetune"]
+        for name, info in (ft.outputs.get("variants") or {}).items():
+            found[name] = ft.resolve(info["model_dir"])
+    if "merge" in results:
+        found["merge"] = results["merge"].path("model_dir")
+    return found
 
 
 @dataclass
@@ -300,6 +287,13 @@ def _install(staging: Path, final: Path) -> None:
         shutil.rmtree(trash, ignore_errors=True)
 
 
+def stage_work_dir(run_dir: Path, stage: str, fp: str) -> Path:
+    """Where a stage keeps work that must survive a kill: keyed by its fingerprint, so a rerun of the
+    same configuration finds it and a changed one starts afresh. Processes started outside the
+    runner (``accelerate launch -m hubsdd.finetune``) use the same rule to meet the runner's cache."""
+    return Path(run_dir) / ".work" / f"{stage}-{fp[:16]}"
+
+
 def _load_entry(entry: str) -> Callable[[StageContext], StageOutput]:
     module, _, func = entry.partition(":")
     return getattr(importlib.import_module(module), func)
@@ -309,7 +303,7 @@ def run_stage(spec: StageSpec, recipe: Recipe, results: dict[str, StageResult], 
     run_dir = recipe.run_dir
     staging = run_dir / f".staging-{spec.name}-{uuid.uuid4().hex[:8]}"
     staging.mkdir(parents=True)
-    work_dir = run_dir / ".work" / f"{spec.name}-{fp[:16]}"
+    work_dir = stage_work_dir(run_dir, spec.name, fp)
     work_dir.mkdir(parents=True, exist_ok=True)
     ctx = StageContext(
         recipe=recipe, name=spec.name, run_dir=run_dir, out_dir=staging, work_dir=work_dir,
@@ -362,7 +356,7 @@ def _clean_stale_staging(run_dir: Path) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
-def run(recipe: Recipe, until: str | None = None, force: tuple[str, ...] = (),
+def run(recipe: Recipe | str | Path, until: str | None = None, force: tuple[str, ...] = (),
         on_event: Callable[[str, str, float | None], None] | None = None) -> dict[str, StageResult]:
     """Run every enabled stage up to ``until`` (inclusive), skipping cached ones, then the card.
 
@@ -374,6 +368,11 @@ def run(recipe: Recipe, until: str | None = None, force: tuple[str, ...] = (),
     for name in force:
         if name not in STAGE_NAMES:
             raise StageError(f"unknown stage {name!r} in --force", fix=f"use one of: {', '.join(STAGE_NAMES)}")
+    if not isinstance(recipe, Recipe):
+        from .recipe import load_recipe
+
+        recipe = load_recipe(recipe)
+    force = tuple(force)
     notify = on_event or (lambda *a: None)
     run_dir = recipe.run_dir
     stop = STAGE_NAMES.index(until) if until else len(STAGE_NAMES) - 1
@@ -402,22 +401,3 @@ def run(recipe: Recipe, until: str | None = None, force: tuple[str, ...] = (),
             results[spec.name] = run_stage(spec, recipe, results, fp)
             notify(spec.name, "done", results[spec.name].data["seconds"])
         return results
-
-
-class _CallableModule(type(os)):
-    """``hubsdd.run`` is both this module and the function users call (``from hubsdd import run``):
-    a package attribute named like a submodule is overwritten on import, so the module is made
-    callable instead."""
-
-    def __call__(self, recipe: Recipe | str | Path, until: str | None = None, force: tuple[str, ...] = (),
-                 on_event: Callable[[str, str, float | None], None] | None = None) -> dict[str, StageResult]:
-        from .recipe import load_recipe
-
-        if not isinstance(recipe, Recipe):
-            recipe = load_recipe(recipe)
-        return run(recipe, until=until, force=tuple(force), on_event=on_event)
-
-
-import sys as _sys  # noqa: E402
-
-_sys.modules[__name__].__class__ = _CallableModule

@@ -5,7 +5,7 @@ import json
 import pytest
 
 import hubsdd
-from hubsdd import run as runner
+from hubsdd import runner
 from hubsdd.errors import StageError
 from hubsdd.recipe import parse_recipe
 
@@ -111,7 +111,7 @@ def test_running_out_of_memory_is_a_clear_error_naming_the_fix(tmp_path, tiny_re
     from hubsdd import prune
     from hubsdd.errors import OutOfMemoryError
     from hubsdd.recipe import parse_recipe
-    from hubsdd.run import run
+    from hubsdd.runner import run
 
     def oom(ctx):
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")

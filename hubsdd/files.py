@@ -1,0 +1,49 @@
+"""Files written so that a kill never leaves a torn one, and the hashes that identify them.
+
+``sha256_file`` is what the card lists and ``hubsdd pull`` verifies; ``git_blob_sha1`` is the id the
+Hub gives a file that is not in LFS (git's blob hash), which publish compares to skip unchanged files
+and the test Hub computes to store them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write a file so that readers see the old content or the new, never a torn one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def git_blob_sha1(data: bytes) -> str:
+    """git's object id of a blob: sha1 over ``blob <size>\0`` and the bytes."""
+    h = hashlib.sha1(f"blob {len(data)}\0".encode())
+    h.update(data)
+    return h.hexdigest()
