@@ -26,7 +26,7 @@ from typing import Any
 from . import __version__
 from .errors import StageError
 from .files import sha256_file
-from .runner import StageContext, StageOutput, StageResult, checkpoint_dirs, load_results
+from .runner import SPECS, StageContext, StageOutput, StageResult, checkpoint_dirs, load_results, run_lock, run_stage
 
 log = logging.getLogger("hubsdd.card")
 
@@ -418,12 +418,7 @@ def rerender(run_dir: Path) -> Path:
     card = results.pop("card", None)
     if card is None:
         raise StageError(f"{run_dir} has no finished card stage", fix="run `hubsdd run <recipe>` first")
-    model_out = card.path("model_dir")
-    files = release_file_hashes(model_out)
-    release = card.outputs.get("release", "pruned")
-    render_model_card(recipe, results, release, files, card.fingerprint).save(model_out / "README.md")
-    if "dataset_dir" in card.outputs and "distill" in results:
-        data_out = card.path("dataset_dir")
-        render_dataset_card(recipe, results, ["data/train.parquet"], release_file_hashes(data_out),
-                            card.fingerprint).save(data_out / "README.md")
-    return model_out / "README.md"
+    # The same staging and atomic install as a run: a failure leaves the previous release in place.
+    with run_lock(run_dir):
+        done = run_stage(SPECS["card"], recipe, results, card.fingerprint, run_dir=run_dir)
+    return done.path("model_dir") / "README.md"

@@ -168,44 +168,21 @@ def publish(
 ) -> None:
     """Run every stage, then push model + card (+ dataset) to the Hub in one commit per repo."""
     from . import hub
-    from . import runner
-    from .errors import HubError
+    from .publishing import publish_run
     from .recipe import load_recipe
 
     _setup_logging(verbose)
     r = load_recipe(recipe)
-    pub = r.publish
-    model_repo = model_repo or pub.model_repo
-    dataset_repo = dataset_repo or pub.dataset_repo
-    if not model_repo:
-        raise HubError("publish.model_repo is not set", fix="add `publish: {model_repo: org/name}` to the recipe or pass --model-repo")
-    if model_repo != pub.model_repo or dataset_repo != pub.dataset_repo:
-        # The card links the repos: render it with the names actually pushed to.
-        r.publish.model_repo, r.publish.dataset_repo = model_repo, dataset_repo
     events = _StageEvents(r.run_dir)
     with _out.progress():
-        results = runner.run(r, on_event=events)
-    card_res = results["card"]
-    dataset_dir = card_res.path("dataset_dir") if "dataset_dir" in card_res.outputs and pub.push_dataset else None
-    if dataset_dir is not None and not dataset_repo:
-        raise HubError("publish.dataset_repo is not set but the run distilled a dataset",
-                       fix="set publish.dataset_repo, or publish.push_dataset: false")
-    result = hub.publish(
-        card_res.path("model_dir"), dataset_dir,
-        model_repo=model_repo, dataset_repo=dataset_repo,
-        private=pub.private if private is None else private,
-        create_pr=pub.create_pr if pr is None else pr,
-        revision=revision or pub.revision,
-        dry_run=dry_run, overwrite=overwrite,
-        tag=f"hubsdd-{card_res.fingerprint[:12]}",
-        commit_message=pub.commit_message,
-    )
+        done = publish_run(r, model_repo=model_repo, dataset_repo=dataset_repo, create_pr=pr, private=private,
+                           revision=revision, dry_run=dry_run, overwrite=overwrite, on_event=events)
     _out.close()
-    events.finish([] if dry_run else [r.pr_url or r.url for r in result.repos])
-    _echo(hub.format_publish_result(result), result=True)
+    events.finish(done.urls)
+    _echo(hub.format_publish(done.publish), result=True)
     _out.event(event="publish", dry_run=dry_run, repos=[
         {"repo": r.repo_id, "type": r.repo_type, "url": r.url, "commit": r.commit_sha, "pr_url": r.pr_url,
-         "skipped": r.skipped} for r in result.repos])
+         "skipped": r.skipped} for r in done.publish.repos])
 
 
 @app.command()
@@ -234,7 +211,7 @@ def pull(
 
     _setup_logging(False)
     result = hub.pull(repo, revision=revision, local_dir=local_dir)
-    _echo(hub.format_pull_summary(result), result=True)
+    _echo(hub.format_summary(result), result=True)
     _out.event(event="pull", repo=result.repo_id, commit=result.commit_sha, path=str(result.local_path),
                retention=result.retention)
 

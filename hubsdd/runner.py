@@ -299,8 +299,10 @@ def _load_entry(entry: str) -> Callable[[StageContext], StageOutput]:
     return getattr(importlib.import_module(module), func)
 
 
-def run_stage(spec: StageSpec, recipe: Recipe, results: dict[str, StageResult], fp: str) -> StageResult:
-    run_dir = recipe.run_dir
+def run_stage(spec: StageSpec, recipe: Recipe, results: dict[str, StageResult], fp: str,
+              run_dir: Path | None = None) -> StageResult:
+    """Run one stage into a staging folder and install it (stage.json last) in place of the old one."""
+    run_dir = Path(run_dir) if run_dir is not None else recipe.run_dir
     staging = run_dir / f".staging-{spec.name}-{uuid.uuid4().hex[:8]}"
     staging.mkdir(parents=True)
     work_dir = stage_work_dir(run_dir, spec.name, fp)

@@ -51,7 +51,7 @@ def test_troubleshooting_no_token(monkeypatch, tmp_path) -> None:
     from huggingface_hub import constants
 
     from hubsdd.errors import AuthError
-    from hubsdd.hub import _token
+    from hubsdd.hub import single_token as _token
 
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.delenv("HF_OIDC_RESOURCE", raising=False)
