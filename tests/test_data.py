@@ -50,6 +50,7 @@ def test_every_format_gives_the_same_shuffled_rows_as_datasets(tmp_path: Path) -
     for kind, path in files.items():
         rows = load_rows(DataSource(path=str(path), shuffle_seed=7, limit=4), tmp_path, columns=["question", "answer"])
         assert [r["question"] for r in rows] == list(expected), kind
+        assert all(isinstance(r["n"], int) for r in rows), kind  # typed values, CSV included
     # without a seed: the first N rows, in file order; relative paths resolve against base_dir
     rows = load_rows(DataSource(path="x.jsonl", limit=3), tmp_path)
     assert [r["n"] for r in rows] == [0, 1, 2]
