@@ -232,6 +232,17 @@ def init(
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: formats every HubsddError in one place."""
     debug = os.environ.get("HUBSDD_DEBUG", "") not in ("", "0")
+    # Called in-process (tests, notebooks), the command must not leave its handlers on the
+    # library's logger, bound to streams that may be closed by the time the library logs again.
+    logger = logging.getLogger("hubsdd")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    try:
+        return _main(argv, debug)
+    finally:
+        logger.handlers[:], logger.level, logger.propagate = saved
+
+
+def _main(argv: list[str] | None, debug: bool) -> int:
     try:
         app(args=argv, standalone_mode=False)
     except HubsddError as exc:
