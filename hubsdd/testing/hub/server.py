@@ -61,6 +61,9 @@ class HubServer:
         self._servers: list[HubHTTPServer] = []
         self._threads: list[threading.Thread] = []
         self.faults = FaultQueue()
+        self._stopping = threading.Event()  # cuts injected waits short when the server stops
+        self._idle = threading.Condition()
+        self._in_flight = 0
         self._stats_lock = threading.Lock()
         self.counts: collections.Counter[str] = collections.Counter()
         self.requests: list[tuple[str, str, str, int]] = []
@@ -80,6 +83,7 @@ class HubServer:
         self.url = f"http://{HOST}:{self.port}"
         self.cdn_url = f"http://{HOST}:{self.cdn_port}"
         self.trusted.audience = self.url
+        self._stopping.clear()
         for srv in self._servers:
             t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05},
                                  name=f"hub-server-{srv.role}", daemon=True)
@@ -88,6 +92,7 @@ class HubServer:
         return self.url
 
     def stop(self) -> None:
+        self._stopping.set()
         for srv in self._servers:
             srv.shutdown()
             srv.server_close()
@@ -124,15 +129,47 @@ class HubServer:
         with self._stats_lock:
             self.requests.append((method, path, kind, status))
 
-    def fail_next(self, kind: str, times: int = 1, status: int = 500, message: str = "injected fault",
-                  after: int = 0) -> None:
-        """Make ``times`` requests of ``kind`` fail with ``status`` (after their body is read), once
-        ``after`` such requests have gone through normally.
+    def _enter(self) -> None:
+        with self._idle:
+            self._in_flight += 1
 
-        Kinds: commit, preupload, lfs_batch, lfs_upload, lfs_verify, resolve, cdn, repo_info, tree,
-        paths_info, refs, commits, create_repo, create_tag, create_branch, validate_yaml, whoami.
+    def _leave(self) -> None:
+        with self._idle:
+            self._in_flight -= 1
+            self._idle.notify_all()
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Wait until no request is being handled (a request the client gave up on may still be
+        running, e.g. a slow commit); False if that did not happen within ``timeout`` seconds."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._in_flight == 0, timeout)
+
+    # -- fault injection (see hubsdd.testing.hub.faults for the behaviours and moments)
+
+    def fail_next(self, kind: str, times: int = 1, status: int = 500, message: str = "injected fault",
+                  after: int = 0, *, retry_after: int | None = None, when: str = "before") -> None:
+        """Make ``times`` requests of ``kind`` answer ``status`` (with ``Retry-After: retry_after``
+        if given), once ``after`` such requests have gone through normally. ``when="before"``: the
+        request never takes effect; ``"after"``: it does, and its answer is replaced by the error.
+
+        Kinds (:data:`~hubsdd.testing.hub.faults.KINDS`): commit, preupload, lfs_batch, lfs_upload,
+        lfs_verify, resolve, cdn, repo_info, tree, paths_info, refs, commits, create_repo,
+        create_tag, create_branch, validate_yaml, whoami, ...
         """
-        self.faults.add(kind, Fault(status, message, times, after))
+        self.faults.add(kind, Fault(status, message, times, after, retry_after=retry_after, when=when))
+
+    def drop_next(self, kind: str, times: int = 1, after: int = 0, *, when: str = "mid_body",
+                  at_byte: int | None = None) -> None:
+        """Cut the connection of ``times`` requests of ``kind`` without an answer. ``mid_body``:
+        after ``at_byte`` bytes of the request body (default half), so nothing takes effect;
+        ``"after"``: once the request took effect (the answer is lost)."""
+        self.faults.add(kind, Fault(remaining=times, skip=after, behaviour="drop", when=when, at_byte=at_byte))
+
+    def slow_next(self, kind: str, seconds: float, times: int = 1, after: int = 0, *, when: str = "before") -> None:
+        """Make ``times`` requests of ``kind`` take ``seconds`` longer: ``"before"`` the server
+        handles them (they still take effect if the client gave up) or ``"after"``, holding the
+        answer back. :meth:`wait_idle` waits for such a request to finish."""
+        self.faults.add(kind, Fault(remaining=times, skip=after, behaviour="slow", when=when, seconds=seconds))
 
     def reset_counts(self) -> None:
         with self._stats_lock:

@@ -70,6 +70,7 @@ class FileRoutes(AuthRoutes):
             status = 206
             headers = {**headers, "Content-Range": f"bytes {start}-{end}/{size}"}
         length = end - start + 1 if size else 0
+        self._answer_gate()
         self.send_response(status)
         for k, v in {**headers, "ETag": etag, "Content-Length": str(length),
                      "Content-Type": "application/octet-stream", "X-Request-Id": self._request_id}.items():

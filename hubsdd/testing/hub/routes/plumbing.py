@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import traceback
 import uuid
 from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from ..faults import ConnectionDropped, Fault
 from ..protocol import HubHTTPError, header_value
 
 if TYPE_CHECKING:
@@ -91,7 +93,7 @@ class RequestPlumbing(BaseHTTPRequestHandler):
                     return
                 remaining = size
                 while remaining:
-                    chunk = self.rfile.read(min(remaining, 1 << 20))
+                    chunk = self._read_body(min(remaining, 1 << 20))
                     if not chunk:
                         raise HubHTTPError(400, "truncated chunked body")
                     remaining -= len(chunk)
@@ -100,11 +102,21 @@ class RequestPlumbing(BaseHTTPRequestHandler):
         else:
             remaining = int(self.headers.get("Content-Length") or 0)
             while remaining:
-                chunk = self.rfile.read(min(remaining, 1 << 20))
+                chunk = self._read_body(min(remaining, 1 << 20))
                 if not chunk:
                     raise HubHTTPError(400, "truncated body")
                 remaining -= len(chunk)
                 yield chunk
+
+    def _read_body(self, n: int) -> bytes:
+        """Up to ``n`` bytes of the body; a ``drop mid_body`` fault cuts the connection at its byte."""
+        if self._drop_at is not None:
+            if self._body_read >= self._drop_at:
+                raise ConnectionDropped
+            n = min(n, self._drop_at - self._body_read)
+        data = self.rfile.read(n)
+        self._body_read += len(data)
+        return data
 
     def _body(self) -> bytes:
         if self._cached_body is None:
@@ -122,6 +134,7 @@ class RequestPlumbing(BaseHTTPRequestHandler):
 
     def _send(self, status: int, body: bytes = b"", headers: dict | None = None,
               content_type: str = "application/json") -> None:
+        self._answer_gate()
         self.send_response(status)
         headers = dict(headers or {})
         headers.setdefault("Content-Type", content_type)
@@ -145,6 +158,49 @@ class RequestPlumbing(BaseHTTPRequestHandler):
             headers["X-Error-Code"] = err.code
         self._json({"error": err.message}, err.status, headers)
 
+    # -- faults
+
+    def _start_fault(self, fault: Fault) -> None:
+        """Act out the part of a fault that comes before the route runs."""
+        if fault.behaviour == "slow" and fault.when == "before":
+            self._wait(fault.seconds)
+        elif fault.behaviour == "status" and fault.when == "before":
+            raise HubHTTPError(fault.status, fault.message, headers=fault.headers())  # the body is drained below
+        elif fault.behaviour == "drop" and fault.when == "mid_body":
+            length = self.headers.get("Content-Length")
+            chunked = "chunked" in self.headers.get("Transfer-Encoding", "").lower()
+            if not chunked and not int(length or 0):
+                raise ConnectionDropped  # nothing to cut in the middle of
+            default = max(1, int(length) // 2) if length and not chunked else 1
+            self._drop_at = fault.at_byte if fault.at_byte is not None else default
+            self._fault = fault  # a route that answers without reading the body is cut at its answer
+        else:
+            self._fault = fault  # acted out by _answer_gate, once the route has run
+
+    def _answer_gate(self) -> None:
+        """Called before any answer is written: acts out a fault's ``after`` moment."""
+        fault, self._fault = self._fault, None
+        if fault is None:
+            return
+        if fault.behaviour == "drop":
+            raise ConnectionDropped
+        if fault.behaviour == "slow":
+            self._wait(fault.seconds)
+        elif fault.behaviour == "status":
+            raise HubHTTPError(fault.status, fault.message, headers=fault.headers())
+
+    def _wait(self, seconds: float) -> None:
+        if self.hub._stopping.wait(seconds):
+            raise ConnectionDropped  # the server is stopping: do not hold its shutdown
+
+    def _cut(self) -> None:
+        """Close the connection at once, without an answer (what a dropped connection looks like)."""
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
     # -- dispatch
 
     def _dispatch(self, method: str) -> None:
@@ -152,12 +208,16 @@ class RequestPlumbing(BaseHTTPRequestHandler):
         self.scope = None  # set by _user() for a trusted-publishing token
         self._cached_body: bytes | None = None
         self._status = 0
+        self._fault: Fault | None = None  # a fault whose moment is still to come
+        self._drop_at: int | None = None
+        self._body_read = 0
         self._request_id = uuid.uuid4().hex[:16]
         split = urlsplit(self.path)
         self.query = {k: v[-1] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
         # Split on '/' BEFORE unquoting: the client quotes revisions with safe="" (refs%2Fpr%2F1).
         self.segments = [unquote(s) for s in split.path.split("/")[1:]]
         kind = "unknown"
+        self.hub._enter()
         try:
             if self.server.role == "cdn":
                 kind, handler = "cdn", self._cdn
@@ -166,17 +226,24 @@ class RequestPlumbing(BaseHTTPRequestHandler):
             self.hub._count(kind)
             fault = self.hub.faults.take(kind)
             if fault is not None:
-                raise HubHTTPError(fault.status, fault.message)  # the body is drained below
+                self._start_fault(fault)
             handler()
             for _ in self._iter_body():  # a handler that ignored the body must not desync keep-alive
                 pass
+        except ConnectionDropped:
+            self._cut()
         except HubHTTPError as err:
+            answer = True
             try:
                 for _ in self._iter_body():  # drain whatever the handler did not read
                     pass
+            except ConnectionDropped:
+                answer = False
+                self._cut()
             except Exception:  # noqa: BLE001 - the connection is closed below anyway
                 self.close_connection = True
-            self._error(err)
+            if answer:
+                self._error(err)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
         except Exception as exc:  # noqa: BLE001 - a bug here must reach the client as a 500, not hang it
@@ -188,3 +255,4 @@ class RequestPlumbing(BaseHTTPRequestHandler):
                 pass
         finally:
             self.hub._record(method, split.path, kind, self._status)
+            self.hub._leave()
