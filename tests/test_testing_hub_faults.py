@@ -116,3 +116,18 @@ def test_unknown_kinds_and_moments_are_refused(hub_server):
         hub_server.drop_next("commit", when="before")
     with pytest.raises(ValueError, match="unknown fault behaviour"):
         Fault(behaviour="explode")
+
+
+def test_a_fault_after_the_work_also_replaces_or_cuts_an_error_answer(hub_server):
+    hub_server.create_repo(REPO)
+    stale = "0" * 40
+    lines = [{"key": "header", "value": {"summary": "x", "parentCommit": stale}}]
+    body = b"".join(json.dumps(x).encode() + b"\n" for x in lines)
+    url = f"{hub_server.url}/api/models/{REPO}/commit/main"
+    assert httpx2.post(url, headers=AUTH, content=body).status_code == 412  # the route's own error
+    hub_server.fail_next("commit", status=503, when="after")
+    assert httpx2.post(url, headers=AUTH, content=body).status_code == 503
+    hub_server.drop_next("commit", when="after")
+    with pytest.raises(httpx2.TransportError):
+        httpx2.post(url, headers=AUTH, content=body)
+    assert httpx2.get(f"{hub_server.url}/api/whoami-v2", headers=AUTH).status_code == 200  # still serving

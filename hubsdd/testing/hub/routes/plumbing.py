@@ -243,12 +243,21 @@ class RequestPlumbing(BaseHTTPRequestHandler):
             except Exception:  # noqa: BLE001 - the connection is closed below anyway
                 self.close_connection = True
             if answer:
+                try:
+                    self._answer_gate()  # a fault's "after" moment applies to an error answer too
+                except HubHTTPError as replaced:
+                    err = replaced
+                except ConnectionDropped:
+                    answer = False
+                    self._cut()
+            if answer:
                 self._error(err)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
         except Exception as exc:  # noqa: BLE001 - a bug here must reach the client as a 500, not hang it
             log.error("hub server error on %s %s:\n%s", method, self.path, traceback.format_exc())
             self.close_connection = True
+            self._fault = None
             try:
                 self._error(HubHTTPError(500, f"internal server error: {exc}"))
             except OSError:
