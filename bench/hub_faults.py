@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'fault':40} survived / tried")
     for fault in sorted(by_fault):
         print(f"{fault:40} {sum(by_fault[fault]):>8} / {len(by_fault[fault])}")
-    print(f"survived with the first publish succeeding (the client's own retries, or a fault after the "
-          f"request that does not matter): {first_ok}; with the first failing with a hubsdd error and one "
+    print(f"survived with the first publish succeeding (the client retried the request, or waited for "
+          f"a slow answer): {first_ok}; with the first failing with a hubsdd error and one "
           f"rerun completing the release: {survived - first_ok}")
     if unfired:
         print(f"trials whose fault never fired: {unfired}")
