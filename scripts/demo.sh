@@ -13,7 +13,7 @@ rm -f "$DEMO_DIR/url"
 
 # A throwaway token for the local server only; it is never written anywhere but the server's memory.
 export HF_TOKEN="hf_demo_$(python -c 'import secrets; print(secrets.token_hex(8))')"
-python -m hubsdd.testing.hub_server --storage "$DEMO_DIR/hub" --port 0 \
+python -m hubsdd.testing.hub --storage "$DEMO_DIR/hub" --port 0 \
     --token "$HF_TOKEN:hubsdd-demo" --ready-file "$DEMO_DIR/url" > "$DEMO_DIR/hub-server.log" 2>&1 &
 SERVER_PID=$!
 trap 'kill $SERVER_PID 2>/dev/null || true' EXIT

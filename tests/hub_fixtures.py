@@ -1,7 +1,7 @@
 """Fixtures for the Hub round-trip tests: a live test Hub and a tiny release folder.
 
-Registered for every test by tests/conftest.py (``tests`` is on pytest's ``pythonpath``). The ``hub_server`` fixture starts :class:`hubsdd.testing.hub_server.HubServer` on
-127.0.0.1 and points the unmodified ``huggingface_hub`` client at it. The client reads
+Registered for every test by tests/conftest.py (``tests`` is on pytest's ``pythonpath``). The
+``hub_server`` fixture starts :class:`hubsdd.testing.hub.HubServer` on 127.0.0.1 and points the unmodified ``huggingface_hub`` client at it. The client reads
 ``HF_ENDPOINT``, ``HF_HOME`` and friends once, at import, into ``huggingface_hub.constants``, so
 setting the environment is not enough: the constants are patched too (and restored afterwards).
 """
@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from conftest import save_tiny
-from hubsdd.testing.hub_server import HubServer
+from hubsdd.testing.hub import HubServer
 
 TOKEN = "hf_test_alice_token"  # user "alice"
 OTHER_TOKEN = "hf_test_bob_token"  # user "bob"
@@ -61,6 +61,31 @@ def hub_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         yield server
     finally:
         server.stop()
+
+
+DEMO_REPO = f"{USER}/demo"  # the repository the server's own tests write to
+
+
+@pytest.fixture
+def api(hub_server):
+    """An HfApi client of the test Hub acting as alice."""
+    from huggingface_hub import HfApi
+
+    return HfApi(endpoint=hub_server.url, token=TOKEN)
+
+
+def demo_weights(n: int = 4096) -> bytes:
+    return hashlib.sha256(b"seed").digest() * (n // 32)  # binary, deterministic
+
+
+def seed_repo(api, tmp_path: Path) -> bytes:
+    """DEMO_REPO with a regular config.json and an LFS model.safetensors; returns the weights' bytes."""
+    api.create_repo(DEMO_REPO)
+    api.upload_file(path_or_fileobj=b'{"a": 1}\n', path_in_repo="config.json", repo_id=DEMO_REPO)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(demo_weights())
+    api.upload_file(path_or_fileobj=str(weights), path_in_repo="model.safetensors", repo_id=DEMO_REPO)
+    return weights.read_bytes()
 
 
 @pytest.fixture
