@@ -96,7 +96,8 @@ def hub_errors(action: str, repo_id: str | None = None) -> Iterator[None]:
                        fix="retry; a rerun resumes without duplicating commits or re-sending uploaded files") from None
     except (httpx2.TransportError, OfflineModeIsEnabled, LocalEntryNotFoundError) as exc:
         raise HubError(f"{action}: cannot reach the Hub at {endpoint()} ({type(exc).__name__}: {exc})",
-                       fix="check the network connection and HF_ENDPOINT") from None
+                       fix="check the network connection and HF_ENDPOINT, then rerun: a rerun resumes without "
+                           "duplicating commits or re-sending uploaded files") from None
     except ValueError as exc:  # e.g. create_commit's own README metadata check
         raise HubError(f"{action}: {exc}") from None
     except (OSError, RuntimeError) as exc:  # hf_xet and other transports raise their own errors
