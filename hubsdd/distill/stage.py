@@ -92,6 +92,7 @@ def run_distill(ctx: StageContext, *, backend: GenerationBackend | None = None,
     source_sha = resolve_dataset_revision(section.data, "distill.data") if section.data.dataset else None
     examples = read_examples(section, ctx.recipe.source_dir, source_sha)
     prompts = [template.render(e.instruction, e.input, e.original) for e in examples]
+    conversations = [[{"role": "user", "content": p}] for p in prompts]
 
     shard_dir = ctx.work_dir / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
@@ -113,10 +114,9 @@ def run_distill(ctx: StageContext, *, backend: GenerationBackend | None = None,
                     resumed += 1
                 else:
                     if backend is None:
-                        backend = make_backend(ctx, settings)
+                        backend = make_backend(ctx, settings, conversations)
                     t0 = time.perf_counter()
-                    outs = backend.generate([[{"role": "user", "content": p}] for p in prompts[lo:hi]],
-                                            seed=settings.seed + k)
+                    outs = backend.generate(conversations[lo:hi], seed=settings.seed + k)
                     seconds = time.perf_counter() - t0
                     rows = [{"row": lo + j, "rewrite": g.text, "tokens": g.tokens, "finish_reason": g.finish_reason}
                             for j, g in enumerate(outs)]

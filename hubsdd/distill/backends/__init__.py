@@ -55,14 +55,20 @@ def stop_token_ids(generation_config: Any, tokenizer: "PreTrainedTokenizerBase")
     return sorted(set(int(i) for i in ids))
 
 
-def make_backend(ctx: StageContext, settings: GenerationSettings) -> GenerationBackend:
-    """The teacher behind the backend the recipe chose: the base model, unpruned."""
+def make_backend(ctx: StageContext, settings: GenerationSettings,
+                 conversations: Sequence[Messages] = ()) -> GenerationBackend:
+    """The teacher behind the backend the recipe chose: the base model, unpruned.
+
+    ``conversations``: every prompt the stage will ask for; an engine that must size its context
+    up front (vLLM) sizes it for the longest."""
     from ...models import base_model_dir, default_device, load_base, set_threads
 
     if settings.backend == "vllm":
         from .vllm import VLLMBackend
 
-        return VLLMBackend(base_model_dir(ctx), settings)
+        base = ctx.recipe.base
+        return VLLMBackend(base_model_dir(ctx), settings, dtype=base.dtype, trust_remote_code=base.trust_remote_code,
+                           sized_for=conversations)
     from .transformers import TransformersBackend
 
     set_threads()
