@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoModelForCausalLM
     from transformers.cache_utils import Cache
 
-    from hubsdd.kv_rows import RowsLayer
+    from hubsdd.distill.backends.kv_rows import RowsLayer
     from hubsdd.models import fast_cpu_linears
 
     torch.set_num_threads(args.threads)

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import progress
-from .distill import user_message
+from .distill.prompts import user_message
 from .errors import DataError, StageError
 from .figures import figure
 from .recipe import FinetuneSection

@@ -170,6 +170,9 @@ class GenerationSettings(Section):
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM only.")
 
 
+VLLM_SHARD_SIZE = 1024
+
+
 class DistillSection(Section):
     data: DataSource = Field(..., description="The fine-tuning data the teacher rewrites.")
     columns: ColumnMap = ColumnMap()
@@ -181,8 +184,17 @@ class DistillSection(Section):
         "none", description="Keep a rewrite only if its final number / choice letter equals the label's; "
         "otherwise fall back to the original response.")
     generation: GenerationSettings = GenerationSettings()
-    shard_size: int = Field(64, ge=1, description="Rows per resumable shard.")
+    shard_size: int = Field(64, ge=1, description="Rows per resumable shard, and per call of the backend. "
+                            f"Default 64; {VLLM_SHARD_SIZE} with `generation.backend: vllm`, which needs hundreds in flight.")
     data_license: str | None = Field(None, description="License of the source dataset.")
+
+    @model_validator(mode="after")
+    def _vllm_shard_size(self) -> "DistillSection":
+        # Set here rather than through a `None` default, so that the section of a transformers
+        # recipe, and with it the stage fingerprint, stays what it was.
+        if "shard_size" not in self.model_fields_set and self.generation.backend == "vllm":
+            self.shard_size = VLLM_SHARD_SIZE
+        return self
 
 
 # --------------------------------------------------------------------------- finetune

@@ -162,7 +162,7 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec("base", (), "hubsdd.models:prepare_base", extra=_base_identity,
               describe="resolve and snapshot the base model"),
     StageSpec("prune", ("base",), "hubsdd.prune:run_prune", describe="score blocks, remove layers"),
-    StageSpec("distill", ("base",), "hubsdd.distill:run_distill",
+    StageSpec("distill", ("base",), "hubsdd.distill.stage:run_distill",
               enabled=lambda r: r.distill is not None, describe="teacher rewrites the training data"),
     StageSpec("finetune", ("base", "prune", "distill"), "hubsdd.finetune:run_finetune",
               enabled=lambda r: r.finetune is not None, describe="fine-tune each variant"),

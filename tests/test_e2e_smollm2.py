@@ -6,6 +6,7 @@ both variants on SmolLM2, the merge, the evaluation, the cards and the Hub round
 """
 
 import json
+import re
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -21,6 +22,16 @@ pytestmark = [pytest.mark.slow, needs_smollm2]
 DEMO = Path(__file__).parent.parent / "recipes" / "smollm2-135m-demo.yaml"
 MODEL_REPO = "alice/SmolLM2-26L-sdd"
 DATASET_REPO = "alice/SmolLM2-gsm8k-self-distilled"
+
+
+def gsm8k_final_answer(solution: str) -> str:
+    """GSM8K's own answer: what follows the solution's last '####', without thousands commas. The
+    test's rule, independent of the product's extraction."""
+    return solution.rsplit("####", 1)[1].strip().replace(",", "")
+
+
+def numbers_in(text: str) -> set[float]:
+    return {float(n) for n in re.findall(r"\d+(?:\.\d+)?", text.replace(",", ""))}
 
 
 def files_containing(root: Path, needle: bytes) -> list[Path]:
@@ -80,12 +91,14 @@ def test_demo_publish_pull_and_load_from_the_hub(tmp_path, hub_server, monkeypat
     parquet = hf_hub_download(DATASET_REPO, "data/train.parquet", repo_type="dataset")
     rows = pq.read_table(parquet).to_pylist()
     assert len(rows) == 16
-    from hubsdd.distill import extract_number, normalize_number
-
     for row in rows:
         assert row["selected"] == (row["rewrite"] if row["verdict"] == "accepted" else row["original"])
-        if row["verdict"] == "accepted":  # the final-number checker kept only rewrites with the label's answer
-            assert normalize_number(extract_number(row["rewrite"])) == normalize_number(row["label"])
+        gold = gsm8k_final_answer(row["original"])
+        if row["verdict"] == "accepted":  # the final-number checker kept only rewrites with GSM8K's answer
+            assert (row["label"], row["answer"]) == (gold, gold)
+            assert abs(float(gold)) in numbers_in(row["rewrite"])
+        elif row["reason"] == "wrong-answer":
+            assert row["label"] == gold and row["answer"] != gold
     distill = json.loads((run_dir / "distill" / "stage.json").read_text())["metrics"]
     assert distill["accepted"] == sum(r["verdict"] == "accepted" for r in rows)
     dcard = DatasetCard.load(DATASET_REPO, repo_type="dataset")

@@ -1,7 +1,8 @@
 """A KV cache layer for continuous batching: rows come and go while the others keep generating.
 
-Used by :class:`hubsdd.distill.TransformersBackend`. Rows are right-aligned (left padding), so
-every row appends its next token in the same column and one attention mask covers the batch.
+Used by :class:`~hubsdd.distill.backends.transformers.TransformersBackend`. Rows are right-aligned
+(left padding), so every row appends its next token in the same column and one attention mask
+covers the batch.
 """
 
 from __future__ import annotations

@@ -1,0 +1,122 @@
+"""The transformers backend: continuous batching gives transformers' own greedy answers, and
+sampling is reproducible per seed."""
+
+from __future__ import annotations
+
+import pytest
+
+from hubsdd.distill.backends.transformers import TransformersBackend
+from hubsdd.errors import StageError
+from hubsdd.recipe import GenerationSettings
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gemma2"])
+def test_left_padded_batches_match_one_by_one_generation(model_type: str) -> None:
+    from conftest import make_tiny_model, make_tokenizer
+
+    prompts = [[{"role": "user", "content": c}] for c in ("hi", "a much longer prompt here", "mid size")]
+    model, tok = make_tiny_model(model_type, layers=2), make_tokenizer()
+    one = TransformersBackend(model, tok, GenerationSettings(max_new_tokens=6, batch_size=1))
+    batched = TransformersBackend(model, tok, GenerationSettings(max_new_tokens=6, batch_size=3))
+    # gemma2's sliding-window cache cannot take refilled rows: it runs in static batches instead.
+    assert batched.continuous is (model_type == "llama")
+    expected = [g.text for g in one.generate(prompts, seed=0)]
+    assert [g.text for g in batched.generate(prompts, seed=0)] == expected
+    static = TransformersBackend(model, tok, GenerationSettings(max_new_tokens=6, batch_size=3), continuous=False)
+    assert [g.text for g in static.generate(prompts, seed=0)] == expected
+    if model_type == "gemma2":
+        with pytest.raises(StageError, match="sliding-window"):
+            TransformersBackend(model, tok, GenerationSettings(), continuous=True)
+
+
+SHARED_HEAD = "Rewrite the answer below in your own words, step by step. "
+QUESTIONS = ["2+3?", "What is ten minus four, please?", "3*3", "Half of eight is what number?", "7+1=?",
+             "Is six minus six zero or one?", "x"]
+
+
+def _varied_tiny_model():
+    """A tiny random model with large weights, so its answers depend on the prompt (at the default
+    init every prompt gets the same few tokens, and no row would end before another)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from conftest import tiny_config
+
+    config = tiny_config(layers=2)
+    config.initializer_range = 0.5
+    torch.manual_seed(3)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    model.generation_config.eos_token_id = None
+    return model
+
+
+def _stock_greedy(model, tok, conversation: list[dict], max_new_tokens: int) -> list[int]:
+    """transformers' own generate, one prompt at a time, never stopping early: the reference."""
+    import torch
+
+    ids = tok.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    ids = torch.tensor([tok(ids, add_special_tokens=False)["input_ids"]])
+    with torch.inference_mode():
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                             min_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0, eos_token_id=None)
+    return out[0, ids.shape[1]:].tolist()
+
+
+@pytest.mark.parametrize("head", [SHARED_HEAD, ""], ids=["shared-prefix", "no-shared-prefix"])
+def test_continuous_batching_matches_stock_generate_as_rows_finish_and_refill(head: str) -> None:
+    """7 prompts through 3 rows: rows end at different steps and newcomers take their places. Every
+    answer must equal transformers' own one-prompt-at-a-time greedy answer, cut at its end token."""
+    from conftest import make_tokenizer
+
+    model, tok = _varied_tiny_model(), make_tokenizer()
+    conversations = [[{"role": "user", "content": head + q}] for q in QUESTIONS]
+    max_new = 10
+    full = [_stock_greedy(model, tok, c, max_new) for c in conversations]
+
+    def ends(token: int) -> list[int]:  # how many tokens each answer has when `token` ends a turn
+        return [seq.index(token) + 1 if token in seq else max_new for seq in full]
+
+    # An end-of-turn token that stops the answers at as many different lengths as possible.
+    end = max(sorted({t for seq in full for t in seq}), key=lambda t: len(set(ends(t))))
+    assert len(set(ends(end))) >= 3, "the tiny model's answers are too uniform to exercise refills"
+
+    backend = TransformersBackend(model, tok, GenerationSettings(max_new_tokens=max_new, batch_size=3))
+    backend.eos_ids = [end]
+    assert backend.continuous
+    calls: list[tuple[int, int]] = []  # (rows, new tokens) of every forward pass
+    forward = model.forward
+
+    def spy(*args, **kwargs):
+        calls.append(tuple(kwargs["input_ids"].shape))
+        return forward(*args, **kwargs)
+
+    model.forward = spy
+    try:
+        got = backend.generate(conversations, seed=0)
+    finally:
+        del model.forward
+    for seq, n, g in zip(full, ends(end), got):
+        kept = seq[:n - 1] if n - 1 < len(seq) and seq[n - 1] == end else seq[:n]
+        assert g.text == tok.decode(kept, skip_special_tokens=True).strip()
+        assert g.tokens == n
+        assert g.finish_reason == ("stop" if end in seq else "length")
+    assert max(rows for rows, _ in calls) <= 3
+    prefills = [c for c in calls if c[1] > 1]
+    assert len(prefills) >= 3  # newcomers were admitted while other rows were still generating
+    shared = bool(head)
+    # The shared head is prefilled once (one row), not with every prompt.
+    assert (prefills[0][0] == 1 and prefills[0][1] >= len(head)) is shared
+
+
+def test_sampling_is_reproducible_per_seed() -> None:
+    from conftest import make_tokenizer
+
+    model, tok = _varied_tiny_model(), make_tokenizer()
+    settings = GenerationSettings(max_new_tokens=8, batch_size=2, do_sample=True, temperature=1.0, top_p=0.9)
+    conversations = [[{"role": "user", "content": SHARED_HEAD + q}] for q in QUESTIONS[:5]]
+    backend = TransformersBackend(model, tok, settings)
+    first = [g.text for g in backend.generate(conversations, seed=7)]
+    assert [g.text for g in backend.generate(conversations, seed=7)] == first
+    assert [g.text for g in backend.generate(conversations, seed=8)] != first
+    greedy = TransformersBackend(model, tok, GenerationSettings(max_new_tokens=8, batch_size=2))
+    assert [g.text for g in greedy.generate(conversations, seed=7)] != first
