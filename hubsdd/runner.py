@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from . import __version__
+from . import __version__, worklog
 from .files import atomic_write_json, atomic_write_text
 from .errors import OutOfMemoryError, StageError
 from .recipe import Recipe, canonical_json
@@ -401,6 +401,7 @@ def run_stage(spec: StageSpec, recipe: Recipe, results: dict[str, StageResult], 
     atomic_write_json(staging / STAGE_FILE, data)
     final = run_dir / spec.name
     _install(staging, final)
+    worklog.finished(f"stage {spec.name} {fp[:12]}")
     shutil.rmtree(work_dir, ignore_errors=True)
     return StageResult(spec.name, final, data)
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .. import progress
+from .. import progress, worklog
 from ..data import get_value, load_rows, resolve_dataset_revision
 from ..errors import DataError
 from ..recipe import DistillSection
@@ -123,6 +123,7 @@ def run_distill(ctx: StageContext, *, backend: GenerationBackend | None = None,
                     meta = {"key": key, "seconds": seconds, "tokens": sum(g.tokens for g in outs),
                             "backend": backend.name}
                     write_parquet(path, rows, SHARD_SCHEMA_FIELDS, meta)
+                    worklog.finished(f"distill shard {k} {key[:12]}")
                     log.info("distill: shard %d/%d, %d rows, %.1f tok/s", k + 1, len(bounds), hi - lo,
                              meta["tokens"] / max(seconds, 1e-9))
                 gen_seconds += float(meta.get("seconds", 0.0))
