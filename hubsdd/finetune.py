@@ -115,23 +115,27 @@ def _lora_modules(model: Any) -> list[str]:
 
 
 def variant_key(ctx: StageContext, name: str) -> str:
-    """What decides a variant's weights: its own settings, the shared hyperparameters, its inputs.
+    """What decides a variant's weights: its own settings, the shared hyperparameters, the
+    precision, its inputs.
 
     Not the variant's name, nor the other variants: a variant trained before is reused when
     variants are added, removed or renamed, or by another recipe sharing the run directory."""
     import hashlib
 
     from . import __version__
+    from .models import model_dtype
     from .recipe import canonical_json
 
     section: FinetuneSection = ctx.section
     variant = section.variants[name]
     # How often to checkpoint and how long processes wait for each other do not change the weights.
     shared = section.model_dump(mode="json", exclude={"variants", "checkpoint_steps", "ddp_timeout"})
+    dtype = model_dtype(ctx.recipe)  # by default the device's: bfloat16 weights train differently
     payload = {
         "hubsdd": __version__,
         "seed": ctx.recipe.seed,
         "shared": shared,
+        "precision": [dtype, mixed_bf16(section, dtype)],
         "data": variant.data,
         "loss": variant.loss,
         "learning_rate": variant.learning_rate or section.learning_rate,
