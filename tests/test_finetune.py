@@ -101,6 +101,7 @@ def test_lora_lowers_loss_merges_and_resumes(tmp_path: Path, monkeypatch: pytest
                 "train_log": "sft/train_log.json"},
     }
     assert out.outputs["plots"] == {"loss_curve": "loss_curve.png"}
+    assert out.outputs["precision"] == "float32 weights"  # the CPU default
     assert (ctx.out_dir / "loss_curve.png").read_bytes()[:8] == PNG_MAGIC
     for name in ("sdd", "sft"):
         m = out.metrics["variants"][name]
@@ -169,8 +170,14 @@ def test_training_section_renders_from_stage_json() -> None:
     for needle in ("150 of 200 rewrites kept (75.0%)", "| LoRA rank / alpha / dropout | 8 / 16 / 0.05 |",
                    "| Steps | 50 |", "| Gradient accumulation | 2 |", "| `sdd` | 50 | 200 | 4,884,480 | 2.5 | 1.25 | 1.5",
                    "self-distilled responses (SDD)", "original responses (SFT baseline)", "![Training loss",
-                   "plots/loss.png", "datasets/org/data", "| Seed | 42 |"):
+                   "plots/loss.png", "datasets/org/data", "| Seed | 42 |", "| Precision | fp32 |"):
         assert needle in text, needle
+    # the precision the stage resolved (bf16 by default on a GPU) wins over the recipe's unset bf16
+    finetune["outputs"]["precision"] = "bfloat16 weights, bf16 mixed precision"
+    text = env.from_string('{% include "sections/training.md.j2" %}').render(
+        stages={"distill": distill, "finetune": finetune}, plots={"finetune": {"loss_curve": "plots/loss.png"}},
+        dataset_repo="org/data")
+    assert "| Precision | bfloat16 weights, bf16 mixed precision |" in text
 
 
 def test_accelerate_entry_refuses_to_start_before_distill(tmp_path: Path) -> None:
