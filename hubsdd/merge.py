@@ -118,11 +118,11 @@ def run_mergekit(cfg: dict, out_dir: Path, *, seed: int | None = None, trust_rem
                  device: str | None = None) -> None:
     """Validate ``cfg`` with mergekit's schema and run the merge on ``device`` (default: the run's)
     into ``out_dir``."""
-    from .models import default_device
-
     from mergekit.config import MergeConfiguration
     from mergekit.merge import run_merge
     from mergekit.options import MergeOptions
+
+    from .models import default_device
 
     try:
         merge_config = MergeConfiguration.model_validate(cfg)
