@@ -7,7 +7,7 @@ benchmark prune it), LoRA r=16 on every linear layer, batches of real GSM8K trai
 (prompt/completion, up to 512 tokens), in one process:
 
 * TRL ``SFTTrainer`` as shipped (logits at every position, its fused vocabulary kernel);
-* hubsdd's trainer (:func:`hubsdd.finetune.trainer_classes`: the same loss on the response
+* hubsdd's trainer (:func:`hubsdd.training.trainer_classes`: the same loss on the response
   positions only), on torch's default kernels and with the frozen layers on oneDNN
   (:func:`hubsdd.models.fast_cpu_frozen_linears`), as ``finetune`` runs;
 * the KD variant (TRL ``GKDTrainer`` vs hubsdd's, the 30-layer base as teacher), both on oneDNN.
@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     from trl.experimental.gkd import GKDTrainer
 
     from cpu_linear import measure_gflops
-    from hubsdd.finetune import _lora_config, _sft_config, trainer_classes, training_dataset
+    from hubsdd.finetune import training_dataset
+    from hubsdd.training import lora_config, trainer_classes, trainer_config
     from hubsdd.models import fast_cpu_frozen_linears, fast_cpu_linears
     from hubsdd.recipe import FinetuneSection
 
@@ -108,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         dataset, _ = training_dataset(tmp / "train.parquet", "original", messages=kd)
         clock = Clock()
         extra = {"teacher_model": teacher} if kd else {}
-        trainer = cls(model=model(), args=_sft_config(section, tmp / "out", kd=kd), train_dataset=dataset,
-                      processing_class=tok, peft_config=_lora_config(section), callbacks=[clock], **extra)
+        trainer = cls(model=model(), args=trainer_config(section, tmp / "out", kd=kd), train_dataset=dataset,
+                      processing_class=tok, peft_config=lora_config(section), callbacks=[clock], **extra)
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
         trainer.remove_callback(PrinterCallback)

@@ -1061,11 +1061,11 @@ def resolve_tasks(section: Any) -> tuple[bool, list[str], dict[str, int | None]]
 
 
 def _load(name: str, path: Path, ctx: StageContext, device: str) -> tuple[Any, Any]:
-    from .models import load_model, load_tokenizer
+    from .models import load_model, load_tokenizer, model_dtype
 
     base = ctx.recipe.base
     is_base = name == "base"
-    model = load_model(path, dtype=base.dtype, trust_remote_code=base.trust_remote_code,
+    model = load_model(path, dtype=model_dtype(ctx.recipe), trust_remote_code=base.trust_remote_code,
                        allow_pickle=base.allow_pickle and is_base, device=device)
     tok = load_tokenizer(path, trust_remote_code=base.trust_remote_code)
     return model, tok
@@ -1170,7 +1170,7 @@ def run_evaluate(ctx: StageContext) -> StageOutput:
 
     section = ctx.section
     set_threads()
-    device = default_device()
+    device = default_device(ctx.recipe)
     models = models_to_evaluate(ctx)
     if not models:
         raise StageError("nothing to evaluate: no model stage has run", fix="run the base and prune stages first")

@@ -20,6 +20,9 @@ may set its own learning rate; everything else (examples, steps, LoRA, seed) is 
 Resume: each variant is trained in the run's cache under a key of what decides its weights
 (:func:`variant_key`) and leaves ``model/`` and then ``result.json`` (written last); a finished
 variant is never retrained: not after a kill, not when other variants are added to the recipe.
+The variant being trained when a kill came resumes from its last Trainer checkpoint
+(``finetune.checkpoint_steps``; :mod:`hubsdd.trainer_checkpoints`) and ends as an uninterrupted
+run would have.
 
 Multi-GPU (data parallel, one process per GPU) goes through ``accelerate``::
 
@@ -31,8 +34,9 @@ Multi-GPU (data parallel, one process per GPU) goes through ``accelerate``::
 ``batch_size`` is per GPU, the effective batch is ``batch_size x gradient_accumulation_steps x
 GPUs``), the main process saves them into the stage's work folder, then installs the finished stage
 exactly as ``hubsdd run --until finetune`` would. DDP keeps a full copy of the model per GPU: LoRA on
-an 8B model fits an 80 GB GPU; full fine-tuning of large models needs FSDP/DeepSpeed, which this
-command does not configure.
+an 8B model fits an 80 GB GPU; full fine-tuning of large models needs FSDP/DeepSpeed, which hubsdd
+refuses (:func:`refuse_sharded_training`). A single process that sees several GPUs trains on one
+(:func:`hubsdd.training.one_gpu_per_process`).
 """
 
 from __future__ import annotations
@@ -44,16 +48,18 @@ import math
 import os
 import shutil
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import progress
+from . import progress, trainer_checkpoints
 from .distill.prompts import user_message
 from .errors import DataError, StageError
 from .figures import figure
 from .recipe import FinetuneSection
 from .files import atomic_write_json
 from .runner import StageContext, StageOutput
+from .training import lora_config, refuse_sharded_training, trainer_classes, trainer_config
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -103,148 +109,33 @@ def training_dataset(parquet: Path, data: str, *, messages: bool = False) -> tup
 # --------------------------------------------------------------------------- training
 
 
-def _sft_config(section: FinetuneSection, output_dir: Path, *, learning_rate: float | None = None,
-                kd: bool = False) -> Any:
-    """TRL's SFTConfig for a cross-entropy variant, or GKDConfig (which extends it) for a KD one:
-    the same arguments either way, so the methods differ only in their loss."""
-    import torch
-    from trl import SFTConfig
-
-    config_class = SFTConfig
-    extra: dict[str, Any] = {}
-    if kd:
-        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-        from trl.experimental.gkd import GKDConfig
-
-        config_class = GKDConfig
-        # lmbda=0: always the fixed dataset, never the student's own samples (off-policy KD);
-        # beta: forward KL / JSD / reverse KL. TRL's loss reads the logits at temperature 1
-        # (its `temperature` only affects sampling, which lmbda=0 never does). Dropout stays as
-        # configured, as for the CE variants.
-        extra = dict(lmbda=0.0, beta=section.kd.beta, temperature=1.0, seq_kd=False, disable_dropout=False)
-    # TRL defaults checkpointing to True; the recipe decides. transformers >= 5.2x renamed the argument.
-    names = config_class.__dataclass_fields__
-    checkpointing = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
-    return config_class(
-        **{checkpointing: section.gradient_checkpointing},
-        **extra,
-        output_dir=str(output_dir),
-        per_device_train_batch_size=section.batch_size,
-        gradient_accumulation_steps=section.gradient_accumulation_steps,
-        learning_rate=learning_rate or section.learning_rate,
-        num_train_epochs=section.epochs,
-        max_steps=section.max_steps,
-        warmup_steps=section.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of total steps
-        lr_scheduler_type=section.lr_scheduler,
-        weight_decay=section.weight_decay,
-        seed=section.seed,
-        data_seed=section.seed,
-        logging_steps=section.logging_steps,
-        logging_first_step=True,
-        bf16=section.bf16,  # TRL defaults it to True
-        dataloader_pin_memory=torch.cuda.is_available(),
-        max_length=section.max_length,
-        completion_only_loss=not kd,  # KD: the collator masks the prompt itself
-        packing=False,
-        save_strategy="no",
-        report_to="none",
-        dataloader_num_workers=0,
-    )
-
-
-def _lora_config(section: FinetuneSection) -> Any:
-    from peft import LoraConfig
-
-    lora = section.lora
-    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                      target_modules=lora.target_modules, bias="none", task_type="CAUSAL_LM")
-
-
-def completion_positions(labels: Any) -> tuple[Any, Any]:
-    """Which positions' logits are scored (those whose next token is a label) as a (batch, length)
-    boolean mask, and those next tokens, flattened in the same row-major order."""
-    import torch
-
-    nxt = labels[:, 1:]
-    scored = nxt != -100
-    keep = torch.zeros_like(labels, dtype=torch.bool)
-    keep[:, :-1] = scored
-    return keep, nxt[scored]
-
-
-def trainer_classes() -> tuple[type, type]:
-    """TRL's SFTTrainer and GKDTrainer, with the logits computed only where the loss reads them.
-
-    TRL computes logits over every position (prompt and padding too) and, for cross-entropy, runs
-    a fused vocabulary kernel that on a CPU without Triton falls back to tiles in torch: measured on
-    SmolLM2-26L at batch 8 (``bench/train_step.py``), 2.3x the time of the same loss on the
-    response positions only. The losses here are TRL's own, on the same tokens: the negative
-    log-likelihood normalised exactly as ``SFTTrainer`` does (by the tokens of the whole
-    accumulated batch), and ``GKDTrainer.generalized_jsd_loss`` on the student's and teacher's
-    logits. ``tests/test_finetune.py`` checks both against TRL's own ``compute_loss``."""
-    import torch
-    from trl import SFTTrainer
-
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # GKDTrainer lives in trl.experimental, knowingly
-    from trl.experimental.gkd import GKDTrainer
-
-    def scale(trainer: Any, loss: Any, num_items_in_batch: Any) -> Any:
-        # As Trainer/SFTTrainer: num_items_in_batch counts every rank's tokens and DDP averages gradients.
-        if trainer.args.average_tokens_across_devices and num_items_in_batch is not None:
-            loss = loss * (trainer.accelerator.num_processes // trainer.get_tp_size())
-        return loss
-
-    class ResponseSFTTrainer(SFTTrainer):
-        def compute_loss(self, model: Any, inputs: dict, return_outputs: bool = False,
-                         num_items_in_batch: Any = None) -> Any:
-            keep, targets = completion_positions(inputs["labels"])
-            outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
-                            logits_to_keep=keep, use_cache=False)
-            nll = torch.nn.functional.cross_entropy(outputs.logits.float(), targets, reduction="sum")
-            count = targets.numel() if num_items_in_batch is None else num_items_in_batch
-            loss = scale(self, nll / torch.as_tensor(count).clamp(min=1), num_items_in_batch)
-            return (loss, outputs) if return_outputs else loss
-
-    class ResponseGKDTrainer(GKDTrainer):
-        def compute_loss(self, model: Any, inputs: dict, return_outputs: bool = False,
-                         num_items_in_batch: Any = None) -> Any:
-            keep, _ = completion_positions(inputs["labels"])
-            kwargs = dict(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], logits_to_keep=keep,
-                          use_cache=False)
-            student = model(**kwargs)
-            self.teacher_model.eval()
-            with torch.no_grad():
-                teacher = self.teacher_model(**kwargs)
-            loss = self.generalized_jsd_loss(student_logits=student.logits, teacher_logits=teacher.logits,
-                                             beta=self.beta, num_items_in_batch=num_items_in_batch)
-            loss = scale(self, loss, num_items_in_batch)
-            return (loss, student) if return_outputs else loss
-
-    return ResponseSFTTrainer, ResponseGKDTrainer
-
-
 def _lora_modules(model: Any) -> list[str]:
     """Names of LoRA submodules (lora_A, lora_B, lora_dropout, ...) still in a model."""
     return [n for n, _ in model.named_modules() if "lora_" in n]
 
 
 def variant_key(ctx: StageContext, name: str) -> str:
-    """What decides a variant's weights: its own settings, the shared hyperparameters, its inputs.
+    """What decides a variant's weights: its own settings, the shared hyperparameters, the
+    precision, its inputs.
 
     Not the variant's name, nor the other variants: a variant trained before is reused when
     variants are added, removed or renamed, or by another recipe sharing the run directory."""
     import hashlib
 
     from . import __version__
+    from .models import model_dtype
     from .recipe import canonical_json
 
     section: FinetuneSection = ctx.section
     variant = section.variants[name]
-    shared = section.model_dump(mode="json", exclude={"variants"})
+    # How often to checkpoint and how long processes wait for each other do not change the weights.
+    shared = section.model_dump(mode="json", exclude={"variants", "checkpoint_steps", "ddp_timeout"})
+    dtype = model_dtype(ctx.recipe)  # by default the device's: bfloat16 weights train differently
     payload = {
         "hubsdd": __version__,
         "seed": ctx.recipe.seed,
         "shared": shared,
+        "precision": [dtype, mixed_bf16(section, dtype)],
         "data": variant.data,
         "loss": variant.loss,
         "learning_rate": variant.learning_rate or section.learning_rate,
@@ -269,15 +160,21 @@ def train_variant(ctx: StageContext, name: str, *, is_main: bool = True) -> dict
     done = _finished(vdir, key)
     if done is not None:
         log.info("finetune: %s already trained, reusing it", name)
+        if is_main:  # checkpoints a kill left between result.json and their removal
+            shutil.rmtree(vdir / "trainer", ignore_errors=True)
         return {**done, "variant": name}
 
     import torch
     from transformers import set_seed
 
-    from .models import fast_cpu_frozen_linears, fast_cpu_linears, load_model, load_tokenizer, save_model, set_threads
+    from .models import (default_device, fast_cpu_frozen_linears, fast_cpu_linears, free_memory, load_model,
+                         load_tokenizer, model_dtype, save_model, set_threads)
 
+    refuse_sharded_training()
     set_threads()
     base = ctx.recipe.base
+    device, dtype = default_device(ctx.recipe), model_dtype(ctx.recipe)
+    bf16 = mixed_bf16(section, dtype)
     kd = variant.loss == "kd"
     learning_rate = variant.learning_rate or section.learning_rate
     model_dir = ctx.input("prune").path("model_dir")
@@ -288,7 +185,8 @@ def train_variant(ctx: StageContext, name: str, *, is_main: bool = True) -> dict
                          fix="fine-tune an instruct/chat model, or add a chat_template to its tokenizer_config.json")
     # Same seed for every variant: identical LoRA initialization and data order, only the data differ.
     set_seed(section.seed)
-    model = load_model(model_dir, dtype=base.dtype, trust_remote_code=base.trust_remote_code,
+    # On the CPU: the Trainer moves it to the run's device (each process's own under accelerate).
+    model = load_model(model_dir, dtype=dtype, trust_remote_code=base.trust_remote_code,
                        allow_pickle=base.allow_pickle)
     model.train()
     teacher = None
@@ -297,17 +195,19 @@ def train_variant(ctx: StageContext, name: str, *, is_main: bool = True) -> dict
     trainer_class: Any = sft_trainer
     if kd:
         # The teacher is the unpruned base model this run already has (same tokenizer and vocabulary).
-        teacher = load_model(ctx.input("base").path("model_dir"), dtype=base.dtype,
+        teacher = load_model(ctx.input("base").path("model_dir"), dtype=dtype,
                              trust_remote_code=base.trust_remote_code, allow_pickle=base.allow_pickle)
         teacher.eval().requires_grad_(False)
         trainer_class, kwargs = gkd_trainer, {"teacher_model": teacher}
+    trainer_dir = vdir / "trainer"
+    resume = _resume_point(trainer_dir, is_main)
     started = time.time()
     trainer = trainer_class(
         model=model,
-        args=_sft_config(section, vdir / "trainer", learning_rate=learning_rate, kd=kd),
+        args=trainer_config(section, trainer_dir, learning_rate=learning_rate, kd=kd, device=device, bf16=bf16),
         train_dataset=dataset,
         processing_class=tokenizer,
-        peft_config=_lora_config(section) if section.method == "lora" else None,
+        peft_config=lora_config(section) if section.method == "lora" else None,
         **kwargs,
     )
     if not log.isEnabledFor(logging.DEBUG):
@@ -317,6 +217,8 @@ def train_variant(ctx: StageContext, name: str, *, is_main: bool = True) -> dict
 
         trainer.remove_callback(PrinterCallback)
         trainer.remove_callback(ProgressCallback)
+    refuse_sharded_training(trainer)
+    trainer.add_callback(trainer_checkpoints.completion_callback())
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in trainer.model.parameters())
     # On CPU the frozen weights (all of them under LoRA) and the teacher run through oneDNN.
@@ -326,8 +228,12 @@ def train_variant(ctx: StageContext, name: str, *, is_main: bool = True) -> dict
             (fast_cpu_linears(teacher) if teacher is not None else contextlib.nullcontext()), \
             progress.task(f"training {name}", total=steps, unit="step") as bar:
         trainer.add_callback(progress.CallbackAdapter.build(bar))
-        output = trainer.train()
+        if resume is not None:
+            log.info("finetune: %s resumes from %s", name, resume.name)
+            bar.advance(trainer_checkpoints.resumed_step(resume))
+        trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     seconds = time.time() - started
+    # The log holds the steps before a resume too (restored from the checkpoint).
     history = [{"step": int(e["step"]), "loss": float(e["loss"])} for e in trainer.state.log_history
                if "loss" in e and "step" in e]
     result = {
@@ -340,11 +246,12 @@ def train_variant(ctx: StageContext, name: str, *, is_main: bool = True) -> dict
             "learning_rate": learning_rate,
             "train_loss_first": history[0]["loss"] if history else None,
             "train_loss_last": history[-1]["loss"] if history else None,
-            "train_loss_mean": float(output.training_loss),
+            "train_loss_mean": mean_logged_loss(history),
             "steps": int(trainer.state.global_step),
             "epochs": round(float(trainer.state.epoch or 0.0), 4),
             "samples": len(dataset),
             "dropped_rows": dropped,
+            "resumed_from_step": trainer_checkpoints.resumed_step(resume),
             "trainable_params": int(trainable),
             "total_params": int(total),
             "seconds": round(seconds, 3),
@@ -367,12 +274,43 @@ def train_variant(ctx: StageContext, name: str, *, is_main: bool = True) -> dict
             save_model(final, tokenizer, tmp)
             shutil.rmtree(vdir / "model", ignore_errors=True)
             os.replace(tmp, vdir / "model")
-        shutil.rmtree(vdir / "trainer", ignore_errors=True)
+        del final
         # result.json last: its presence is what says the variant is finished.
         atomic_write_json(vdir / RESULT_FILE, result)
+        # Only then the checkpoints: a kill in between finds the variant finished.
+        shutil.rmtree(trainer_dir, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
+    # The next variant (or stage) loads its models into the memory these held.
     del trainer, model, teacher
+    free_memory()
     return result
+
+
+def mixed_bf16(section: FinetuneSection, dtype: str) -> bool:
+    """bf16 mixed precision: as the recipe says, else on for bfloat16 weights."""
+    return section.bf16 if section.bf16 is not None else dtype == "bfloat16"
+
+
+def _resume_point(trainer_dir: Path, is_main: bool) -> Path | None:
+    """The checkpoint a killed run of this variant left, if any (partial ones are deleted first)."""
+    from accelerate import PartialState
+
+    if is_main:
+        for folder in trainer_checkpoints.discard_partial(trainer_dir):
+            log.info("finetune: deleted %s, a checkpoint left unfinished by a kill", folder)
+    PartialState().wait_for_everyone()
+    return trainer_checkpoints.last_complete(trainer_dir)
+
+
+def mean_logged_loss(history: list[dict]) -> float | None:
+    """The mean training loss per step over the logged steps (each logged loss is the mean over the
+    steps since the previous log). Unlike the Trainer's own figure, it covers the steps before a
+    resume too."""
+    total, last = 0.0, 0
+    for entry in history:
+        total += entry["loss"] * (entry["step"] - last)
+        last = entry["step"]
+    return total / last if last else None
 
 
 def _finished(vdir: Path, key: str) -> dict | None:
@@ -427,7 +365,11 @@ def run_finetune(ctx: StageContext) -> StageOutput:
                           "train_log": f"{name}/train_log.json"}
         metrics[name] = res["metrics"]
     plot_losses(results, ctx.out_dir / PLOT_FILE)
+    from .models import model_dtype
+
+    dtype = model_dtype(ctx.recipe)
     outputs = {
+        "precision": f"{dtype} weights" + (", bf16 mixed precision" if mixed_bf16(section, dtype) else ""),
         "variants": variants,
         "plots": {"loss_curve": PLOT_FILE},
         "method": section.method,
@@ -448,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from accelerate import PartialState
 
+    from .models import default_device
     from .recipe import load_recipe
     from .runner import expected_fingerprints, load_results, run, stage_work_dir
 
@@ -457,7 +400,11 @@ def main(argv: list[str] | None = None) -> int:
     recipe = load_recipe(args.recipe)
     if recipe.finetune is None:
         raise StageError(f"{args.recipe} has no `finetune` section", fix="add one, e.g. `finetune: {}`")
-    state = PartialState()
+    refuse_sharded_training()
+    # The process group is created here, before the Trainer could set its timeout: every process
+    # waits (up to this) while the main one merges and saves each variant. On the CPU the
+    # processes talk over gloo (accelerate picks NCCL only for GPUs).
+    state = PartialState(cpu=default_device(recipe) == "cpu", timeout=timedelta(seconds=recipe.finetune.ddp_timeout))
     fps = expected_fingerprints(recipe)
     results = load_results(recipe.run_dir)
     stale = [n for n in ("base", "prune", "distill") if n not in results or results[n].fingerprint != fps[n]]

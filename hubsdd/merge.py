@@ -4,7 +4,9 @@ Variants fine-tuned on different data (SDD, SFT, ...) are merged into one checkp
 with SLERP (spherical interpolation, ``t`` = 0 gives the first model, 1 the second); linear
 (weighted average) and TIES (sparsified task vectors over the pruned model) are the alternatives.
 The configuration is built from the recipe, validated by mergekit's own pydantic model, and run
-through mergekit's Python API on the CPU; the exact YAML that ran is saved beside the model
+through mergekit's Python API on the run's device, in float32, writing the variants' dtype unless
+``merge.dtype`` says otherwise (bfloat16 variants give a bfloat16 merge, not one twice their size);
+the exact YAML that ran is saved beside the model
 (``mergekit.yaml``) and a readable version, naming models by their hubsdd role rather than local
 paths, goes to the card.
 
@@ -44,6 +46,25 @@ def _check_model_dir(name: str, path: Path) -> None:
                              fix="the finetune stage must save merged (not adapter-only) weights; rerun it")
 
 
+def saved_dtype(folder: Path) -> str | None:
+    """The dtype a saved model's config.json records (``dtype``, or ``torch_dtype`` before
+    transformers 5), or None."""
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    value = config.get("dtype") or config.get("torch_dtype")
+    return value if value in ("float32", "bfloat16", "float16") else None
+
+
+def output_dtype(section: Any, model_dirs: dict[str, Path]) -> str:
+    """``merge.dtype``, else the variants' own dtype when they agree, else float32."""
+    if section.dtype is not None:
+        return section.dtype
+    found = {saved_dtype(p) for p in model_dirs.values()}
+    return found.pop() if len(found) == 1 and None not in found else "float32"
+
+
 def build_merge_config(section: Any, model_dirs: dict[str, Path], base_dir: Path | None = None) -> dict:
     """The mergekit configuration (a plain dict) for the recipe's merge section.
 
@@ -52,7 +73,9 @@ def build_merge_config(section: Any, model_dirs: dict[str, Path], base_dir: Path
     names = list(section.models)
     paths = [str(model_dirs[n]) for n in names]
     weights = list(section.weights) if section.weights is not None else [1.0] * len(names)
-    cfg: dict[str, Any] = {"merge_method": section.method, "dtype": section.dtype, "out_dtype": section.dtype}
+    # Computed in float32 whatever is written: interpolating bfloat16 weights in bfloat16 rounds twice.
+    cfg: dict[str, Any] = {"merge_method": section.method, "dtype": "float32",
+                           "out_dtype": output_dtype(section, model_dirs)}
     if section.method == "slerp":
         # mergekit's slerp: the base model is t = 0; the other input is t = 1.
         cfg["base_model"] = paths[0]
@@ -91,11 +114,15 @@ def display_config(cfg: dict, names: dict[str, str]) -> str:
     return header + yaml.safe_dump(swap(cfg), sort_keys=False)
 
 
-def run_mergekit(cfg: dict, out_dir: Path, *, seed: int | None = None, trust_remote_code: bool = False) -> None:
-    """Validate ``cfg`` with mergekit's schema and run the merge on the CPU into ``out_dir``."""
+def run_mergekit(cfg: dict, out_dir: Path, *, seed: int | None = None, trust_remote_code: bool = False,
+                 device: str | None = None) -> None:
+    """Validate ``cfg`` with mergekit's schema and run the merge on ``device`` (default: the run's)
+    into ``out_dir``."""
     from mergekit.config import MergeConfiguration
     from mergekit.merge import run_merge
     from mergekit.options import MergeOptions
+
+    from .models import default_device
 
     try:
         merge_config = MergeConfiguration.model_validate(cfg)
@@ -103,7 +130,7 @@ def run_mergekit(cfg: dict, out_dir: Path, *, seed: int | None = None, trust_rem
         raise StageError(f"merge: mergekit rejected the configuration: {exc}",
                          fix="check the recipe's merge section (method, models, weights)") from None
     options = MergeOptions(
-        device="cpu", copy_tokenizer=True, write_model_card=False, safe_serialization=True,
+        device=device or default_device(), copy_tokenizer=True, write_model_card=False, safe_serialization=True,
         lazy_unpickle=False, random_seed=seed, trust_remote_code=trust_remote_code, quiet=True,
     )
     try:
@@ -178,6 +205,8 @@ def _pruned_dir(ctx: StageContext) -> Path | None:
 
 def run_merge(ctx: StageContext) -> StageOutput:
     """Entry of the ``merge`` stage."""
+    from .models import default_device
+
     section = ctx.section
     started = time.time()
     finetune = ctx.input("finetune")
@@ -204,7 +233,8 @@ def run_merge(ctx: StageContext) -> StageOutput:
 
     out_model = ctx.out_dir / "model"
     log.info("merge: %s of %s", section.method, ", ".join(section.models))
-    run_mergekit(cfg, out_model, seed=ctx.recipe.seed, trust_remote_code=ctx.recipe.base.trust_remote_code)
+    run_mergekit(cfg, out_model, seed=ctx.recipe.seed, trust_remote_code=ctx.recipe.base.trust_remote_code,
+                 device=default_device(ctx.recipe))
     donor = model_dirs[section.models[0]]
     copied = complete_model_dir(out_model, donor)
     check = verify_merged(out_model, donor)
@@ -224,6 +254,7 @@ def run_merge(ctx: StageContext) -> StageOutput:
             "t": section.t if section.method == "slerp" else None,
             "weights": list(section.weights) if section.weights is not None else None,
             "density": section.density if section.method == "ties" else None,
+            "dtype": cfg["out_dtype"],
             "parameters": check["parameters"],
             "tensors": check["tensors"],
             "has_chat_template": check["has_chat_template"],

@@ -11,6 +11,7 @@ where it came from (Hub id, resolved commit sha, license).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import logging
 import os
@@ -22,11 +23,13 @@ import yaml
 
 from . import progress
 from .hub_errors import reading_errors
-from .errors import ModelLoadError, UnsafeModelError
+from .errors import ModelLoadError, StageError, UnsafeModelError
 from .runner import StageContext, StageOutput
 
 if TYPE_CHECKING:  # torch and transformers load lazily: `hubsdd validate` must be quick
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from .recipe import Recipe
 
 log = logging.getLogger("hubsdd.models")
 
@@ -204,7 +207,8 @@ def prepare_base(ctx: StageContext) -> StageOutput:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         try:
-            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch_dtype(base.dtype))
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                         dtype=torch_dtype(model_dtype(ctx.recipe)))
             tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         except (ValueError, OSError, RuntimeError) as exc:
             raise ModelLoadError(f"base.gguf_file: cannot load {gguf}: {exc}") from None
@@ -256,20 +260,87 @@ def base_model_dir(ctx: StageContext) -> Path:
 
 
 def load_base(ctx: StageContext, device: str | None = None) -> tuple["PreTrainedModel", "PreTrainedTokenizerBase"]:
+    """The base model and tokenizer, in the run's dtype, on ``device`` (default: the run's device)."""
     base = ctx.recipe.base
     folder = base_model_dir(ctx)
-    model = load_model(folder, dtype=base.dtype, trust_remote_code=base.trust_remote_code,
-                       allow_pickle=base.allow_pickle, device=device)
+    model = load_model(folder, dtype=model_dtype(ctx.recipe), trust_remote_code=base.trust_remote_code,
+                       allow_pickle=base.allow_pickle, device=device or default_device(ctx.recipe))
     tok = load_tokenizer(folder, trust_remote_code=base.trust_remote_code)
     return model, tok
 
 
-def default_device() -> str:
+# --------------------------------------------------------------------------- device and dtype
+
+# The device of the stage running now, set by the runner (stage_device_scope), so that code given no
+# recipe still runs where the recipe said.
+_STAGE_DEVICE: contextvars.ContextVar[str | None] = contextvars.ContextVar("hubsdd_stage_device", default=None)
+
+
+def resolve_device(setting: str = "auto") -> str:
+    """The torch device a recipe's ``device`` names: ``auto`` is ``cuda`` when torch sees a GPU,
+    else ``cpu``. This is the one place hubsdd decides where models run."""
     import torch
 
-    if torch.cuda.is_available():
-        return "cuda"
-    return "cpu"
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise StageError("device: the recipe asks for `cuda`, but torch sees no CUDA device "
+                         f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'})",
+                         fix="set `device: auto` or `device: cpu` in the recipe, or install a CUDA build of torch")
+    if setting not in ("cpu", "cuda"):
+        raise StageError(f"device: unknown device {setting!r}", fix="use auto, cpu or cuda")
+    return setting
+
+
+def default_device(recipe: "Recipe | None" = None) -> str:
+    """The device every stage runs on: the recipe's ``device`` resolved (:func:`resolve_device`);
+    without a recipe, the device of the stage running now, else ``auto``."""
+    if recipe is not None:
+        return resolve_device(recipe.device)
+    return _STAGE_DEVICE.get() or resolve_device("auto")
+
+
+def model_dtype(recipe: "Recipe") -> str:
+    """The dtype models are loaded in: ``base.dtype`` when the recipe sets it, else bfloat16 on a
+    GPU (half the memory of float32, the dtype these models are trained in) and float32 on a CPU
+    (whose bfloat16 matmuls are slow on most machines)."""
+    if recipe.base.dtype is not None:
+        return recipe.base.dtype
+    return "bfloat16" if default_device(recipe) == "cuda" else "float32"
+
+
+@contextlib.contextmanager
+def stage_device_scope(recipe: "Recipe") -> Iterator[dict[str, Any]]:
+    """While a stage runs: make :func:`default_device` answer the recipe's device, and measure the
+    stage's peak GPU memory. Yields a dict that holds, on exit, ``device``, ``dtype`` and (on CUDA)
+    ``peak_gpu_memory_bytes``."""
+    device = default_device(recipe)
+    usage: dict[str, Any] = {"device": device, "dtype": model_dtype(recipe)}
+    token = _STAGE_DEVICE.set(device)
+    cuda = None
+    if device == "cuda":
+        import torch
+
+        cuda = torch.cuda
+        cuda.reset_peak_memory_stats()
+    try:
+        yield usage
+    finally:
+        _STAGE_DEVICE.reset(token)
+        if cuda is not None:
+            usage["peak_gpu_memory_bytes"] = int(cuda.max_memory_allocated())
+
+
+def free_memory() -> None:
+    """Give back what the models just deleted held: Python's cycles (the Trainer holds some), then
+    the CUDA allocator's cache, so the next model (a variant, an evaluated checkpoint) has room."""
+    import gc
+
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def set_threads() -> None:

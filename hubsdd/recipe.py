@@ -51,8 +51,9 @@ class BaseSection(Section):
         description="A .gguf file, dequantized on load. 'package:<pkg>/<file>' finds it inside "
         "an installed Python package.",
     )
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "float32", description="Weights dtype for every stage (bfloat16 on GPUs).")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = Field(
+        None, description="Weights dtype for every stage; default: bfloat16 on a GPU, float32 on the CPU "
+        "(`auto`: the checkpoint's own).")
     trust_remote_code: bool = Field(False, description="Run model code from the Hub repository (off: only "
                                     "architectures transformers ships).")
     allow_pickle: bool = Field(False, description="Allow .bin/.pt (pickle) weights.")
@@ -257,7 +258,13 @@ class FinetuneSection(Section):
     seed: int = 42
     logging_steps: int = Field(1, ge=1)
     gradient_checkpointing: bool = False
-    bf16: bool = False
+    bf16: bool | None = Field(None, description="bf16 mixed precision; default: on when the weights are bfloat16.")
+    checkpoint_steps: int = Field(
+        50, ge=0, description="Save a Trainer checkpoint (weights, optimizer, scheduler, RNG) every N optimizer "
+        "steps, the last two kept; a killed run resumes its variant from the last one. 0: never.")
+    ddp_timeout: int = Field(
+        7200, ge=1, description="Seconds a process of `accelerate launch` waits for the others (the main one "
+        "merges and saves each variant while they wait).")
 
     @field_validator("variants")
     @classmethod
@@ -282,7 +289,8 @@ class MergeSection(Section):
     t: float = Field(0.5, ge=0, le=1, description="SLERP interpolation: 0 = first model, 1 = second.")
     weights: list[float] | None = Field(None, description="linear/ties: one weight per model.")
     density: float = Field(0.5, gt=0, le=1, description="ties: fraction of deltas kept.")
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+        None, description="dtype of the merged weights (computed in float32); default: the variants'.")
 
     @model_validator(mode="after")
     def _weights(self) -> "MergeSection":
@@ -379,6 +387,9 @@ class Recipe(Section):
     name: str = Field(..., description="Run name: runs/<name>/ holds the artifacts.")
     seed: int = Field(0, description="A global seed every stage's fingerprint includes.")
     runs_dir: str = Field("runs", description="Where run directories live (relative to the working directory).")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where every stage runs: auto = the GPU when torch sees one, else the CPU. "
+        "`accelerate launch` gives each process its own GPU.")
     base: BaseSection
     prune: PruneSection
     distill: DistillSection | None = None

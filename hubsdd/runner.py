@@ -370,8 +370,12 @@ def run_stage(spec: StageSpec, recipe: Recipe, results: dict[str, StageResult], 
         inputs={i: results[i] for i in spec.inputs if i in results}, fingerprint=fp,
     )
     started = time.time()
+    # Lazy: hubsdd.models imports this module.
+    from .models import stage_device_scope
+
     try:
-        output = _load_entry(spec.entry)(ctx)
+        with stage_device_scope(recipe) as usage:
+            output = _load_entry(spec.entry)(ctx)
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
         if _is_out_of_memory(exc):
@@ -389,7 +393,10 @@ def run_stage(spec: StageSpec, recipe: Recipe, results: dict[str, StageResult], 
         "inputs": {k: v.fingerprint for k, v in ctx.inputs.items()},
         "config": recipe.section_dict(spec.name),
         "outputs": output.outputs,
-        "metrics": output.metrics,
+        # peak_gpu_memory_bytes: the most this stage held on the GPU (CUDA only)
+        "metrics": {**output.metrics, **{k: v for k, v in usage.items() if k == "peak_gpu_memory_bytes"}},
+        "device": usage["device"],
+        "dtype": usage["dtype"],
         "started_at": _dt.datetime.fromtimestamp(started, _dt.timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(seconds, 3),
         "versions": _versions(),

@@ -101,6 +101,7 @@ def test_lora_lowers_loss_merges_and_resumes(tmp_path: Path, monkeypatch: pytest
                 "train_log": "sft/train_log.json"},
     }
     assert out.outputs["plots"] == {"loss_curve": "loss_curve.png"}
+    assert out.outputs["precision"] == "float32 weights"  # the CPU default
     assert (ctx.out_dir / "loss_curve.png").read_bytes()[:8] == PNG_MAGIC
     for name in ("sdd", "sft"):
         m = out.metrics["variants"][name]
@@ -169,8 +170,14 @@ def test_training_section_renders_from_stage_json() -> None:
     for needle in ("150 of 200 rewrites kept (75.0%)", "| LoRA rank / alpha / dropout | 8 / 16 / 0.05 |",
                    "| Steps | 50 |", "| Gradient accumulation | 2 |", "| `sdd` | 50 | 200 | 4,884,480 | 2.5 | 1.25 | 1.5",
                    "self-distilled responses (SDD)", "original responses (SFT baseline)", "![Training loss",
-                   "plots/loss.png", "datasets/org/data", "| Seed | 42 |"):
+                   "plots/loss.png", "datasets/org/data", "| Seed | 42 |", "| Precision | fp32 |"):
         assert needle in text, needle
+    # the precision the stage resolved (bf16 by default on a GPU) wins over the recipe's unset bf16
+    finetune["outputs"]["precision"] = "bfloat16 weights, bf16 mixed precision"
+    text = env.from_string('{% include "sections/training.md.j2" %}').render(
+        stages={"distill": distill, "finetune": finetune}, plots={"finetune": {"loss_curve": "plots/loss.png"}},
+        dataset_repo="org/data")
+    assert "| Precision | bfloat16 weights, bf16 mixed precision |" in text
 
 
 def test_accelerate_entry_refuses_to_start_before_distill(tmp_path: Path) -> None:
@@ -282,8 +289,9 @@ def test_response_only_losses_equal_trl_own(tmp_path: Path, kd: bool) -> None:
     from trl.experimental.gkd import GKDTrainer
 
     from conftest import make_tiny_model, make_tokenizer
-    from hubsdd.finetune import _lora_config, _sft_config, trainer_classes, training_dataset
+    from hubsdd.finetune import training_dataset
     from hubsdd.recipe import FinetuneSection
+    from hubsdd.training import lora_config, trainer_classes, trainer_config
 
     rows = [{"instruction": r["question"], "input": "", "original": r["answer"], "selected": r["answer"]}
             for r in INSTRUCTIONS]
@@ -295,8 +303,8 @@ def test_response_only_losses_equal_trl_own(tmp_path: Path, kd: bool) -> None:
     losses, grads = [], []
     for cls in (theirs_class, ours_class):
         kwargs = {"teacher_model": make_tiny_model(layers=4, seed=9)} if kd else {}
-        trainer = cls(model=make_tiny_model(layers=2, seed=1), args=_sft_config(section, tmp_path / "t", kd=kd),
-                      train_dataset=dataset, processing_class=make_tokenizer(), peft_config=_lora_config(section),
+        trainer = cls(model=make_tiny_model(layers=2, seed=1), args=trainer_config(section, tmp_path / "t", kd=kd),
+                      train_dataset=dataset, processing_class=make_tokenizer(), peft_config=lora_config(section),
                       **kwargs)
         trainer.model.train()
         batch = next(iter(trainer.get_train_dataloader()))
@@ -310,3 +318,30 @@ def test_response_only_losses_equal_trl_own(tmp_path: Path, kd: bool) -> None:
     assert losses[:2] == pytest.approx(losses[2:], rel=1e-5)
     for a, b in zip(*grads, strict=True):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_no_model_of_a_trained_variant_outlives_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each variant's models (and the Trainer holding them in reference cycles) are freed before
+    the next variant loads its own: on a GPU both would not fit."""
+    import weakref
+
+    from hubsdd import models
+    from hubsdd.finetune import run_finetune
+
+    pruned = save_tiny(tmp_path / "pruned", layers=2)
+    ctx = finetune_ctx(tmp_path, "  variants: {a: {data: original}, b: {data: distilled}}\n"
+                                 "  max_steps: 1\n  batch_size: 2\n", pruned)
+    loaded: list[weakref.ref] = []
+    alive_at_load: list[int] = []
+    real = models.load_model
+
+    def load_model(*args, **kwargs):
+        alive_at_load.append(sum(ref() is not None for ref in loaded))
+        model = real(*args, **kwargs)
+        loaded.append(weakref.ref(model))
+        return model
+
+    monkeypatch.setattr(models, "load_model", load_model)
+    run_finetune(ctx)
+    assert alive_at_load == [0, 0]
+    assert all(ref() is None for ref in loaded)

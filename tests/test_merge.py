@@ -131,3 +131,43 @@ def test_ties_merge_uses_the_pruned_model_as_base(merge_run) -> None:
     merged = _weights(result.path("model_dir"))
     pruned = _weights(finetune_dir.parent / "prune" / "model")
     assert merged[WEIGHT].shape == pruned[WEIGHT].shape and not torch.equal(merged[WEIGHT], pruned[WEIGHT])
+
+
+def test_bf16_variants_merge_into_bf16_unless_the_recipe_says_otherwise(tmp_path: Path, calibration_file: Path,
+                                                                         instructions_file: Path) -> None:
+    """An 8B merge written in float32 from bf16 variants is 32 GB instead of 16: the merge keeps
+    the variants' dtype by default (computing in float32)."""
+    import json
+
+    finetune_dir = tmp_path / "runs" / "tiny" / "finetune"
+    for name, seed in (("sdd", 1), ("sft", 2)):
+        folder = save_tiny(finetune_dir / name / "model", layers=2, seed=seed)
+        from transformers import AutoModelForCausalLM
+
+        AutoModelForCausalLM.from_pretrained(folder).to(torch.bfloat16).save_pretrained(folder)
+    prune = StageResult("prune", tmp_path / "prune", {"fingerprint": "p" * 64, "outputs": {"model_dir": "model"}})
+    finetune = StageResult("finetune", finetune_dir, {"fingerprint": "f" * 64, "outputs": {"variants": {
+        "sdd": {"model_dir": "sdd/model", "data": "distilled"}, "sft": {"model_dir": "sft/model", "data": "original"}}}})
+
+    def merged(merge_yaml: str) -> dict[str, torch.Tensor]:
+        recipe = parse_recipe(f"""\
+name: tiny
+runs_dir: {tmp_path / 'runs'}
+base: {{path: {finetune_dir / 'sdd' / 'model'}}}
+prune: {{blocks: 1, calibration: {{path: {calibration_file}, text_column: text}}}}
+distill: {{data: {{path: {instructions_file}}}, columns: {{instruction: question, response: answer}}}}
+finetune: {{}}
+merge: {merge_yaml}
+""")
+        result = run_stage(SPECS["merge"], recipe, {"prune": prune, "finetune": finetune}, "m" * 64)
+        config = json.loads((result.path("model_dir") / "config.json").read_text())
+        assert result.metrics["dtype"] == (config.get("dtype") or config.get("torch_dtype"))
+        return _weights(result.path("model_dir"))
+
+    default = merged("{method: linear, models: [sdd, sft]}")
+    assert {t.dtype for t in default.values()} == {torch.bfloat16}
+    a, b = _weights(finetune_dir / "sdd" / "model"), _weights(finetune_dir / "sft" / "model")
+    expected = ((a[WEIGHT].float() + b[WEIGHT].float()) / 2).to(torch.bfloat16)
+    torch.testing.assert_close(default[WEIGHT], expected, atol=0, rtol=0)  # one rounding, at the end
+    wide = merged("{method: linear, models: [sdd, sft], dtype: float32}")
+    assert {t.dtype for t in wide.values()} == {torch.float32}

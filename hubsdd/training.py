@@ -1,0 +1,179 @@
+"""The TRL trainers of the finetune stage: their configuration, their leaner losses, and the
+guards that keep one recipe meaning one training run (one GPU per process, no sharded training).
+
+:mod:`hubsdd.finetune` builds a trainer per variant from these; checkpoints and resume live in
+:mod:`hubsdd.trainer_checkpoints`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from . import trainer_checkpoints
+from .errors import StageError
+from .recipe import FinetuneSection
+
+log = logging.getLogger("hubsdd.finetune")
+
+
+def trainer_config(section: FinetuneSection, output_dir: Path, *, learning_rate: float | None = None,
+                   kd: bool = False, device: str | None = None, bf16: bool | None = None) -> Any:
+    """TRL's SFTConfig for a cross-entropy variant, or GKDConfig (which extends it) for a KD one:
+    the same arguments either way, so the methods differ only in their loss. ``device``: the run's
+    (default: :func:`hubsdd.models.default_device`); ``bf16``: mixed precision (default: the
+    recipe's ``bf16``, else off)."""
+    from trl import SFTConfig
+
+    from .models import default_device
+
+    device = device or default_device()
+
+    config_class = SFTConfig
+    extra: dict[str, Any] = {}
+    if kd:
+        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+        from trl.experimental.gkd import GKDConfig
+
+        config_class = GKDConfig
+        # lmbda=0: always the fixed dataset, never the student's own samples (off-policy KD);
+        # beta: forward KL / JSD / reverse KL. TRL's loss reads the logits at temperature 1
+        # (its `temperature` only affects sampling, which lmbda=0 never does). Dropout stays as
+        # configured, as for the CE variants.
+        extra = dict(lmbda=0.0, beta=section.kd.beta, temperature=1.0, seq_kd=False, disable_dropout=False)
+    # TRL defaults checkpointing to True; the recipe decides. transformers >= 5.2x renamed the argument.
+    names = config_class.__dataclass_fields__
+    checkpointing = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    config = config_class(
+        **{checkpointing: section.gradient_checkpointing},
+        **extra,
+        output_dir=str(output_dir),
+        per_device_train_batch_size=section.batch_size,
+        gradient_accumulation_steps=section.gradient_accumulation_steps,
+        learning_rate=learning_rate or section.learning_rate,
+        num_train_epochs=section.epochs,
+        max_steps=section.max_steps,
+        warmup_steps=section.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of total steps
+        lr_scheduler_type=section.lr_scheduler,
+        weight_decay=section.weight_decay,
+        seed=section.seed,
+        data_seed=section.seed,
+        logging_steps=section.logging_steps,
+        logging_first_step=True,
+        bf16=bool(section.bf16 if bf16 is None else bf16),  # TRL defaults it to True
+        use_cpu=device == "cpu",
+        dataloader_pin_memory=device == "cuda",
+        ddp_timeout=section.ddp_timeout,
+        max_length=section.max_length,
+        completion_only_loss=not kd,  # KD: the collator masks the prompt itself
+        packing=False,
+        save_strategy="steps" if section.checkpoint_steps > 0 else "no",
+        **({"save_steps": section.checkpoint_steps} if section.checkpoint_steps > 0 else {}),
+        save_total_limit=trainer_checkpoints.KEPT,
+        report_to="none",
+        dataloader_num_workers=0,
+    )
+    one_gpu_per_process(config)
+    return config
+
+
+def one_gpu_per_process(config: Any) -> None:
+    """Train one process on one GPU. A single process that sees several GPUs would otherwise be
+    wrapped by the Trainer in ``nn.DataParallel`` over all of them, multiplying the effective
+    batch by their number while the stage's fingerprint (and the card) says otherwise."""
+    gpus = config.n_gpu  # > 1 only outside distributed training
+    if gpus > 1:
+        log.warning("finetune: this process sees %d GPUs and trains on one of them, as the recipe's batch size "
+                    "assumes; to train data-parallel on all of them run `accelerate launch --num_processes %d "
+                    "-m hubsdd.finetune <recipe>` (README, \"GPUs, several GPUs, vLLM\")", gpus, gpus)
+        config._n_gpu = 1
+
+
+def refuse_sharded_training(trainer: Any = None) -> None:
+    """FSDP and DeepSpeed shard the model over the processes; the LoRA merge and the save that end
+    each variant need it whole in one process (``merge_and_unload`` fails on sharded weights, after
+    the whole training). Refuse before training, naming the fix."""
+    for env, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
+        sharded = os.environ.get(env, "false").strip().lower() in ("1", "true", "yes")
+        if trainer is not None:
+            sharded = sharded or bool(getattr(trainer, f"is_{name.lower()}_enabled", False))
+        if sharded:
+            raise StageError(
+                f"finetune: accelerate is configured for {name} ({env}), which hubsdd does not support: "
+                "merging the LoRA adapters and saving each variant need the whole model in one process",
+                fix="train data-parallel instead: `accelerate launch --num_processes N -m hubsdd.finetune "
+                    "recipe.yaml` with an accelerate config that uses neither FSDP nor DeepSpeed "
+                    "(`accelerate config`, or unset ACCELERATE_USE_FSDP / ACCELERATE_USE_DEEPSPEED)")
+
+
+def lora_config(section: FinetuneSection) -> Any:
+    from peft import LoraConfig
+
+    lora = section.lora
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                      target_modules=lora.target_modules, bias="none", task_type="CAUSAL_LM")
+
+
+def completion_positions(labels: Any) -> tuple[Any, Any]:
+    """Which positions' logits are scored (those whose next token is a label) as a (batch, length)
+    boolean mask, and those next tokens, flattened in the same row-major order."""
+    import torch
+
+    nxt = labels[:, 1:]
+    scored = nxt != -100
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = scored
+    return keep, nxt[scored]
+
+
+def trainer_classes() -> tuple[type, type]:
+    """TRL's SFTTrainer and GKDTrainer, with the logits computed only where the loss reads them.
+
+    TRL computes logits over every position (prompt and padding too) and, for cross-entropy, runs
+    a fused vocabulary kernel that on a CPU without Triton falls back to tiles in torch: measured on
+    SmolLM2-26L at batch 8 (``bench/train_step.py``), 2.3x the time of the same loss on the
+    response positions only. The losses here are TRL's own, on the same tokens: the negative
+    log-likelihood normalised exactly as ``SFTTrainer`` does (by the tokens of the whole
+    accumulated batch), and ``GKDTrainer.generalized_jsd_loss`` on the student's and teacher's
+    logits. ``tests/test_finetune.py`` checks both against TRL's own ``compute_loss``."""
+    import torch
+    from trl import SFTTrainer
+
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # GKDTrainer lives in trl.experimental, knowingly
+    from trl.experimental.gkd import GKDTrainer
+
+    def scale(trainer: Any, loss: Any, num_items_in_batch: Any) -> Any:
+        # As Trainer/SFTTrainer: num_items_in_batch counts every rank's tokens and DDP averages gradients.
+        if trainer.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * (trainer.accelerator.num_processes // trainer.get_tp_size())
+        return loss
+
+    class ResponseSFTTrainer(SFTTrainer):
+        def compute_loss(self, model: Any, inputs: dict, return_outputs: bool = False,
+                         num_items_in_batch: Any = None) -> Any:
+            keep, targets = completion_positions(inputs["labels"])
+            outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
+                            logits_to_keep=keep, use_cache=False)
+            nll = torch.nn.functional.cross_entropy(outputs.logits.float(), targets, reduction="sum")
+            count = targets.numel() if num_items_in_batch is None else num_items_in_batch
+            loss = scale(self, nll / torch.as_tensor(count).clamp(min=1), num_items_in_batch)
+            return (loss, outputs) if return_outputs else loss
+
+    class ResponseGKDTrainer(GKDTrainer):
+        def compute_loss(self, model: Any, inputs: dict, return_outputs: bool = False,
+                         num_items_in_batch: Any = None) -> Any:
+            keep, _ = completion_positions(inputs["labels"])
+            kwargs = dict(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], logits_to_keep=keep,
+                          use_cache=False)
+            student = model(**kwargs)
+            self.teacher_model.eval()
+            with torch.no_grad():
+                teacher = self.teacher_model(**kwargs)
+            loss = self.generalized_jsd_loss(student_logits=student.logits, teacher_logits=teacher.logits,
+                                             beta=self.beta, num_items_in_batch=num_items_in_batch)
+            loss = scale(self, loss, num_items_in_batch)
+            return (loss, student) if return_outputs else loss
+
+    return ResponseSFTTrainer, ResponseGKDTrainer

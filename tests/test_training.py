@@ -1,0 +1,80 @@
+"""The trainers' guards: one process trains on one GPU whatever it sees, sharded training (FSDP,
+DeepSpeed) is refused before any work with the fix, and the Trainer gets the run's device."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from hubsdd.errors import StageError
+from hubsdd.recipe import FinetuneSection
+
+
+def test_a_process_that_sees_several_gpus_trains_on_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """Faked on CPU: torch reports 4 GPUs, which is what makes the Trainer wrap the model in
+    nn.DataParallel and multiply the batch by 4 in one process."""
+    import torch
+    from trl import SFTTrainer
+
+    from conftest import make_tiny_model, make_tokenizer
+    from hubsdd.training import lora_config, trainer_config
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    section = FinetuneSection(batch_size=3, max_steps=1, lora={"r": 4, "alpha": 8, "dropout": 0.0})
+    with caplog.at_level(logging.WARNING, logger="hubsdd.finetune"):
+        args = trainer_config(section, tmp_path / "t", device="cuda")
+    assert args.n_gpu == 1 and args.train_batch_size == 3
+    assert "accelerate launch --num_processes 4 -m hubsdd.finetune" in caplog.text
+    from datasets import Dataset
+
+    data = Dataset.from_list([{"prompt": [{"role": "user", "content": "hi"}],
+                               "completion": [{"role": "assistant", "content": "hello"}]}] * 3)
+    trainer = SFTTrainer(model=make_tiny_model(layers=1), args=args, train_dataset=data,
+                         processing_class=make_tokenizer(), peft_config=lora_config(section))
+    assert not isinstance(trainer._wrap_model(trainer.model), torch.nn.DataParallel)
+
+
+@pytest.mark.parametrize("env", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
+def test_sharded_training_is_refused_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     env: str) -> None:
+    from conftest import save_tiny
+    from hubsdd.finetune import main, train_variant
+    from test_finetune import finetune_ctx
+
+    monkeypatch.setenv(env, "true")
+    # `accelerate launch` with an FSDP/DeepSpeed config: refused before the process group starts.
+    model_dir = save_tiny(tmp_path / "m", layers=2)
+    (tmp_path / "cal.jsonl").write_text('{"text": "x"}\n')
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"""\
+name: t
+runs_dir: {tmp_path / 'runs'}
+base: {{path: {model_dir}}}
+prune: {{blocks: 1, calibration: {{path: cal.jsonl, text_column: text}}}}
+distill: {{data: {{path: cal.jsonl}}}}
+finetune: {{}}
+""")
+    name = "FSDP" if "FSDP" in env else "DeepSpeed"
+    with pytest.raises(StageError, match=f"configured for {name}") as err:
+        main([str(recipe)])
+    assert "accelerate launch --num_processes N -m hubsdd.finetune" in err.value.fix and env in err.value.fix
+    # ... and `hubsdd run` in such an environment, before loading anything.
+    ctx = finetune_ctx(tmp_path / "stage", "  variants: {sft: {data: original}}\n  max_steps: 1\n", model_dir)
+    with pytest.raises(StageError, match=f"configured for {name}"):
+        train_variant(ctx, "sft")
+    assert not (ctx.run_dir / ".cache").exists()
+
+
+def test_the_trainer_runs_where_the_recipe_says(tmp_path: Path) -> None:
+    from hubsdd.training import trainer_config
+
+    section = FinetuneSection(checkpoint_steps=7, ddp_timeout=123)
+    cpu = trainer_config(section, tmp_path / "t", device="cpu")
+    assert cpu.use_cpu and not cpu.dataloader_pin_memory and cpu.device.type == "cpu"
+    assert cpu.save_strategy == "steps" and cpu.save_steps == 7 and cpu.save_total_limit == 2
+    assert cpu.ddp_timeout == 123
+    assert trainer_config(FinetuneSection(checkpoint_steps=0), tmp_path / "t", device="cpu").save_strategy == "no"
+    assert trainer_config(section, tmp_path / "t", device="cpu", bf16=True).bf16
