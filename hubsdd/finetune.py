@@ -52,7 +52,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import progress, trainer_checkpoints
+from . import progress, trainer_checkpoints, worklog
 from .distill.prompts import user_message
 from .errors import DataError, StageError
 from .figures import figure
@@ -277,6 +277,7 @@ def train_variant(ctx: StageContext, name: str, *, is_main: bool = True) -> dict
         del final
         # result.json last: its presence is what says the variant is finished.
         atomic_write_json(vdir / RESULT_FILE, result)
+        worklog.finished(f"finetune variant {name} {key[:12]}")
         # Only then the checkpoints: a kill in between finds the variant finished.
         shutil.rmtree(trainer_dir, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()

@@ -69,7 +69,8 @@ def _stage_contexts(tmp_path: Path) -> dict[str, StageContext]:
 
 def test_no_stage_hard_codes_a_device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With the resolver answering a sentinel, every stage asks for its models there."""
-    from hubsdd import distill, evaluate, finetune, merge, prune
+    from hubsdd import evaluate, finetune, merge, prune
+    from hubsdd.distill.backends import make_backend
 
     contexts = _stage_contexts(tmp_path)
     monkeypatch.setattr(models, "resolve_device", lambda setting="auto": SENTINEL)
@@ -95,7 +96,7 @@ def test_no_stage_hard_codes_a_device(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setattr(merge, "run_mergekit", run_mergekit)
     entries = {
         "prune": prune.run_prune,
-        "distill": lambda ctx: distill.make_backend(ctx, ctx.recipe.distill.generation),
+        "distill": lambda ctx: make_backend(ctx, ctx.recipe.distill.generation),
         "finetune": finetune.run_finetune,
         "merge": merge.run_merge,
         "evaluate": evaluate.run_evaluate,

@@ -72,5 +72,5 @@ def make_backend(ctx: StageContext, settings: GenerationSettings,
     from .transformers import TransformersBackend
 
     set_threads()
-    model, tok = load_base(ctx, device=default_device())
+    model, tok = load_base(ctx, device=default_device(ctx.recipe))
     return TransformersBackend(model, tok, settings)
