@@ -34,7 +34,7 @@ from pathlib import Path
 from ..worklog import ENV as WORK_LOG_ENV
 
 # Keys whose values are wall-clock measurements (or derived from them), and the record's own seal.
-VOLATILE_KEY = re.compile(r"(^|_)seconds$|per_second|^started_at$|^digest$|runtime|speedup|^tokens_per_s|_time$"
+VOLATILE_KEY = re.compile(r"seconds|per_second|^started_at$|^digest$|runtime|speedup|^tokens_per_s|_time$"
                           r"|^date$|^files$")
 # In cards: "(123.4 tokens/s)" and the seconds column of the training table.
 VOLATILE_TEXT = (re.compile(r"\(\d+(\.\d+)? tokens/s\)"), re.compile(r"\| \d+ s \|"))
