@@ -11,16 +11,17 @@ No list of supported families. The rule, for any architecture:
   layer indices (``mlp_only_layers``, ...) and ``per_layer_config`` are renumbered, and the scalar
   fields that count a prefix of layers (``max_window_layers``, ``first_k_dense_replace``, ...) are
   recounted;
-* then the edit is *proved*: the edited config goes through a JSON round trip (what
-  ``save_pretrained`` + ``from_pretrained`` do), a weightless copy of the model is built from it on
-  the meta device, and its parameter names and shapes and every layer module's settings (window
-  sizes, rope flags, indices...) must equal the pruned model's. Anything a config edit cannot
+* then the edit is *proved*: the edited config is saved and read back (``config.json``, as
+  ``from_pretrained`` will read it), a weightless copy of the model is built from it on the meta
+  device, and its parameter names and shapes and every layer module's settings (window sizes,
+  rope flags, indices, depth-derived scales...) must equal the pruned model's. Anything a config edit cannot
   express (a period/offset layer pattern, a KV cache shared between layers, per-layer weights kept
   outside the list) shows up there as a difference, and surgery refuses with a clear error instead
-  of writing a checkpoint that reloads as a different model.
+  of writing a checkpoint that reloads as a different model. Removing every layer of one kind
+  (the only attention layers of a hybrid) is a :class:`DataError` naming ``prune.layers``.
 
 Known exceptions, where the two agree but the model still is not a stack of independent layers,
-are listed in :data:`REFUSED_ARCHITECTURES`; ``tests/test_surgery_architectures.py`` sweeps every
+are listed in :data:`REFUSED_ARCHITECTURES`; ``tests/test_prune_architectures.py`` sweeps every
 causal-LM architecture of the installed transformers to keep that list honest.
 """
 
@@ -215,7 +216,8 @@ def edit_config(cfg: Any, keep: list[int], total: int) -> None:
         if key.startswith("_") or key == "architectures":
             continue
         named_as_indices = any(part in key for part in ("layers", "idxs", "ids", "indices", "layer_map"))
-        if named_as_indices and _is_index_list(value, total) and (len(value) != total or list(value) == list(range(total))):
+        if named_as_indices and _is_index_list(value, total) and (len(value) != total
+                                                                  or list(value) == list(range(total))):
             # A list of layer indices (mlp_only_layers, full_attn_idxs, ...): keep the kept ones, renumbered.
             setattr(cfg, key, type(value)(new_index[v] for v in value if v in new_index))
         elif isinstance(value, (list, tuple)) and len(value) == total:
@@ -225,7 +227,7 @@ def edit_config(cfg: Any, keep: list[int], total: int) -> None:
                 # A hybrid left without any attention (or any recurrent) layer gets a cache it cannot use.
                 raise DataError(
                     f"prune: removing layers {[i for i in range(total) if i not in keep]} would leave no "
-                    f"{gone[0]!r} layer ({key} of the model: {list(value)})",
+                    f"{gone[0]!r} layer (config field {key}: {', '.join(map(str, dict.fromkeys(value)))} before)",
                     fix="remove fewer blocks, or name layers to remove with `prune.layers`")
             setattr(cfg, key, kept)
     for key in PREFIX_COUNT_FIELDS:
@@ -322,7 +324,8 @@ def _prove(model: Any, keep: list[int], dropped: int) -> None:
             prefix = next(name for name, m in model.named_modules() if m is layer_list) + "."
             where = "" if shapes[0].startswith(prefix) else " (a weight outside the layer list holds a slice per layer)"
             detail = f"{shapes[0]} would change shape {ours[shapes[0]]} -> {theirs[shapes[0]]}{where}"
-        raise refusal(model, f"after removing layers (kept {keep}), the edited config describes other weights: {detail}")
+        raise refusal(model, f"after removing layers (kept {keep}), the edited config describes other weights: "
+                             f"{detail}")
     layer_modules = {id(m) for m in layer_list.modules()}
     rebuilt_modules = dict(rebuilt.named_modules())
     for name, module in model.named_modules():
