@@ -13,9 +13,8 @@ Hugging Face models return the final hidden state *after* the final norm as the 
 ``hidden_states``; the distance to the raw output of the last layer is what the method wants, so
 that one is captured with a forward hook instead.
 
-Surgery deletes layers from the decoder's ModuleList, renumbers every module's ``layer_idx`` (the
-KV cache is indexed by it), sets ``num_hidden_layers`` and slices every per-layer config list
-(``layer_types`` and friends) so stock ``from_pretrained`` reloads the result with no hubsdd code.
+Surgery (deleting the layers so that stock ``from_pretrained`` reloads the result, for any
+architecture whose config can describe the kept layers) lives in :mod:`hubsdd.surgery`.
 """
 
 from __future__ import annotations
@@ -31,37 +30,20 @@ from typing import TYPE_CHECKING, Any, Iterable
 import numpy as np
 
 from . import progress
-from .errors import DataError, UnsupportedArchitectureError
+from .errors import DataError
 from .figures import figure
 from .models import fast_cpu_linears
 from .runner import StageContext, StageOutput
+from .surgery import check_prunable, decoder_layers, remove_layers
+
+__all__ = ["BlockScores", "ScoreAccumulator", "check_prunable", "decoder_layers", "remove_layers", "run_prune",
+           "score_blocks", "select_layers"]
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger("hubsdd.prune")
-
-# model_type -> where the decoder layers live below the CausalLM wrapper. All of these keep a
-# ModuleList of decoder layers whose attention module carries ``layer_idx``.
-SUPPORTED_ARCHITECTURES: dict[str, tuple[str, ...]] = {
-    "llama": ("model", "layers"),
-    "mistral": ("model", "layers"),
-    "qwen2": ("model", "layers"),
-    "qwen3": ("model", "layers"),
-    "gemma": ("model", "layers"),
-    "gemma2": ("model", "layers"),
-    "gemma3_text": ("model", "layers"),
-    "gemma3": ("model", "language_model", "layers"),
-    "phi3": ("model", "layers"),
-    "olmo2": ("model", "layers"),
-    "granite": ("model", "layers"),
-    "smollm3": ("model", "layers"),
-}
-
-# Config fields holding one layer index boundary rather than a per-layer list.
-LAYER_COUNT_FIELDS = ("max_window_layers",)
-
 
 # --------------------------------------------------------------------------- scoring
 
@@ -135,30 +117,6 @@ class ScoreAccumulator:
         return BlockScores(L, angular, bi, self.token_position, self.samples, self.count)
 
 
-def decoder_layers(model: "PreTrainedModel") -> "torch.nn.ModuleList":
-    """The ModuleList of decoder layers, or a clear error for an architecture we cannot cut."""
-    import torch
-
-    model_type = model.config.model_type
-    route = SUPPORTED_ARCHITECTURES.get(model_type)
-    if route is None:
-        raise UnsupportedArchitectureError(
-            f"layer surgery does not support model_type {model_type!r} ({type(model).__name__})",
-            fix=f"use a model of a supported family: {', '.join(sorted(SUPPORTED_ARCHITECTURES))}",
-        )
-    obj: Any = model
-    for attr in route:
-        obj = getattr(obj, attr, None)
-        if obj is None:
-            break
-    if not isinstance(obj, torch.nn.ModuleList):
-        raise UnsupportedArchitectureError(
-            f"{type(model).__name__}: expected decoder layers at {'.'.join(route)}",
-            fix="load the model with AutoModelForCausalLM (a text-only causal LM)",
-        )
-    return obj
-
-
 def score_blocks(model: "PreTrainedModel", batches: Iterable[dict], token_position: str = "last") -> BlockScores:
     """One forward pass per batch; every (start layer, block size) distance from it."""
     import torch
@@ -203,51 +161,6 @@ def select_layers(scores: BlockScores, blocks: int, method: str) -> list[int]:
 
 
 # --------------------------------------------------------------------------- surgery
-
-
-def remove_layers(model: "PreTrainedModel", drop: Iterable[int]) -> "PreTrainedModel":
-    """Delete decoder layers in place and make config and modules consistent for save/reload."""
-    layers = decoder_layers(model)
-    total = len(layers)
-    drop = sorted(set(int(i) for i in drop))
-    if not drop:
-        return model
-    if drop[0] < 0 or drop[-1] >= total:
-        raise DataError(f"prune.layers: layer indices must be in 0..{total - 1}, got {drop}")
-    if len(drop) >= total:
-        raise DataError(f"prune.blocks: cannot remove all {total} layers")
-    keep = [i for i in range(total) if i not in drop]
-    kept_modules = [layers[i] for i in keep]
-    # Rebuild the list in place: the parent module keeps pointing at the same ModuleList object.
-    for _ in range(total):
-        del layers[0]
-    for new_idx, layer in enumerate(kept_modules):
-        layers.append(layer)
-        for module in layer.modules():
-            if hasattr(module, "layer_idx"):
-                module.layer_idx = new_idx
-
-    configs = [model.config]
-    text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    if text_config is not model.config:
-        configs.append(text_config)
-    for cfg in configs:
-        if getattr(cfg, "num_hidden_layers", None) != total:
-            continue
-        for key, value in list(vars(cfg).items()):
-            if isinstance(value, (list, tuple)) and len(value) == total and key != "architectures":
-                setattr(cfg, key, type(value)(value[i] for i in keep))
-        for key in LAYER_COUNT_FIELDS:
-            value = getattr(cfg, key, None)
-            if isinstance(value, int):
-                setattr(cfg, key, sum(1 for i in keep if i < value))
-        cfg.num_hidden_layers = len(keep)
-    # Some models cache per-layer flags on the model object itself.
-    for holder in (model, getattr(model, "model", None)):
-        if holder is not None and isinstance(getattr(holder, "layer_types", None), list):
-            if len(holder.layer_types) == total:
-                holder.layer_types = [holder.layer_types[i] for i in keep]
-    return model
 
 
 def count_parameters(model: "PreTrainedModel") -> int:
@@ -359,14 +272,22 @@ def batches_for(tokenizer: "PreTrainedTokenizerBase", texts: list[str], max_leng
 
 def run_prune(ctx: StageContext) -> StageOutput:
     """Entry of the ``prune`` stage."""
-    from .models import load_base, save_model
+    from .models import default_device, load_base, save_model
 
     section = ctx.recipe.prune
-    model, tokenizer = load_base(ctx)
+    # Scoring is forward passes of the whole base: on the GPU when there is one, like the other
+    # stages, in the recipe's dtype (load_base); on CPU, fp32 linears go through oneDNN.
+    device = default_device(ctx.recipe)
+    model, tokenizer = load_base(ctx, device=device)
     layers_before = len(decoder_layers(model))
     if section.blocks >= layers_before:
         raise DataError(f"prune.blocks: the base model has {layers_before} layers; cannot remove {section.blocks}",
                         fix=f"use a number below {layers_before}")
+    # Refuse an architecture surgery cannot handle now, not after the scoring passes: the same
+    # surgery on a weightless copy, with the layers named in the recipe or a middle block.
+    middle = (layers_before - section.blocks) // 2
+    check_prunable(model, section.layers if section.layers is not None
+                   else range(middle, middle + section.blocks))
     texts = calibration_texts(ctx)
     batches = batches_for(tokenizer, texts, section.calibration.max_length, section.calibration.batch_size)
     started = time.perf_counter()

@@ -1,5 +1,6 @@
-"""Block scoring and layer surgery on tiny random models of every supported architecture."""
+"""Block scoring (the prune stage's own work; surgery is tests/test_surgery.py) and the stage's device."""
 
+import json
 import math
 
 import numpy as np
@@ -7,17 +8,17 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from conftest import make_tiny_model
+from conftest import make_tiny_model, make_tokenizer
+from hubsdd import runner
 from hubsdd.errors import UnsupportedArchitectureError
-from hubsdd.prune import (ScoreAccumulator, count_parameters, decoder_layers, remove_layers, score_blocks,
-                          select_layers)
+from hubsdd.prune import ScoreAccumulator, score_blocks, select_layers
+from hubsdd.recipe import parse_recipe
+from hubsdd.testing import architectures
 
-ARCHITECTURES = ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3"]
 
-
-def batch(seed=0, rows=3, length=24, pad_side="right"):
+def batch(seed=0, rows=3, length=24, pad_side="right", vocab=259):
     g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(3, 259, (rows, length), generator=g)
+    ids = torch.randint(3, vocab, (rows, length), generator=g)
     mask = torch.ones_like(ids)
     for r, keep in enumerate(range(length, 0, -7)[:rows]):
         if pad_side == "right":
@@ -37,45 +38,6 @@ def unpadded_rows(padded):
         ids = padded["input_ids"][r : r + 1, :keep]
         rows.append({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
     return rows
-
-
-@pytest.mark.parametrize("arch", ARCHITECTURES)
-def test_score_prune_save_reload_same_logits(arch, tmp_path):
-    model = make_tiny_model(arch, layers=6)
-    scores = score_blocks(model, [batch()], "last")
-    assert scores.angular.shape == (6, 6)
-    drop = select_layers(scores, 2, "angular")
-    assert drop == list(range(drop[0], drop[0] + 2))
-    remove_layers(model, drop)
-    assert len(decoder_layers(model)) == 4 and model.config.num_hidden_layers == 4
-    model.save_pretrained(tmp_path / "pruned")
-    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned").eval()
-    assert reloaded.config.num_hidden_layers == 4
-    b = batch(1)
-    with torch.no_grad():
-        torch.testing.assert_close(model(**b).logits, reloaded(**b).logits, rtol=0, atol=1e-6)
-        # generation exercises the KV cache, indexed by the renumbered layer_idx
-        a = model.generate(b["input_ids"][:1], max_new_tokens=6, do_sample=False)
-        c = reloaded.generate(b["input_ids"][:1], max_new_tokens=6, do_sample=False)
-    assert torch.equal(a, c)
-
-
-@pytest.mark.parametrize("arch", ["gemma2", "gemma3_text", "qwen2"])
-def test_per_layer_config_lists_follow_the_kept_layers(arch, tmp_path):
-    # Removing one layer from an alternating sliding/full pattern shifts it: the saved config must
-    # say what each kept layer really is, or a reload attends differently.
-    model = make_tiny_model(arch, layers=6)
-    before = list(getattr(model.config, "layer_types", []) or [])
-    remove_layers(model, [1])
-    if before:
-        assert model.config.layer_types == [before[i] for i in (0, 2, 3, 4, 5)]
-    for new_idx, layer in enumerate(decoder_layers(model)):
-        assert layer.self_attn.layer_idx == new_idx
-    model.save_pretrained(tmp_path / "p")
-    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "p").eval()
-    b = batch(2, length=40)  # longer than the sliding window (16)
-    with torch.no_grad():
-        torch.testing.assert_close(model(**b).logits, reloaded(**b).logits, rtol=0, atol=1e-6)
 
 
 def test_angular_distance_matches_hand_computation():
@@ -128,19 +90,53 @@ def test_block_influence_picks_lowest_layers_not_necessarily_contiguous():
     assert select_layers(scores, 2, "bi") == [1, 3]
 
 
-def test_parameter_count_drops_by_the_removed_layers():
-    model = make_tiny_model("llama", layers=6)
-    per_layer = sum(p.numel() for p in decoder_layers(model)[0].parameters())
-    before = count_parameters(model)
-    remove_layers(model, [2, 3])
-    assert before - count_parameters(model) == 2 * per_layer
+@pytest.mark.parametrize("arch", ["gpt2", "gpt_neox", "falcon", "cohere", "qwen3_moe"])
+def test_scoring_works_on_any_architecture(arch):
+    # Layers that return tuples or tensors, under model.layers, transformer.h or gpt_neox.layers.
+    model = AutoModelForCausalLM.from_config(architectures.tiny_config(arch)).eval()
+    scores = score_blocks(model, [batch(vocab=architectures.PROMPT_VOCAB)], "last")
+    assert scores.angular.shape == (6, 6) and np.isfinite(scores.angular[0]).all()
+    drop = select_layers(scores, 2, "angular")
+    assert drop == list(range(drop[0], drop[0] + 2))
 
 
-def test_unsupported_architecture_is_a_clear_error():
-    from transformers import AutoConfig
+# --------------------------------------------------------------------------- the stage
 
-    cfg = AutoConfig.for_model("gpt2", n_layer=2, n_embd=32, n_head=2, vocab_size=259)
-    model = AutoModelForCausalLM.from_config(cfg)
+
+def test_the_base_is_loaded_on_the_device_the_stage_selects(tiny_recipe_text, monkeypatch):
+    # Block scoring runs on the device every other stage uses (the GPU when there is one), in the
+    # recipe's dtype. "cpu:0" stands for a device only default_device() would pick.
+    import hubsdd.models
+
+    loads = []
+    real_load_model = hubsdd.models.load_model
+
+    def recording_load_model(path, **kwargs):
+        loads.append(kwargs)
+        return real_load_model(path, **kwargs)
+
+    monkeypatch.setattr(hubsdd.models, "default_device", lambda: "cpu:0")
+    monkeypatch.setattr(hubsdd.models, "load_model", recording_load_model)
+    recipe = parse_recipe(tiny_recipe_text.replace("  license: apache-2.0", "  license: apache-2.0\n  dtype: bfloat16"))
+    runner.run(recipe, until="prune")
+    assert [(k["device"], k["dtype"]) for k in loads] == [("cpu:0", "bfloat16")]
+    saved = json.loads((recipe.run_dir / "prune" / "model" / "config.json").read_text())
+    assert saved["num_hidden_layers"] == 4 and saved["dtype"] == "bfloat16"
+
+
+def test_an_architecture_surgery_refuses_fails_before_any_scoring(tmp_path, tiny_recipe_text, monkeypatch):
+    import hubsdd.prune
+
+    torch.manual_seed(0)
+    base = tmp_path / "gemma3n"
+    AutoModelForCausalLM.from_config(architectures.tiny_config("gemma3n_text")).save_pretrained(base)
+    make_tokenizer().save_pretrained(base)
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("scored a model that surgery then refuses")
+
+    monkeypatch.setattr(hubsdd.prune, "score_blocks", no_scoring)
+    recipe = parse_recipe(tiny_recipe_text.replace(str(tmp_path / "tiny-llama"), str(base)))
     with pytest.raises(UnsupportedArchitectureError) as info:
-        remove_layers(model, [0])
-    assert "gpt2" in str(info.value) and "llama" in info.value.fix
+        runner.run(recipe, until="prune")
+    assert "'gemma3n_text'" in str(info.value) and "embed_tokens_per_layer" in str(info.value) and info.value.fix

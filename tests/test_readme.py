@@ -65,12 +65,13 @@ def test_troubleshooting_no_token(monkeypatch, tmp_path) -> None:
 
 def test_troubleshooting_unknown_architecture() -> None:
     import pytest
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import BartConfig, BartForCausalLM
 
     from hubsdd.errors import UnsupportedArchitectureError
     from hubsdd.prune import decoder_layers
 
-    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=50))
+    model = BartForCausalLM(BartConfig(decoder_layers=2, d_model=16, decoder_attention_heads=2,
+                                       decoder_ffn_dim=32, vocab_size=50))
     with pytest.raises(UnsupportedArchitectureError) as err:
         decoder_layers(model)
     message, fix = readme_error("layer surgery")
