@@ -115,7 +115,7 @@ def test_the_base_is_loaded_on_the_device_the_stage_selects(tiny_recipe_text, mo
         loads.append(kwargs)
         return real_load_model(path, **kwargs)
 
-    monkeypatch.setattr(hubsdd.models, "default_device", lambda: "cpu:0")
+    monkeypatch.setattr(hubsdd.models, "default_device", lambda recipe=None: "cpu:0")
     monkeypatch.setattr(hubsdd.models, "load_model", recording_load_model)
     recipe = parse_recipe(tiny_recipe_text.replace("  license: apache-2.0", "  license: apache-2.0\n  dtype: bfloat16"))
     runner.run(recipe, until="prune")
