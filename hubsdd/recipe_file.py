@@ -59,9 +59,12 @@ class _NodeProblem(Exception):
 # --------------------------------------------------------------------------- showing values
 
 
-def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
-    """``repr`` of a value cut to ``limit`` characters: messages stay one short line whatever the input."""
+def shown(value: Any, limit: int = SHOWN_CHARS, quote: bool = True) -> str:
+    """``repr`` of a value cut to ``limit`` characters: messages stay one short line whatever the
+    input. ``quote=False``: a string without its quotes (still escaped)."""
     text = repr(value)
+    if not quote and isinstance(value, str):
+        text = text[1:-1]
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -170,7 +173,7 @@ class _Loader(yaml.SafeLoader):
             self.mark_paths.setdefault((event.start_mark.line, event.start_mark.column), tuple(self._path))
             if isinstance(event, yaml.AliasEvent):
                 if event.anchor in self._open_anchors:
-                    raise self._problem(event.start_mark, f"the alias *{shown(event.anchor)[1:-1]} is inside its "
+                    raise self._problem(event.start_mark, f"the alias *{shown(event.anchor, quote=False)} is inside its "
                                         "own anchor (a value cannot contain itself)")
                 node = super().compose_node(parent, index)
                 self._count(self._anchor_values.get(event.anchor, 1), event.start_mark)
@@ -232,7 +235,7 @@ class _Loader(yaml.SafeLoader):
 
 def _short_tag(tag: str) -> str:
     tag = str(tag)
-    return shown("!!" + tag[len(STANDARD_TAG):] if tag.startswith(STANDARD_TAG) else tag)[1:-1]
+    return shown("!!" + tag[len(STANDARD_TAG):] if tag.startswith(STANDARD_TAG) else tag, quote=False)
 
 
 def _mark_problem(exc: yaml.YAMLError, text: str, mark_paths: dict[tuple[int, int], YamlPath] | None = None) -> str:
