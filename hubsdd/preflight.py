@@ -24,6 +24,7 @@ import functools
 import gzip
 import io
 import json
+import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,12 +117,15 @@ def _local(recipe: Recipe, value: str) -> Path | None:
 
 
 def _file_key(path: Path | None) -> tuple:
-    """(path, size, mtime): what the caches below are keyed by, so an edited file is read again."""
+    """(path, size, mtime): what the caches below are keyed by, so an edited file is read again.
+    Only regular files and folders: reading /dev/stdin or a pipe named in a recipe would block."""
     try:
         st = path.stat() if path is not None else None
     except (OSError, ValueError):
         st = None
-    return (str(path), st.st_size, st.st_mtime_ns) if st is not None else (None, 0, 0)
+    if st is None or not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        return (None, 0, 0)
+    return (str(path), st.st_size, st.st_mtime_ns)
 
 
 # Reading someone else's model or data file may fail in any way (a truncated GGUF, a parquet file

@@ -2,8 +2,8 @@
 
 Every section exists from the start, including those whose stages come later, so a recipe written
 today stays valid. Unknown keys are errors (``extra="forbid"``). Validators raise ``ValueError`` so
-pydantic reports the YAML path; :func:`load_recipe` adds the line number and turns everything into
-one :class:`~hubsdd.errors.RecipeError` (reading the file: :mod:`hubsdd.recipe_file`).
+pydantic reports the YAML path; :mod:`hubsdd.recipe_file` reads the file (``load_recipe``, imported from here),
+adds line numbers and turns everything into one :class:`~hubsdd.errors.RecipeError`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-# Reading the file (YAML safety, error lines) and recipe paths live in recipe_file; callers import them from here.
 from .recipe_file import check_package_path, load_recipe, parse_recipe, resolve_path, shown, where  # noqa: F401
 
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
@@ -30,18 +29,27 @@ def _numbers_only(annotation: Any) -> bool:
     return bool(args) and all(a in (int, float) for a in args)
 
 
+def _is_map(annotation: Any) -> bool:  # dict[str, int], dict[...] | None
+    return typing.get_origin(annotation) is dict or any(_is_map(a) for a in typing.get_args(annotation))
+
+
 class Section(BaseModel):
     # Infinity and NaN pass `gt`/`le` bounds in surprising ways (`epochs: .inf` is > 0): refuse them.
     model_config = ConfigDict(extra="forbid", frozen=False, protected_namespaces=(), allow_inf_nan=False)
 
     @field_validator("*", mode="before")
     @classmethod
-    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+    def _plain_numbers(cls, value: Any, info: ValidationInfo) -> Any:
         # pydantic reads True as 1; YAML reads yes/no/on/off as booleans, so `blocks: yes` would remove one layer.
-        field = cls.model_fields.get(info.field_name or "")
-        if isinstance(value, bool) and field is not None and _numbers_only(field.annotation):
+        annotation = cls.model_fields[info.field_name].annotation if info.field_name in cls.model_fields else None
+        if isinstance(value, bool) and _numbers_only(annotation):
             raise ValueError(f"expected a number, got {str(value).lower()} (YAML reads true/false, yes/no and "
                              "on/off as booleans)")
+        # No setting needs more than 64 bits; a 5000-digit integer cannot even be printed in a message.
+        items = value if isinstance(value, list) else list(value.values()) if isinstance(value, dict) and \
+            _is_map(annotation) else [value]
+        if any(isinstance(v, int) and not -2**63 <= v < 2**64 for v in items):
+            raise ValueError("a number this large (over 64 bits) is not a setting")
         return value
 
 

@@ -62,7 +62,10 @@ class _NodeProblem(Exception):
 def shown(value: Any, limit: int = SHOWN_CHARS, quote: bool = True) -> str:
     """``repr`` of a value cut to ``limit`` characters: messages stay one short line whatever the
     input. ``quote=False``: a string without its quotes (still escaped)."""
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an int too long for str() (over 4300 digits)
+        text = f"<an integer of {value.bit_length()} bits>" if isinstance(value, int) else "<unprintable>"
     if not quote and isinstance(value, str):
         text = text[1:-1]
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -139,6 +142,7 @@ class _Loader(yaml.SafeLoader):
         self.node_paths: dict[int, YamlPath] = {}
         self.mark_paths: dict[tuple[int, int], YamlPath] = {}
         self.duplicates: list[str] = []
+        self.key_problems: list[str] = []
         self._path: list[Any] = []
         self._depth = 0
         self._in_key = 0
@@ -172,6 +176,9 @@ class _Loader(yaml.SafeLoader):
                 self.lines.setdefault(tuple(self._path), line)
             self.mark_paths.setdefault((event.start_mark.line, event.start_mark.column), tuple(self._path))
             if isinstance(event, yaml.AliasEvent):
+                if event.anchor not in self.anchors:
+                    raise self._problem(event.start_mark, f"the alias *{shown(event.anchor, quote=False)} has no "
+                                        "anchor (&name) before it")
                 if event.anchor in self._open_anchors:
                     raise self._problem(event.start_mark, f"the alias *{shown(event.anchor, quote=False)} is inside its "
                                         "own anchor (a value cannot contain itself)")
@@ -205,9 +212,16 @@ class _Loader(yaml.SafeLoader):
         node = super().compose_mapping_node(anchor)
         first: dict[str, int] = {}
         for key, _ in node.value:
-            if not isinstance(key, ScalarNode) or key.value == MERGE_KEY:
-                continue
             line = key.start_mark.line + 1
+            if key.tag == STANDARD_TAG + "merge":
+                continue
+            if key.tag != STANDARD_TAG + "str":
+                # `1:`, `2020-01-01:`, `true:`, `[a]:` are numbers, dates, booleans, lists to YAML
+                what = (f"the key {shown(key.value, quote=False)} is read by YAML as {_short_tag(key.tag)}, not "
+                        "text; quote it if it is meant" if isinstance(key, ScalarNode)
+                        else "a key is a list or mapping; keys are field names")
+                self.key_problems.append(f"{format_loc(tuple(self._path))} (line {line}): {what}")
+                continue
             if key.value in first:
                 loc = (*self._path, key.value)
                 self.duplicates.append(f"{format_loc(loc)} (line {line}): the key is given twice; "
@@ -224,8 +238,10 @@ class _Loader(yaml.SafeLoader):
                 raise _NodeProblem(node, f"the YAML tag {_short_tag(node.tag)} is not allowed in a recipe; "
                                          "write a plain value") from None
             raise
-        except (ValueError, TypeError, OverflowError, ArithmeticError) as exc:
-            # e.g. a 5000-digit integer, `2020-13-45` read as a date, `!!int abc`
+        except _NodeProblem:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a constructor failing on odd input in any way is the input's fault
+            # e.g. a 5000-digit integer, `2020-13-45` read as a date, `!!int abc`, `!!timestamp x`
             raise _NodeProblem(node, f"cannot read {shown(getattr(node, 'value', ''))} as "
                                      f"{_short_tag(node.tag)}: {str(exc).splitlines()[0][:120]}") from None
         if isinstance(value, (str, bytes)) and ("\0" in value if isinstance(value, str) else b"\0" in value):
@@ -274,8 +290,9 @@ def read_yaml(text: str) -> tuple[Any, dict[YamlPath, int]]:
     try:
         try:
             node = loader.get_single_node()
-            if loader.duplicates:
-                raise YamlProblems(loader.duplicates, fix="keep one of each key; YAML keys must be unique")
+            if loader.duplicates or loader.key_problems:
+                raise YamlProblems(loader.key_problems + loader.duplicates,
+                                   fix="every key is a field name, given once")
             data = loader.construct_document(node) if node is not None else None
         except _NodeProblem as exc:
             place = where(loader.node_paths.get(id(exc.node), ()), loader.lines, exc.node.start_mark.line + 1)
@@ -334,7 +351,8 @@ def problems_from_validation(err: Any, lines: dict[YamlPath, int], root: Any) ->
     problems = []
     for e in err.errors():
         loc = _clean_loc(tuple(e["loc"]))
-        msg = str(e["msg"]).removeprefix("Value error, ")
+        msg = re.sub(r"^Input should be a valid dictionary or instance of \w+$", "expected a mapping of settings",
+                     str(e["msg"]).removeprefix("Value error, "))
         lead = _LEADING_PATH.match(msg)
         if lead and e["type"] == "value_error":
             named = tuple(int(p[1:-1]) if p.startswith("[") else p
