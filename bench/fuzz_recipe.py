@@ -64,6 +64,7 @@ HOSTILE_STRINGS = [
     "null", "~", "yes", "no", "on", "off", "true", "0x1F", "0o17", "1e400", "-.inf", ".nan", "2020-99-99",
     "9" * 5000, "-1", "1_000", "١٢٣", "🦙" * 50, "x" * 100_000, "%s%n%x", "'; DROP TABLE runs; --",
     "${HOME}", "$(touch /tmp/pwned)", "a:b", "a#b", "a #comment", "'quoted'", '"dq"',
+    "{{ 9**9**9**9 }}", "{{ x", "{% for x in y %}", "{{" + "(" * 3000 + "1" + ")" * 3000 + "}}", "{{ support }}",
 ]
 NUMBERS = [0, -1, 1, 2, 29, 30, 31, 32, -(2**63), 2**63, 2**64, 2**32, 2**32 - 1, 10**30, -(10**30),
            10**4000, 0.5, -0.0, 1e-300, 1e308, float("inf"), float("-inf"), float("nan"), 2.0, 1.5]
@@ -311,7 +312,7 @@ def validate_subprocess(path: Path, limit: float = TIME_LIMIT_S) -> Outcome:
 
 
 _KEY = r"[A-Za-z0-9_][A-Za-z0-9_-]*"
-_QUOTED = r"""'(?:[^'\\]|\\.)*(?:'|\.\.\.)|"(?:[^"\\]|\\.)*(?:"|\.\.\.)"""
+_QUOTED = r"""'(?:[^'\\]|\\.)*'(?:\.\.\.)?|"(?:[^"\\]|\\.)*"(?:\.\.\.)?"""  # repr(), maybe cut
 _INDEX = rf"\[(?:-?\d+|{_QUOTED})\]"
 PATH_LINE = re.compile(rf"^(?:{_KEY}|{_INDEX})(?:\.{_KEY}|{_INDEX})* \(line \d+\): \S")
 PATH_ONLY = re.compile(rf"^(?:{_KEY}|{_INDEX})(?:\.{_KEY}|{_INDEX})*: required field is missing$")

@@ -26,6 +26,7 @@ import io
 import json
 import stat
 import struct
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -131,7 +132,7 @@ def _file_key(path: Path | None) -> tuple:
 # Reading someone else's model or data file may fail in any way (a truncated GGUF, a parquet file
 # pyarrow refuses): the fact is then unknown here, and the stage that loads the file reports it.
 _UNREADABLE = (OSError, ValueError, KeyError, IndexError, TypeError, UnicodeError, EOFError, struct.error,
-               csv.Error, RecursionError)
+               csv.Error, zlib.error, RecursionError)
 
 
 @functools.lru_cache(maxsize=64)
@@ -329,6 +330,8 @@ def _calibration_problems(recipe: Recipe, facts: Facts) -> list[Problem]:
         except jinja2.TemplateSyntaxError as exc:
             return [Problem(("prune", "calibration", "text_template"),
                             f"not a valid Jinja template: {shown(exc.message, 200, quote=False)} (template line {exc.lineno})")]
+        except RecursionError:  # Jinja's parser recurses once per nested bracket
+            return [Problem(("prune", "calibration", "text_template"), "the template nests too deeply to parse")]
         missing = sorted(n for n in names if not any(n in row for row in rows))
         if missing:
             return [Problem(("prune", "calibration", "text_template"),

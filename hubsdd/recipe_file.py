@@ -60,14 +60,19 @@ class _NodeProblem(Exception):
 
 
 def shown(value: Any, limit: int = SHOWN_CHARS, quote: bool = True) -> str:
-    """``repr`` of a value cut to ``limit`` characters: messages stay one short line whatever the
-    input. ``quote=False``: a string without its quotes (still escaped)."""
+    """``repr`` of a value cut to about ``limit`` characters: messages stay one short line whatever
+    the input. A string is cut before quoting (``'abc'...``), never inside an escape sequence;
+    ``quote=False`` leaves its quotes out."""
+    if isinstance(value, str):
+        keep = min(len(value), limit)
+        while len(repr(value[:keep])) > limit - (3 if keep < len(value) else 0) and keep > 0:
+            keep -= 1
+        text = repr(value[:keep])
+        return (text if quote else text[1:-1]) + ("..." if keep < len(value) else "")
     try:
         text = repr(value)
     except ValueError:  # an int too long for str() (over 4300 digits)
         text = f"<an integer of {value.bit_length()} bits>" if isinstance(value, int) else "<unprintable>"
-    if not quote and isinstance(value, str):
-        text = text[1:-1]
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

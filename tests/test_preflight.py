@@ -238,3 +238,11 @@ def test_config_layer_count_reads_text_config_and_ignores_junk(tmp_path):
     assert got == {"a": 12, "b": 7, "c": 3, "d": None, "e": None}
     (tmp_path / "broken.json").write_text("{")
     assert preflight.config_layer_count(*preflight._file_key(tmp_path / "broken.json")) is None
+
+
+def test_a_template_too_deep_to_parse_is_a_problem_not_a_crash(tmp_path, tiny_model_dir, calibration_file):
+    text = recipe_text(tmp_path, f"  model: org/tiny\n  path: {tiny_model_dir}", calibration_file)
+    deep = "{{" + "(" * 5000 + "text" + ")" * 5000 + "}}"
+    with pytest.raises(RecipeError) as info:  # was RecursionError inside jinja2's parser
+        preflight.check(parse_recipe(text.replace("text_column: text", f"text_template: '{deep}'")))
+    assert info.value.problems == ["prune.calibration.text_template (line 8): the template nests too deeply to parse"]

@@ -230,3 +230,11 @@ def test_package_paths_must_name_a_top_level_package_and_are_never_imported(tmp_
 def test_a_home_folder_of_nobody_is_a_plain_path(tmp_path):
     # Path.expanduser raised RuntimeError for an unknown user
     assert resolve_path("~no-such-user-xyz/d.jsonl", tmp_path) == tmp_path / "~no-such-user-xyz/d.jsonl"
+
+
+def test_a_long_key_is_cut_between_characters_not_inside_an_escape():
+    # The 10,000-case fuzz run found keys cut after a lone backslash: `['\U000b84cc\...]`.
+    key = "\U000b84cc\u00bdV" * 30
+    [p] = problems(MINIMAL.replace("  model: org/model", f'  model: org/model\n  "{key}": 1'))
+    place = p.split(" (line 4): ")[0]
+    assert place.startswith("base['\\U000b84cc½V") and place.endswith("'...]"), place
