@@ -1,4 +1,4 @@
-"""Reading a recipe file: bytes to a validated Recipe, through plain data, the line of every YAML path, and problem lines.
+"""Reading a recipe file: bytes to plain data with the line of every YAML path, then a Recipe.
 
 YAML is a larger language than a recipe needs: a few lines of aliases can expand to billions of
 values, nesting can exhaust the parser's stack, tags run constructors that fail on odd input, and a
@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
-from yaml.composer import ComposerError
 from yaml.constructor import ConstructorError
 from yaml.nodes import MappingNode, Node, ScalarNode
 
@@ -97,8 +96,7 @@ def line_of(loc: YamlPath, lines: dict[YamlPath, int]) -> int | None:
     """The line of the deepest part of ``loc`` that the file has."""
     probe = tuple(loc)
     while probe:
-        # A mapping key YAML read as a number (`1: x`) is indexed by its text.
-        line = lines.get(probe) or lines.get(tuple(str(p) if isinstance(p, int) else p for p in probe))
+        line = lines.get(probe)
         if line:
             return line
         probe = probe[:-1]
@@ -122,7 +120,7 @@ def _position(text: str, index: int) -> tuple[int, int]:
 def decode(raw: bytes) -> str:
     """The file's text; a file that is not UTF-8 is named by the line and column of the first bad byte."""
     if len(raw) > MAX_BYTES:
-        raise YamlProblems([f"(top level): the file has {len(raw):,} bytes; a recipe is at most {MAX_BYTES:,}"],
+        raise YamlProblems([f"(top level): the file has more than {MAX_BYTES:,} bytes; a recipe has a few thousand"],
                            fix="is this the recipe file? recipes are a few kilobytes of YAML")
     try:
         return raw.decode("utf-8")
@@ -262,10 +260,8 @@ def _short_tag(tag: str) -> str:
 def _mark_problem(exc: yaml.YAMLError, text: str, mark_paths: dict[tuple[int, int], YamlPath] | None = None) -> str:
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
     problem = str(getattr(exc, "problem", None) or str(exc).splitlines()[0])[:200]
-    if problem == "found unhashable key":
-        problem = "a key must be a plain word or number, not a list or mapping"
     if mark is not None and mark_paths:
-        # A constructor's complaint about a composed node (an unhashable key, a bad merge): name its path.
+        # A constructor's complaint about a composed node (`<<: 3`, a bad merge): name its path.
         for candidate in (getattr(exc, "problem_mark", None), getattr(exc, "context_mark", None)):
             if candidate is not None and (candidate.line, candidate.column) in mark_paths:
                 loc = mark_paths[(candidate.line, candidate.column)]
@@ -286,7 +282,7 @@ def read_yaml(text: str) -> tuple[Any, dict[YamlPath, int]]:
 
     Raises :class:`YamlProblems` for text that is not a safe, plain YAML document."""
     if len(text) > MAX_BYTES:
-        raise YamlProblems([f"(top level): the text has {len(text):,} characters; a recipe is at most {MAX_BYTES:,}"],
+        raise YamlProblems([f"(top level): the text has more than {MAX_BYTES:,} characters; a recipe has a few thousand"],
                            fix="is this the recipe file? recipes are a few kilobytes of YAML")
     try:
         loader = _Loader(text)
