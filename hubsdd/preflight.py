@@ -348,7 +348,7 @@ def _calibration_problems(recipe: Recipe, facts: Facts) -> list[Problem]:
 
 def _distill_problems(recipe: Recipe, facts: Facts) -> list[Problem]:
     from .data import MISSING, get_value
-    from .distill import BUILTIN_TEMPLATES
+    from .distill.prompts import BUILTIN_TEMPLATES
 
     distill = recipe.distill
     if distill is None:

@@ -213,7 +213,7 @@ def test_hub_dataset_column_fails_as_distill_reads_it_before_the_teacher_loads(d
     from hub_fixtures import CONFIGS_CARD, jsonl, push_dataset
 
     from conftest import INSTRUCTIONS
-    from hubsdd import distill
+    from hubsdd.distill import stage as distill_stage
 
     push_dataset("alice/gsm-mini", {"README.md": CONFIGS_CARD, "main/train.jsonl": jsonl(INSTRUCTIONS),
                                     "main/test.jsonl": jsonl(INSTRUCTIONS[:1])}, "v1")
@@ -221,7 +221,7 @@ def test_hub_dataset_column_fails_as_distill_reads_it_before_the_teacher_loads(d
             "  columns: {instruction: question, response: answer2}\n"
     recipe = parse_recipe(recipe_text(tmp_path, f"  model: org/tiny\n  path: {tiny_model_dir}", calibration_file,
                                       2, extra))
-    monkeypatch.setattr(distill, "make_backend", lambda *a, **k: pytest.fail("the teacher was loaded"))
+    monkeypatch.setattr(distill_stage, "make_backend", lambda *a, **k: pytest.fail("the teacher was loaded"))
     with pytest.raises(DataError, match=r"^distill\.columns\.response: column 'answer2' not in alice/gsm-mini"):
         runner.run(recipe, until="distill")
     run_dir = tmp_path / "runs" / "pre"

@@ -23,10 +23,14 @@ prune:
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=[str(p.relative_to(ROOT)) for p in RECIPES])
-def test_shipped_recipes_validate(path):
+def test_shipped_recipes_validate(path, capsys):
+    from hubsdd.cli import main
+    from hubsdd.recipe import HUB_ID_RE
+
+    # the whole `hubsdd validate`, preflight included (layers and columns where they are on disk)
+    assert main(["validate", str(path)]) == 0, capsys.readouterr()
     recipe = load_recipe(path)
-    assert recipe.prune.blocks >= 1
-    assert recipe.base.model  # the card needs the Hub id
+    assert recipe.base.model and HUB_ID_RE.match(recipe.base.model)  # the card needs the Hub id
 
 
 def test_shipped_recipes_exist():
