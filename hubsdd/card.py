@@ -26,6 +26,7 @@ from typing import Any
 from . import __version__
 from .errors import StageError
 from .files import sha256_file
+from .outputs import CardMetrics, CardOutputs
 from .runner import SPECS, StageContext, StageOutput, StageResult, checkpoint_dirs, load_results, run_lock, run_stage
 
 log = logging.getLogger("hubsdd.card")
@@ -401,7 +402,7 @@ def assemble_release(recipe: Any, results: dict[str, StageResult], out_dir: Path
 def run_card(ctx: StageContext) -> StageOutput:
     """Entry of the ``card`` stage."""
     written = assemble_release(ctx.recipe, ctx.inputs, ctx.out_dir, ctx.fingerprint)
-    return StageOutput(outputs=written, metrics={"stages": list(ctx.inputs)})
+    return StageOutput(outputs=CardOutputs(**written), metrics=CardMetrics(stages=list(ctx.inputs)))
 
 
 def rerender(run_dir: Path) -> Path:

@@ -58,6 +58,7 @@ from .errors import DataError, StageError
 from .figures import figure
 from .recipe import FinetuneSection
 from .files import atomic_write_json
+from .outputs import FinetuneMetrics, FinetuneOutputs
 from .runner import StageContext, StageOutput
 from .training import lora_config, refuse_sharded_training, trainer_classes, trainer_config
 
@@ -378,7 +379,7 @@ def run_finetune(ctx: StageContext) -> StageOutput:
         "base_model_dir": str(ctx.input("prune").path("model_dir")),
         "data": str(ctx.input("distill").path("data")),
     }
-    return StageOutput(outputs=outputs, metrics={"variants": metrics})
+    return StageOutput(outputs=FinetuneOutputs(**outputs), metrics=FinetuneMetrics(variants=metrics))
 
 
 # --------------------------------------------------------------------------- accelerate launch

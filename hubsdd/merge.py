@@ -28,6 +28,7 @@ import yaml
 
 from .errors import ModelLoadError, StageError
 from .files import atomic_write_text
+from .outputs import MergeMetrics, MergeOutputs
 from .runner import StageContext, StageOutput, checkpoint_dirs
 
 log = logging.getLogger("hubsdd.merge")
@@ -239,15 +240,15 @@ def run_merge(ctx: StageContext) -> StageOutput:
     copied = complete_model_dir(out_model, donor)
     check = verify_merged(out_model, donor)
     return StageOutput(
-        outputs={
+        outputs=MergeOutputs(**{
             "model_dir": "model",
             "config": "mergekit.yaml",
             "config_text": display,
             "method": section.method,
             "models": list(section.models),
             **({"base_model": "pruned"} if base_dir is not None else {}),
-        },
-        metrics={
+        }),
+        metrics=MergeMetrics(**{
             "seconds": round(time.time() - started, 3),
             "method": section.method,
             "models": list(section.models),
@@ -259,5 +260,5 @@ def run_merge(ctx: StageContext) -> StageOutput:
             "tensors": check["tensors"],
             "has_chat_template": check["has_chat_template"],
             "files_completed": copied,
-        },
+        }),
     )

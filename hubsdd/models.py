@@ -24,6 +24,7 @@ import yaml
 from . import progress
 from .hub_errors import reading_errors
 from .errors import ModelLoadError, StageError, UnsafeModelError
+from .outputs import BaseMetrics, BaseOutputs
 from .runner import StageContext, StageOutput
 
 if TYPE_CHECKING:  # torch and transformers load lazily: `hubsdd validate` must be quick
@@ -251,7 +252,7 @@ def prepare_base(ctx: StageContext) -> StageOutput:
     }
     outputs["has_chat_template"] = (model_path / "chat_template.jinja").exists() or "chat_template" in (
         (model_path / "tokenizer_config.json").read_text() if (model_path / "tokenizer_config.json").exists() else "")
-    return StageOutput(outputs=outputs, metrics=metrics)
+    return StageOutput(outputs=BaseOutputs(**outputs), metrics=BaseMetrics(**metrics))
 
 
 def base_model_dir(ctx: StageContext) -> Path:

@@ -33,6 +33,7 @@ from . import progress
 from .errors import DataError
 from .figures import figure
 from .models import fast_cpu_linears
+from .outputs import PruneMetrics, PruneOutputs
 from .runner import StageContext, StageOutput
 from .surgery import check_prunable, decoder_layers, remove_layers
 
@@ -343,4 +344,4 @@ def run_prune(ctx: StageContext) -> StageOutput:
     }
     log.info("removed layers %s: %d -> %d layers, %.1fM -> %.1fM parameters", removed, layers_before,
              layers_before - len(removed), params_before / 1e6, params_after / 1e6)
-    return StageOutput(outputs=outputs, metrics=metrics)
+    return StageOutput(outputs=PruneOutputs(**outputs), metrics=PruneMetrics(**metrics))

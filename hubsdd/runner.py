@@ -64,10 +64,11 @@ def checkpoint_dirs(results: dict[str, StageResult]) -> dict[str, Path]:
 
 @dataclass
 class StageOutput:
-    """What a stage entry returns: ``outputs`` (paths relative to out_dir, ids) and ``metrics``."""
+    """What a stage entry returns: ``outputs`` (paths relative to out_dir, ids) and ``metrics``, the
+    stage's models from :mod:`hubsdd.outputs`."""
 
-    outputs: dict = field(default_factory=dict)
-    metrics: dict = field(default_factory=dict)
+    outputs: Any = field(default_factory=dict)
+    metrics: Any = field(default_factory=dict)
 
 
 @dataclass
@@ -277,11 +278,12 @@ def run_stage(spec: StageSpec, recipe: Recipe, results: dict[str, StageResult], 
         "fingerprint": fp,
         "inputs": {k: v.fingerprint for k, v in ctx.inputs.items()},
         "config": recipe.section_dict(spec.name),
-        "outputs": output.outputs,
-        # peak_gpu_memory_bytes: the most this stage held on the GPU (CUDA only)
-        "metrics": {**output.metrics, **{k: v for k, v in usage.items() if k == "peak_gpu_memory_bytes"}},
+        "outputs": _plain(output.outputs),
+        "metrics": _plain(output.metrics),
         "device": usage["device"],
         "dtype": usage["dtype"],
+        # the most this stage held on the GPU (CUDA only)
+        "peak_gpu_memory_bytes": usage.get("peak_gpu_memory_bytes"),
         "started_at": _dt.datetime.fromtimestamp(started, _dt.timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(seconds, 3),
         "versions": _versions(),
@@ -296,6 +298,11 @@ def run_stage(spec: StageSpec, recipe: Recipe, results: dict[str, StageResult], 
     worklog.finished(f"stage {spec.name} {fp[:12]}")
     shutil.rmtree(work_dir, ignore_errors=True)
     return StageResult(spec.name, final, data)
+
+
+def _plain(value: Any) -> Any:
+    """A stage's typed outputs/metrics (hubsdd.outputs) as the JSON that stage.json holds."""
+    return value.model_dump(mode="json") if hasattr(value, "model_dump") else value
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:

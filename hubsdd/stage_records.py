@@ -14,10 +14,13 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from .errors import StageError
 from .recipe import canonical_json
+
+if TYPE_CHECKING:
+    from .outputs import Typed
 
 STAGE_FILE = "stage.json"
 
@@ -33,6 +36,13 @@ class StageResult:
     @property
     def fingerprint(self) -> str:
         return self.data["fingerprint"]
+
+    @property
+    def typed(self) -> "Typed":
+        """``outputs`` and ``metrics`` as the stage's models (:mod:`hubsdd.outputs`), validated."""
+        from .outputs import record
+
+        return record(self)
 
     @property
     def outputs(self) -> dict:

@@ -197,7 +197,7 @@ def report_lines(run_dir: Path) -> tuple[list[str], bool]:
             continue
         seconds = float(data.get("seconds") or 0)
         total += seconds
-        peak = (data.get("metrics") or {}).get("peak_gpu_memory_bytes")
+        peak = data.get("peak_gpu_memory_bytes")
         memory = f"{peak / MIB:,.0f} MiB" if peak is not None else "-"
         rows.append(f"| {stage} | {seconds:.1f} | {memory} | {data.get('device', '?')} | {data.get('dtype', '?')} |")
     rows.append(f"| total | {total:.1f} | | | |")

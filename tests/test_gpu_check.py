@@ -92,7 +92,7 @@ def test_the_report_reads_what_a_run_records(gpu_check, tiny_recipe_text: str) -
     # on CUDA the stage.json metrics carry the peak
     stage = recipe.run_dir / "prune" / "stage.json"
     data = json.loads(stage.read_text())
-    data["metrics"]["peak_gpu_memory_bytes"] = 3 * 2**30
+    data["peak_gpu_memory_bytes"] = 3 * 2**30
     stage.write_text(json.dumps(data))
     prune = next(r for r in gpu_check.report_lines(recipe.run_dir)[0] if r.startswith("| prune |"))
     assert "| 3,072 MiB |" in prune

@@ -28,6 +28,7 @@ from .. import progress, worklog
 from ..data import get_value, load_rows, resolve_dataset_revision
 from ..errors import DataError
 from ..recipe import DistillSection
+from ..outputs import DistillMetrics, DistillOutputs
 from ..runner import StageContext, StageOutput
 from .backends import GenerationBackend, make_backend
 from .checkers import REASONS, REJECTION_PHRASES, select
@@ -191,4 +192,4 @@ def run_distill(ctx: StageContext, *, backend: GenerationBackend | None = None,
         "rejection_phrases": list(REJECTION_PHRASES),
         "generation": generation,
     }
-    return StageOutput(outputs=outputs, metrics=metrics)
+    return StageOutput(outputs=DistillOutputs(**outputs), metrics=DistillMetrics(**metrics))

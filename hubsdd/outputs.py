@@ -1,0 +1,257 @@
+"""What each stage leaves for the others: its ``outputs`` and ``metrics``, as small pydantic models.
+
+A stage builds these and returns them; the runner writes them into ``stage.json``; later stages, the
+card, its templates and the CI summary read them back through :func:`record` (or
+``StageResult.typed``), validated, with attribute access and every optional field explicit. A field
+added here is a field every reader can rely on; ``extra="forbid"`` keeps the files honest.
+
+Paths in ``outputs`` are relative to the stage folder (or absolute for files a stage did not copy,
+such as a local base model); ``StageResult.resolve`` turns them into paths.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .recipe_sections import ColumnMap, DataSource, GenerationSettings, KDSettings
+
+if TYPE_CHECKING:
+    from .stage_records import StageResult
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+# --------------------------------------------------------------------------- base
+
+
+class BaseOutputs(Record):
+    hub_id: str | None = None
+    revision: str | None = None
+    commit_sha: str | None = None  # the Hub commit the revision resolved to
+    model_dir: str
+    source: Literal["gguf", "local", "hub"]
+    source_file: str | None = None  # the GGUF file name
+    license_dir: str | None = None
+    license_files: list[str] = Field(default_factory=list)
+    license: str | None = None
+    has_chat_template: bool = True
+
+
+class BaseMetrics(Record):
+    model_type: str
+    architectures: list[str] = Field(default_factory=list)
+    num_hidden_layers: int
+    hidden_size: int
+
+
+# --------------------------------------------------------------------------- prune
+
+
+class PrunePlots(Record):
+    heatmap: str
+
+
+class PruneOutputs(Record):
+    model_dir: str
+    distances: str
+    block_influence: str
+    plots: PrunePlots
+
+
+class BlockDistance(Record):
+    start: int
+    end: int
+    distance: float
+
+
+class BestBlock(Record):
+    start: int
+    distance: float | None
+
+
+class PruneMetrics(Record):
+    method: Literal["angular", "bi"]
+    token_position: Literal["last", "all"]
+    block_size: int
+    removed_layers: list[int]
+    layers_before: int
+    layers_after: int
+    params_before: int
+    params_after: int
+    params_removed_fraction: float
+    flops_per_token_before: int
+    flops_per_token_after: int
+    flops_saved_fraction: float
+    removed_block_distance: float | None
+    best_block: BestBlock
+    block_distances: list[BlockDistance]
+    block_influence: list[float]
+    calibration_samples: int
+    calibration_tokens: int
+    scoring_seconds: float
+    forward_passes: int
+
+
+# --------------------------------------------------------------------------- distill
+
+
+class DistillOutputs(Record):
+    data: str  # the parquet file, relative to the stage folder
+    template_name: str
+    template_sha256: str
+    template_text: str
+    teacher: str
+    teacher_sha: str | None = None
+    source: DataSource
+    source_sha: str | None = None
+    columns: ColumnMap
+    data_license: str | None = None
+    checker: str
+    rejection_phrases: list[str]
+    generation: GenerationSettings
+
+
+class DistillMetrics(Record):
+    rows: int
+    accepted: int
+    rejected: int
+    acceptance_rate: float
+    rejection_reasons: dict[str, int] = Field(default_factory=dict)
+    tokens_generated: int
+    mean_rewrite_tokens: float
+    generation_seconds: float
+    tokens_per_second: float | None = None
+    shards: int
+    shards_resumed: int
+    seconds: float
+
+
+# --------------------------------------------------------------------------- finetune
+
+
+class VariantOutput(Record):
+    model_dir: str
+    data: Literal["distilled", "original"]
+    loss: Literal["ce", "kd"]
+    learning_rate: float
+    train_log: str
+
+
+class FinetunePlots(Record):
+    loss_curve: str
+
+
+class FinetuneOutputs(Record):
+    precision: str
+    variants: dict[str, VariantOutput]
+    plots: FinetunePlots
+    method: Literal["lora", "full"]
+    kd: KDSettings | None = None
+    base_model_dir: str
+    data: str
+
+
+class VariantMetrics(Record):
+    loss: Literal["ce", "kd"]
+    learning_rate: float
+    train_loss_first: float | None = None
+    train_loss_last: float | None = None
+    train_loss_mean: float | None = None
+    steps: int
+    epochs: float
+    samples: int
+    dropped_rows: int
+    resumed_from_step: int | None = None
+    trainable_params: int
+    total_params: int
+    seconds: float
+
+
+class FinetuneMetrics(Record):
+    variants: dict[str, VariantMetrics]
+
+
+# --------------------------------------------------------------------------- merge
+
+
+class MergeOutputs(Record):
+    model_dir: str
+    config: str
+    config_text: str
+    method: Literal["slerp", "linear", "ties"]
+    models: list[str]
+    base_model: str | None = None
+
+
+class MergeMetrics(Record):
+    seconds: float
+    method: str
+    models: list[str]
+    t: float | None = None
+    weights: list[float] | None = None
+    density: float | None = None
+    dtype: str | None = None
+    parameters: int
+    tensors: int
+    has_chat_template: bool
+    files_completed: list[str] = Field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- card
+
+
+class CardOutputs(Record):
+    model_dir: str
+    release: str
+    dataset_dir: str | None = None
+
+
+class CardMetrics(Record):
+    stages: list[str]
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class Typed(BaseModel):
+    """A finished stage as its readers see it: typed ``outputs`` and ``metrics``."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=())
+
+    name: str
+    outputs: Any
+    metrics: Any
+
+
+MODELS: dict[str, tuple[type[Record], type[Record]]] = {
+    "base": (BaseOutputs, BaseMetrics),
+    "prune": (PruneOutputs, PruneMetrics),
+    "distill": (DistillOutputs, DistillMetrics),
+    "finetune": (FinetuneOutputs, FinetuneMetrics),
+    "merge": (MergeOutputs, MergeMetrics),
+    "card": (CardOutputs, CardMetrics),
+}
+
+
+def register(stage: str, outputs: type[Record], metrics: type[Record]) -> None:
+    """Stages whose models live with their own package (evaluate) register them here."""
+    MODELS[stage] = (outputs, metrics)
+
+
+def record(result: "StageResult") -> Typed:
+    """The typed view of a finished stage (validated; a record hubsdd did not write is an error)."""
+    from .errors import StageError
+
+    if result.name == "evaluate" and "evaluate" not in MODELS:
+        from .evaluate import outputs as _evaluate_outputs  # noqa: F401  (registers its models)
+    outputs_model, metrics_model = MODELS[result.name]
+    try:
+        return Typed(name=result.name, outputs=outputs_model.model_validate(result.outputs),
+                     metrics=metrics_model.model_validate(result.metrics))
+    except ValueError as exc:
+        raise StageError(f"{result.dir / 'stage.json'}: not the record this version of hubsdd writes ({exc})",
+                         fix=f"redo that stage: `hubsdd run <recipe> --force {result.name}`") from None
