@@ -80,7 +80,7 @@ def render_section(name: str, **context: Any) -> str:
 def release_choice(recipe: Any, results: dict[str, StageResult]) -> str:
     """Which checkpoint is published: 'merge', a variant name, or 'pruned'."""
     wanted = recipe.publish.release
-    variants = list(results["finetune"].outputs.get("variants", {})) if "finetune" in results else []
+    variants = list(results["finetune"].typed.outputs.variants) if "finetune" in results else []
     if wanted == "auto":
         if "merge" in results:
             return "merge"
@@ -160,7 +160,7 @@ def build_model_card_data(recipe: Any, results: dict[str, StageResult], release:
 
     base = results.get("base")
     base_id = recipe.base.model
-    license_id = recipe.card.license or (base.outputs.get("license") if base else None) or recipe.base.license
+    license_id = recipe.card.license or (base.typed.outputs.license if base else None) or recipe.base.license
     llama = _is_llama(base_id, license_id)
     model_name = _model_name(recipe, base_id, llama)
     tags = ["hubsdd", "pruned", "layer-pruning"]
@@ -177,9 +177,8 @@ def build_model_card_data(recipe: Any, results: dict[str, StageResult], release:
         "files": files,
     }
     if "prune" in results:
-        m = results["prune"].metrics
-        meta["prune"] = {k: m[k] for k in ("method", "removed_layers", "layers_before", "layers_after",
-                                           "params_before", "params_after") if k in m}
+        meta["prune"] = results["prune"].typed.metrics.model_dump(
+            include={"method", "removed_layers", "layers_before", "layers_after", "params_before", "params_after"})
     if "evaluate" in results:
         summary = retention_summary(results["evaluate"].metrics, release)
         if summary is not None:
@@ -223,17 +222,17 @@ SDD_LINK = "self-data distillation (arXiv [2410.09982](https://arxiv.org/abs/241
 
 def _recovery_phrase(release: str, results: dict[str, StageResult]) -> str:
     """How the released checkpoint recovered quality, in words for the card's first sentence."""
-    variants = (results["finetune"].outputs.get("variants") or {}) if "finetune" in results else {}
+    variants = results["finetune"].typed.outputs.variants if "finetune" in results else {}
 
     def one(name: str) -> str:
-        v = variants.get(name) or {}
-        distilled, kd = v.get("data") == "distilled", v.get("loss") == "kd"
+        v = variants.get(name)
+        distilled, kd = v is not None and v.data == "distilled", v is not None and v.loss == "kd"
         if kd:
             return "logit distillation from the base model" + (" on self-distilled data" if distilled else "")
         return SDD_LINK if distilled else "fine-tuning on the original data"
 
     if release == "merge" and "merge" in results:
-        models = results["merge"].outputs.get("models") or []
+        models = results["merge"].typed.outputs.models
         return "a merge of variants trained with " + " and ".join(one(m) for m in models)
     return one(release)
 
@@ -257,15 +256,18 @@ def render_model_card(recipe: Any, results: dict[str, StageResult], release: str
     plots = _plots_in_release(results)
     context = dict(stages=stages, plots=plots, release=release, dataset_repo=recipe.publish.dataset_repo,
                    model_repo=recipe.publish.model_repo, headline=_headline(results, release))
-    training = render_section("sections/training.md.j2", **context) if "finetune" in results else ""
+    training = render_section(
+        "sections/training.md.j2", ft=results["finetune"].typed, cfg=recipe.finetune, plots=plots,
+        ds=results["distill"].typed if "distill" in results else None, dataset_repo=recipe.publish.dataset_repo,
+    ) if "finetune" in results else ""
     evaluation = render_section("sections/evaluation.md.j2", **context) if "evaluate" in results else ""
     versions = {}
     for res in results.values():
         versions.update(res.data.get("versions", {}))
-    prune = results["prune"].metrics if "prune" in results else None
+    prune = results["prune"].typed.metrics if "prune" in results else None
     citations = [PAPER_CITATION]
     if prune:
-        citations.append(GROMOV_CITATION if prune.get("method") == "angular" else SHORTGPT_CITATION)
+        citations.append(GROMOV_CITATION if prune.method == "angular" else SHORTGPT_CITATION)
     return ModelCard.from_template(
         card_data,
         template_str=template_text("model_card.md.j2"),
@@ -281,8 +283,8 @@ def render_model_card(recipe: Any, results: dict[str, StageResult], release: str
         model_repo=recipe.publish.model_repo or f"<your-org>/{card_data.model_name}",
         dataset_repo=recipe.publish.dataset_repo,
         base_hub_id=recipe.base.model,
-        base_commit=(results["base"].outputs.get("commit_sha") if "base" in results else None),
-        has_chat_template=(results["base"].outputs.get("has_chat_template", True) if "base" in results else True),
+        base_commit=results["base"].typed.outputs.commit_sha if "base" in results else None,
+        has_chat_template=results["base"].typed.outputs.has_chat_template if "base" in results else True,
         description=recipe.card.description,
         training_section=training,
         evaluation_section=evaluation,
@@ -306,7 +308,7 @@ def render_dataset_card(recipe: Any, results: dict[str, StageResult], data_files
         task_categories=["text-generation"],
         tags=["hubsdd", "self-data-distillation", "synthetic"],
         pretty_name=f"{recipe.name} self-distilled data",
-        size_categories=[_size_category(distill.metrics.get("rows", len(rows)))],
+        size_categories=[_size_category(distill.typed.metrics.rows)],
         configs=[{"config_name": "default", "data_files": [{"split": "train", "path": p} for p in data_files]}],
         # Lets `hubsdd publish` know which files of the dataset repo it created.
         hubsdd={"version": __version__, "run_fingerprint": fingerprint, "files": files or {}},
@@ -314,7 +316,7 @@ def render_dataset_card(recipe: Any, results: dict[str, StageResult], data_files
     return DatasetCard.from_template(
         card_data,
         template_str=template_text("dataset_card.md.j2"),
-        distill=distill.data,
+        distill=distill.typed,
         sample_rows=rows,
         dataset_repo=recipe.publish.dataset_repo,
         model_repo=recipe.publish.model_repo,
@@ -371,9 +373,9 @@ def assemble_release(recipe: Any, results: dict[str, StageResult], out_dir: Path
         for f in model_files(release_model_dir(release, results)):
             _link(f, model_out / f.name)
     base = results.get("base")
-    if base is not None and base.outputs.get("license_files"):
+    if base is not None and base.typed.outputs.license_files:
         lic_dir = base.path("license_dir")
-        for name in base.outputs["license_files"]:
+        for name in base.typed.outputs.license_files:
             if (lic_dir / name).exists() and not (model_out / name).exists():
                 _link(lic_dir / name, model_out / name)
     (model_out / "recipe.yaml").write_text(recipe.text())
