@@ -80,9 +80,15 @@ def test_task_files_include_lm_evals_definition_and_set_only_the_data_source(wri
         assert "/lm_eval/tasks/" in upstream.as_posix() and upstream.is_file(), leaf
         assert raw.pop("task") == leaf
         assert set(raw) <= DATA_SOURCE_KEYS, f"{leaf} sets more than its data source: {set(raw) - DATA_SOURCE_KEYS}"
-        assert raw["dataset_path"] == "json" and raw["test_split"] == "eval" and raw["fewshot_split"] == "fewshot"
+        assert raw["dataset_path"] == "json"
+        # the local splits take the roles of lm-eval's: evaluated where it evaluates (its test
+        # split, else validation), few-shot where it draws examples (its few-shot split, else train)
+        theirs = load_yaml(upstream, resolve_func=False)
+        evaluated = "test_split" if theirs.get("test_split") else "validation_split"
+        fewshot = "fewshot_split" if theirs.get("fewshot_split") else "training_split"
+        assert {k: v for k, v in raw.items() if k.endswith("_split") and v} == {evaluated: "eval", fewshot: "fewshot"}
         # everything else is lm-eval's, as lm-eval resolves the include
-        mine, theirs = load_yaml(task_dir / f"{leaf}.yaml", resolve_func=False), load_yaml(upstream, resolve_func=False)
+        mine = load_yaml(task_dir / f"{leaf}.yaml", resolve_func=False)
         for key, value in theirs.items():
             if key not in DATA_SOURCE_KEYS:
                 assert mine[key] == value, (leaf, key)

@@ -13,12 +13,76 @@ from typing import Any
 from ..errors import DataError, HubError
 from .tasks import DATASETS, PreparedTask, lm_eval_version, sample_items
 
-def hub_error(exc: BaseException, tasks: list[str]) -> HubError:
+OFFLINE_FIX = ("or evaluate offline (`evaluate.source: offline` with arc_easy, arc_challenge, hellaswag, piqa, "
+               "winogrande, mmlu, gsm8k)")
+
+
+def task_dataset(manager: Any, task: str) -> str | None:
+    """``<dataset_path>[/<dataset_name>]`` of lm-eval's task ``task`` (a group: of its first task,
+    followed by ", ..."), read from lm-eval's YAML without loading anything; None where it cannot
+    be told."""
+    from lm_eval.tasks._index import Kind
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    suffix = ""
+    try:
+        for _ in range(5):  # a group names groups, tags or tasks; follow the first a few levels down
+            entry = manager.task_index.get(task)
+            if entry is None:
+                return None
+            if entry.kind is Kind.TAG:
+                task, suffix = sorted(entry.tags)[0], ", ..."
+                continue
+            cfg = load_yaml(entry.yaml_path, resolve_func=False)
+            if "dataset_path" in cfg:
+                return cfg["dataset_path"] + (f"/{cfg['dataset_name']}" if cfg.get("dataset_name") else "") + suffix
+            members = cfg.get("task")
+            if not (isinstance(members, list) and members and isinstance(members[0], str)):
+                return None
+            task, suffix = members[0], ", ..."
+    except Exception:  # a better message is all that is at stake
+        return None
+    return None
+
+
+def hub_error(exc: BaseException, tasks: list[str], dataset: str | None = None) -> HubError | DataError:
+    """What a user sees when a task's data cannot be had from the Hub: the task, its dataset, why,
+    and what to do."""
+    what = f"{tasks[0]!r} (dataset {dataset})" if dataset and len(tasks) == 1 else str(tasks)
+    reason = f"{type(exc).__name__}: {str(exc)[:300]}"
+    if "dataset scripts are no longer supported" in str(exc).lower():
+        # datasets >= 4 runs no loading scripts; a repository that holds only a script has no data
+        return DataError(
+            f"evaluate.tasks: lm-eval's task {what} needs a dataset loading script, which the installed "
+            f"`datasets` no longer runs ({reason})",
+            fix=f"publish that dataset as data files (parquet, with `configs:` in its README) where HF_ENDPOINT "
+                f"points, or remove {tasks[0]} from evaluate.tasks, {OFFLINE_FIX}")
     return HubError(
-        f"cannot fetch the evaluation data of {tasks} from the Hub: {type(exc).__name__}: {str(exc)[:300]}",
-        fix="check the network and HF_ENDPOINT / HF_TOKEN (some datasets are gated), or use the offline tasks "
-            "(`evaluate.source: offline` with arc_easy, arc_challenge, hellaswag, piqa, winogrande, mmlu, gsm8k)",
+        f"cannot fetch the evaluation data of {what} from the Hub at {_endpoint()}: {reason}",
+        fix=f"check the network and HF_ENDPOINT / HF_TOKEN (some datasets are gated); if that Hub does not "
+            f"serve {dataset or 'the dataset'}, remove {tasks[0]} from evaluate.tasks (with 'openllm-v1', list "
+            f"the tasks it serves instead), {OFFLINE_FIX}",
     )
+
+
+def _endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
+
+
+# lm-eval indexes its thousands of task files when a TaskManager is made (seconds); one per process
+# and factory serves every load, as loading builds fresh task objects from the index each time.
+_MANAGERS: dict[Any, Any] = {}
+
+
+def task_manager() -> Any:
+    from lm_eval.tasks import TaskManager
+
+    if TaskManager not in _MANAGERS:
+        _MANAGERS.clear()
+        _MANAGERS[TaskManager] = TaskManager()
+    return _MANAGERS[TaskManager]
 
 
 def leaf_tasks(obj: Any) -> list[Any]:
@@ -28,9 +92,7 @@ def leaf_tasks(obj: Any) -> list[Any]:
 def load_hub_tasks(tasks: list[str], shots: dict[str, int | None]) -> tuple[Any, dict[str, Any]]:
     """lm-eval's own tasks by name (datasets downloaded from the Hub), shots set per task
     (``None``: the task's own default)."""
-    from lm_eval.tasks import TaskManager
-
-    manager = TaskManager()
+    manager = task_manager()
     objs: dict[str, Any] = {}
     for name in tasks:
         if name not in manager.all_tasks:
@@ -39,7 +101,7 @@ def load_hub_tasks(tasks: list[str], shots: dict[str, int | None]) -> tuple[Any,
         try:
             loaded = manager.load([name])
         except Exception as exc:  # datasets / hub / network errors of every kind
-            raise hub_error(exc, [name]) from exc
+            raise hub_error(exc, [name], task_dataset(manager, name)) from exc
         obj = loaded["groups"].get(name) or loaded["tasks"].get(name)
         if obj is None:
             raise DataError(f"lm-eval loaded nothing for {name!r}", fix="use a task or group name, not a tag")

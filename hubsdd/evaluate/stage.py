@@ -27,7 +27,7 @@ from ..runner import StageContext, StageOutput, checkpoint_dirs
 from . import evidence
 from .harness import evaluate_model, summarize
 from .hub_tasks import prepare_hub_tasks
-from .offline import prepare_offline_tasks
+from .offline import TASK_FILES_VERSION, prepare_offline_tasks
 from .plots import plot_task_bars
 from .results import average_score, card_eval_results, retention, stderr_of
 from .speculative import measure_plain, measure_speculative, speculative_prompts
@@ -85,6 +85,7 @@ def evaluation_spec(prepared: dict[str, PreparedTask], *, hub: bool, seed: int, 
         "seed": seed,
         "batch_size": batch_size,
         "lm_eval": lm_eval_version(),
+        **({} if hub else {"task_files": TASK_FILES_VERSION}),
         "tasks": {t: {"shots": p.num_fewshot, "items": p.items, "leaves": p.leaves, "split": p.split,
                       "dataset": p.dataset} for t, p in prepared.items()},
     }
