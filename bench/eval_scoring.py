@@ -43,9 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from cpu_linear import measure_gflops
-    from hubsdd import evaluate as ev
+    from hubsdd.evaluate.offline import prepare_offline_tasks
+    from hubsdd.evaluate.scoring import packed_lm_class
     from hubsdd.models import fast_cpu_linears
-    from hubsdd.scoring import packed_lm_class
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     torch.set_num_threads(args.threads)
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for task in args.tasks.split(","):
             task_dir = Path(tmp) / task
-            ev.prepare_offline_tasks([task], {task: 0}, args.items, 1234, task_dir)
+            prepare_offline_tasks([task], {task: 0}, args.items, 1234, task_dir)
             manager = TaskManager(include_path=str(task_dir), include_defaults=False)
             runs = {}
             for label, cls in (("lm-eval HFLM", HFLM), ("hubsdd packed", packed_lm_class())):

@@ -185,7 +185,7 @@ def ci(iv: list[float]) -> list[float | None]:
 def collect(results: dict) -> tuple[dict, dict, dict]:
     """(models, paired, item ids) of one recipe: each model's figures in quality.json's schema,
     the paired differences, and the evaluated item ids per task."""
-    from hubsdd import stats
+    from hubsdd.evaluate import stats
 
     m = results["evaluate"].metrics
     evid = m["evidence"]
@@ -239,7 +239,7 @@ def collect(results: dict) -> tuple[dict, dict, dict]:
 def _margin_difference(boot: Any, a: str, b: str) -> Any:
     import numpy as np
 
-    from hubsdd import stats
+    from hubsdd.evaluate import stats
 
     floor = boot._avg("__chance__")
     base = boot._avg("base") - floor
@@ -287,7 +287,7 @@ def check_disjoint(results_by_recipe: dict[str, dict], recipes: dict[str, dict])
     """Fail unless training data, evaluation items and fidelity prompts are disjoint."""
     import pyarrow.parquet as pq
 
-    from hubsdd import evaluate as ev
+    from hubsdd.evaluate.offline import prepare_offline_tasks
 
     some = next(iter(results_by_recipe.values()))
     train = {_norm(q) for q in pq.read_table(some["distill"].path("data"), columns=["instruction"])
@@ -301,7 +301,7 @@ def check_disjoint(results_by_recipe: dict[str, dict], recipes: dict[str, dict])
         m = res["evaluate"].metrics
         names = list(m["tasks"])
         with tempfile.TemporaryDirectory() as tmp:
-            prepared = ev.prepare_offline_tasks(names, {t: m["tasks"][t]["num_fewshot"] for t in names},
+            prepared = prepare_offline_tasks(names, {t: m["tasks"][t]["num_fewshot"] for t in names},
                                                 section.get("limit"), section.get("seed", 1234), Path(tmp),
                                                 section.get("offset", 0))
         for t, p in prepared.items():

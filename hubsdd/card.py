@@ -134,8 +134,8 @@ def eval_results_for(release: str, results: dict[str, StageResult], model_name: 
 def retention_summary(evaluate_metrics: dict, release: str) -> dict | None:
     """The release's retention for the card's metadata (and ``hubsdd pull``): the figure, its 95%
     interval, the margin retention, how many items it rests on, and whether they are enough to
-    headline it (:func:`hubsdd.evidence.headline_ok`)."""
-    from . import evidence
+    headline it (:func:`hubsdd.evaluate.evidence.headline_ok`)."""
+    from .evaluate import evidence
 
     found = evaluate_metrics.get("evidence") or {}
     row = (found.get("models") or {}).get(release) or {}
@@ -239,7 +239,7 @@ def _recovery_phrase(release: str, results: dict[str, StageResult]) -> str:
 
 def _headline(results: dict[str, StageResult], release: str) -> bool:
     """Whether the evaluation is precise enough to headline the release's retention."""
-    from . import evidence
+    from .evaluate import evidence
 
     if "evaluate" not in results:
         return False

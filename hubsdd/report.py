@@ -90,7 +90,7 @@ def markdown_summary(run_dir: Path, log_lines: list[str] | None = None) -> str:
     and the evaluation with its intervals."""
     import json
 
-    from . import evidence
+    from .evaluate import evidence
     from .runner import load_results
 
     results = load_results(run_dir)

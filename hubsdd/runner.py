@@ -138,7 +138,7 @@ STAGES: tuple[StageSpec, ...] = (
               enabled=lambda r: r.finetune is not None, describe="fine-tune each variant"),
     StageSpec("merge", ("prune", "finetune"), "hubsdd.merge:run_merge",
               enabled=lambda r: r.merge is not None, describe="merge variants with mergekit"),
-    StageSpec("evaluate", ("base", "prune", "finetune", "merge"), "hubsdd.evaluate:run_evaluate",
+    StageSpec("evaluate", ("base", "prune", "finetune", "merge"), "hubsdd.evaluate.stage:run_evaluate",
               enabled=lambda r: r.evaluate is not None, describe="lm-eval and speculative decoding"),
     StageSpec("card", ("base", "prune", "distill", "finetune", "merge", "evaluate"), "hubsdd.card:run_card",
               extra=_card_extra, describe="assemble the release: model card, dataset card, files"),

@@ -69,7 +69,8 @@ def _stage_contexts(tmp_path: Path) -> dict[str, StageContext]:
 
 def test_no_stage_hard_codes_a_device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With the resolver answering a sentinel, every stage asks for its models there."""
-    from hubsdd import evaluate, finetune, merge, prune
+    from hubsdd import finetune, merge, prune
+    from hubsdd.evaluate.stage import run_evaluate
     from hubsdd.distill.backends import make_backend
 
     contexts = _stage_contexts(tmp_path)
@@ -99,7 +100,7 @@ def test_no_stage_hard_codes_a_device(tmp_path: Path, monkeypatch: pytest.Monkey
         "distill": lambda ctx: make_backend(ctx, ctx.recipe.distill.generation),
         "finetune": finetune.run_finetune,
         "merge": merge.run_merge,
-        "evaluate": evaluate.run_evaluate,
+        "evaluate": run_evaluate,
     }
     for name, entry in entries.items():
         asked.clear()

@@ -9,8 +9,7 @@ import pytest
 import torch
 from conftest import make_tiny_model, make_tokenizer
 
-from hubsdd import evaluate as ev
-from hubsdd import fidelity
+from hubsdd.evaluate import fidelity, speculative
 
 PROMPTS = ["What is 2 + 3?", "Name a colour.", "Tell me about the sea and the sky.", "Why?", "Count to five."]
 
@@ -57,7 +56,7 @@ def test_acceptance_equals_transformers_assisted_generation(models, k: int) -> N
     max_new = 24
     reference = fidelity.reference_continuations(base, tok, PROMPTS, max_new, batch_size=1)
     computed = fidelity.measure(draft, base, tok, reference, num_assistant_tokens=k, batch_size=2)
-    measured = ev.measure_speculative(base, copy.deepcopy(draft), tok, PROMPTS, max_new, k)
+    measured = speculative.measure_speculative(base, copy.deepcopy(draft), tok, PROMPTS, max_new, k)
     assert measured["outputs_identical_to_plain"] == 1.0
     assert 0 < computed["accepted"] < computed["proposed"]
     assert (computed["accepted"], computed["proposed"]) == (measured["accepted"], measured["draft_tokens_proposed"])

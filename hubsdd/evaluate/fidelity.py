@@ -12,8 +12,8 @@ them under teacher forcing (one forward pass per batch), and at each continuatio
   proposes min(k, max_new_tokens - i - 1) tokens (transformers' cap), the draft's j-th token is
   its top-1 after the base's own tokens as long as the previous ones matched, so the accepted
   count is the run of top-1 agreements from i (capped); the base then adds one token, and the
-  next round starts after it. ``tests/test_fidelity.py`` checks this against transformers'
-  assisted generation, counted by :func:`hubsdd.evaluate.count_acceptance`.
+  next round starts after it. ``tests/test_evaluate_fidelity.py`` checks this against transformers'
+  assisted generation, counted by :func:`hubsdd.evaluate.speculative.count_acceptance`.
 
 These are figures of imitation, not of quality: a model can agree with its base less and still
 score as well on benchmarks. They are cheap (no generation by the model measured), low-noise
@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
-from .chat import chat_prompt_ids
+from ..chat import chat_prompt_ids
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase

@@ -8,8 +8,8 @@ import pytest
 import torch
 from conftest import make_tokenizer, needs_smollm2, tiny_config
 
-from hubsdd import evaluate as ev
-from hubsdd import scoring
+from hubsdd.evaluate import scoring
+from hubsdd.evaluate.offline import prepare_offline_tasks
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -49,7 +49,7 @@ def compare(model, tok, tasks: list[str], limit: int, tmp_path: Path) -> tuple[f
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    ev.prepare_offline_tasks(tasks, {t: 0 for t in tasks}, limit, 5, tmp_path)
+    prepare_offline_tasks(tasks, {t: 0 for t in tasks}, limit, 5, tmp_path)
     manager = TaskManager(include_path=str(tmp_path), include_defaults=False)
     runs = []
     for cls in (HFLM, scoring.packed_lm_class()):

@@ -1,7 +1,7 @@
 """What the evaluation shows, with its uncertainty: the figures the card and ``hubsdd pull`` print.
 
 From the per-item outcomes of every evaluated model (``evaluate`` records them), this computes,
-with the paired bootstrap of :mod:`hubsdd.stats`:
+with the paired bootstrap of :mod:`hubsdd.evaluate.stats`:
 
 * each model's average with a 95% interval, and per task its mean and interval;
 * against the base model: raw retention (average / base average) and margin retention
@@ -9,7 +9,7 @@ with the paired bootstrap of :mod:`hubsdd.stats`:
   (a 135M model sits near chance on some tasks, where raw retention says little);
 * paired differences: every model against the base, every recovered model against the pruned
   one, and every pair of recovered models, each marked significant or not;
-* whether the items are enough to headline a figure (:data:`hubsdd.stats.HEADLINE_HALF_WIDTH`).
+* whether the items are enough to headline a figure (:data:`hubsdd.evaluate.stats.HEADLINE_HALF_WIDTH`).
 
 Figures are fractions (0.42, not 42%); the templates format them.
 """

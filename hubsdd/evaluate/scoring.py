@@ -11,7 +11,7 @@ identical (the choices of one item) become one *tree*: the context, then each co
 to itself only, with position ids restarting after the context. Several trees are packed into
 one row (no padding) under a block-diagonal mask, and logits are computed only at the positions
 whose next token is scored. The arithmetic is the same as lm-eval's up to float summation order
-(``tests/test_scoring.py`` compares the two on every request of real tasks); lm-eval's tasks,
+(``tests/test_evaluate_scoring.py`` compares the two on every request of real tasks); lm-eval's tasks,
 metrics, few-shot sampling and aggregation are untouched.
 
 The packed path needs plain causal attention through SDPA (no sliding window, no attention
@@ -180,7 +180,7 @@ def packed_lm_class() -> type:
             too_long = any(len(c) + len(x) > self.max_length + 1 for _, c, x in requests)
             if self.backend != "causal" or too_long or not packing_supported(self.model):
                 return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
-            from . import progress
+            from .. import progress
 
             with progress.task("scoring (lm-eval requests)", total=len(requests), unit="request") as bar:
                 answers = score_packed(self.model, requests, vocab_size=self.vocab_size, device=self.device,

