@@ -70,8 +70,19 @@ def _jinja_env() -> Any:
                               keep_trailing_newline=True)
 
 
+def fence(text: str, lang: str = "") -> str:
+    """``text`` as a fenced code block that nothing inside it can close: the fence is one backtick
+    longer than the longest run of backticks in the text (CommonMark), so a recipe, a prompt
+    template or a dataset row holding "```" stays inside its block."""
+    import re
+
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    marks = "`" * max(3, longest + 1)
+    return f"{marks}{lang}\n{text.strip(chr(10))}\n{marks}"
+
+
 def render_section(name: str, **context: Any) -> str:
-    return _jinja_env().get_template(name).render(**context).strip()
+    return _jinja_env().get_template(name).render(fence=fence, **context).strip()
 
 
 # --------------------------------------------------------------------------- release choice
@@ -271,6 +282,7 @@ def render_model_card(recipe: Any, results: dict[str, StageResult], release: str
     return ModelCard.from_template(
         card_data,
         template_str=template_text("model_card.md.j2"),
+        fence=fence,
         # ModelCardData.to_dict() drops model_name once eval_results exist (it moves into
         # model-index), so the title and first sentence get it explicitly.
         model_name=card_data.model_name,
@@ -316,6 +328,7 @@ def render_dataset_card(recipe: Any, results: dict[str, StageResult], data_files
     return DatasetCard.from_template(
         card_data,
         template_str=template_text("dataset_card.md.j2"),
+        fence=fence,
         distill=distill.typed,
         sample_rows=rows,
         dataset_repo=recipe.publish.dataset_repo,

@@ -164,7 +164,7 @@ def test_the_engine_gets_the_teachers_dtype_stop_tokens_and_a_context_sized_to_t
 
     ctx = distill_ctx(tmp_path, teacher, "{backend: vllm, max_new_tokens: 40}")
     out = run_distill(ctx)
-    assert out.metrics["rows"] == len(INSTRUCTIONS) and out.metrics["shards"] == 1
+    assert out.metrics.rows == len(INSTRUCTIONS) and out.metrics.shards == 1
 
     (llm,) = fake_vllm("llm")
     template = load_template("general")

@@ -88,7 +88,7 @@ def test_dataset_keeps_both_verdicts_and_provenance(tmp_path: Path) -> None:
         "What is 7 + 1?": Generation("The answer is 8.", 6, "stop"),                         # right
     })
     out = run_distill(ctx, backend=backend)
-    rows, meta = read_parquet(ctx.out_dir / out.outputs["data"])
+    rows, meta = read_parquet(ctx.out_dir / out.outputs.data)
     assert list(rows[0]) == ["instruction", "input", "original", "rewrite", "selected", "verdict", "reason",
                              "label", "answer", "finish_reason", "tokens"]
     by_q = {r["instruction"]: r for r in rows}
@@ -97,18 +97,18 @@ def test_dataset_keeps_both_verdicts_and_provenance(tmp_path: Path) -> None:
     for r in rows:
         assert r["selected"] == (r["rewrite"] if r["verdict"] == "accepted" else r["original"])
     assert by_q["What is 10 - 4?"]["reason"] == "wrong-answer" and by_q["What is 10 - 4?"]["label"] == "6"
-    assert out.metrics["rows"] == 6 and out.metrics["accepted"] == 2
-    assert out.metrics["acceptance_rate"] == pytest.approx(2 / 6, abs=1e-3)
-    assert out.metrics["rejection_reasons"] == {"truncated": 1, "mentions-reference": 1, "wrong-answer": 1,
+    assert out.metrics.rows == 6 and out.metrics.accepted == 2
+    assert out.metrics.acceptance_rate == pytest.approx(2 / 6, abs=1e-3)
+    assert out.metrics.rejection_reasons == {"truncated": 1, "mentions-reference": 1, "wrong-answer": 1,
                                                 "no-answer": 1}
-    assert out.metrics["tokens_generated"] == 9 + 9 + 12 + 6 + 6 + 4
-    assert out.metrics["shards"] == 3
+    assert out.metrics.tokens_generated == 9 + 9 + 12 + 6 + 6 + 4
+    assert out.metrics.shards == 3
     o = out.outputs
-    assert (o["teacher"], o["teacher_sha"], o["template_name"], o["checker"]) == (
+    assert (o.teacher, o.teacher_sha, o.template_name, o.checker) == (
         "org/teacher", "0123abcd", "short.j2", "final-number")
-    assert o["template_text"] == "{{ instruction }} | {{ reference }}"
-    assert o["source"]["path"] == "train.jsonl" and o["generation"]["max_new_tokens"] == 6
-    assert meta["teacher"] == "org/teacher" and meta["template_sha256"] == o["template_sha256"]
+    assert o.template_text == "{{ instruction }} | {{ reference }}"
+    assert o.source.path == "train.jsonl" and o.generation.max_new_tokens == 6
+    assert meta["teacher"] == "org/teacher" and meta["template_sha256"] == o.template_sha256
 
 
 def test_hub_dataset_is_read_at_a_pinned_commit_and_the_commit_recorded(datasets_hub, tmp_path: Path) -> None:
@@ -120,11 +120,11 @@ def test_hub_dataset_is_read_at_a_pinned_commit_and_the_commit_recorded(datasets
     ctx = make_ctx(tmp_path, distill_yaml=DISTILL_MATH, data_yaml="{dataset: alice/gsm-mini, config: main}")
     datasets_hub.requests.clear()
     out = run_distill(ctx, backend=ScriptedBackend({"What is 2 + 3?": Generation("It is 5.\n#### 5", 7, "stop")}))
-    assert out.outputs["source_sha"] == sha and out.outputs["source"]["dataset"] == "alice/gsm-mini"
+    assert out.outputs.source_sha == sha and out.outputs.source.dataset == "alice/gsm-mini"
     # The default branch is resolved once by hubsdd; `datasets` then asks once about that commit.
     lookups = [path for _, path, kind, _ in datasets_hub.requests if kind == "repo_info"]
     assert lookups == ["/api/datasets/alice/gsm-mini", f"/api/datasets/alice/gsm-mini/revision/{sha}"]
-    assert out.metrics["rows"] == len(INSTRUCTIONS) and out.metrics["accepted"] == 1
+    assert out.metrics.rows == len(INSTRUCTIONS) and out.metrics.accepted == 1
     rows, meta = read_parquet(ctx.out_dir / "data/train.parquet")
     assert meta["source_sha"] == sha and rows[0]["original"] == INSTRUCTIONS[0]["answer"]
     text = str(dataset_card(ctx, out))
@@ -162,7 +162,7 @@ def test_killed_run_resumes_without_regenerating_and_matches_uninterrupted(tmp_p
     full = make_ctx(tmp_path, distill_yaml=yaml, model_dir=model_dir, work="w-full", out="o-full")
     reference = run_distill(full)
     ref_rows, _ = read_parquet(full.out_dir / "data/train.parquet")
-    assert reference.metrics["shards_resumed"] == 0 and reference.metrics["tokens_generated"] > 0
+    assert reference.metrics.shards_resumed == 0 and reference.metrics.tokens_generated > 0
 
     ctx = make_ctx(tmp_path, distill_yaml=yaml, model_dir=model_dir, work="w-kill", out="o-kill")
 
@@ -184,7 +184,7 @@ def test_killed_run_resumes_without_regenerating_and_matches_uninterrupted(tmp_p
     resumed = run_distill(ctx, backend=counting)
     assert counting.prompts == len(INSTRUCTIONS) - 2  # the first shard (2 rows) was not regenerated
     assert shards[0].read_bytes() == first_bytes
-    assert resumed.metrics["shards_resumed"] == 1
+    assert resumed.metrics.shards_resumed == 1
     rows, _ = read_parquet(ctx.out_dir / "data/train.parquet")
     assert rows == ref_rows
 
@@ -200,9 +200,9 @@ def dataset_card(ctx: StageContext, out: StageOutput):
     from hubsdd.card import render_dataset_card
 
     record = {"stage": "distill", "fingerprint": ctx.fingerprint, "config": ctx.recipe.section_dict("distill"),
-              "outputs": out.outputs, "metrics": out.metrics}
+              "outputs": out.outputs.model_dump(mode="json"), "metrics": out.metrics.model_dump(mode="json")}
     results = {"distill": StageResult("distill", ctx.out_dir, record)}
-    return render_dataset_card(ctx.recipe, results, [out.outputs["data"]])
+    return render_dataset_card(ctx.recipe, results, [out.outputs.data])
 
 
 def test_dataset_card_describes_the_distilled_data(tmp_path: Path) -> None:

@@ -94,17 +94,17 @@ def test_lora_lowers_loss_merges_and_resumes(tmp_path: Path, monkeypatch: pytest
     assert len(built) == 1, "the finished variant was trained again"
     assert sdd_weights.stat().st_mtime_ns == stamp
 
-    assert out.outputs["variants"] == {
+    assert out.outputs.model_dump()["variants"] == {
         "sdd": {"model_dir": "sdd/model", "data": "distilled", "loss": "ce", "learning_rate": 0.02,
                 "train_log": "sdd/train_log.json"},
         "sft": {"model_dir": "sft/model", "data": "original", "loss": "ce", "learning_rate": 0.02,
                 "train_log": "sft/train_log.json"},
     }
-    assert out.outputs["plots"] == {"loss_curve": "loss_curve.png"}
-    assert out.outputs["precision"] == "float32 weights"  # the CPU default
+    assert out.outputs.plots.loss_curve == "loss_curve.png"
+    assert out.outputs.precision == "float32 weights"  # the CPU default
     assert (ctx.out_dir / "loss_curve.png").read_bytes()[:8] == PNG_MAGIC
     for name in ("sdd", "sft"):
-        m = out.metrics["variants"][name]
+        m = out.metrics.variants[name].model_dump()
         assert m["steps"] == 9 and m["samples"] == len(INSTRUCTIONS)
         assert 0 < m["trainable_params"] < m["total_params"]
         log = json.loads((ctx.out_dir / name / "train_log.json").read_text())
@@ -138,7 +138,7 @@ def test_full_finetuning_trains_every_weight(tmp_path: Path) -> None:
   gradient_accumulation_steps: 2
 """, pruned)
     out = run_finetune(ctx)
-    m = out.metrics["variants"]["sft"]
+    m = out.metrics.variants["sft"].model_dump()
     assert m["trainable_params"] == m["total_params"] and m["steps"] == 2
     assert_plain_checkpoint(ctx.out_dir / "sft" / "model", layers=2)
     before = load_file(pruned / "model.safetensors")
@@ -147,37 +147,50 @@ def test_full_finetuning_trains_every_weight(tmp_path: Path) -> None:
 
 
 def test_training_section_renders_from_stage_json() -> None:
-    import jinja2
+    from hubsdd.card import render_section
+    from hubsdd.outputs import Typed
+    from hubsdd.recipe_sections import FinetuneSection
 
-    templates = Path(__file__).resolve().parents[1] / "templates"
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(templates), undefined=jinja2.StrictUndefined)
-    finetune = {
-        "config": {"method": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": "all-linear"},
-                   "learning_rate": 1e-4, "epochs": 1.0, "max_steps": 50, "batch_size": 4,
-                   "gradient_accumulation_steps": 2, "max_length": 512, "seed": 42},
-        "outputs": {"variants": {"sdd": {"model_dir": "sdd/model", "data": "distilled"},
-                                 "sft": {"model_dir": "sft/model", "data": "original"}}},
-        "metrics": {"variants": {"sdd": {"steps": 50, "samples": 200, "trainable_params": 4884480,
-                                         "train_loss_first": 2.5, "train_loss_last": 1.25, "train_loss_mean": 1.5,
-                                         "seconds": 60.0}}},
-    }
-    distill = {"outputs": {"teacher": "org/base", "template_name": "math", "checker": "final-number",
-                           "source": {"path": "gsm8k.jsonl"}}, "metrics": {"rows": 200, "accepted": 150,
-                                                                           "acceptance_rate": 0.75}}
-    text = env.from_string('{% include "sections/training.md.j2" %}').render(
-        stages={"distill": distill, "finetune": finetune}, plots={"finetune": {"loss_curve": "plots/loss.png"}},
-        dataset_repo="org/data")
+    cfg = FinetuneSection.model_validate({
+        "method": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": "all-linear"},
+        "learning_rate": 1e-4, "epochs": 1.0, "max_steps": 50, "batch_size": 4, "gradient_accumulation_steps": 2,
+        "max_length": 512, "seed": 42})
+    variant = {"loss": "ce", "learning_rate": 1e-4, "train_log": "x.json"}
+    finetune_out = {"precision": "float32 weights", "method": "lora", "base_model_dir": "p", "data": "d",
+                    "plots": {"loss_curve": "loss_curve.png"},
+                    "variants": {"sdd": {"model_dir": "sdd/model", "data": "distilled", **variant},
+                                 "sft": {"model_dir": "sft/model", "data": "original", **variant}}}
+    finetune_metrics = {"variants": {"sdd": {"loss": "ce", "learning_rate": 1e-4, "steps": 50, "epochs": 1.0,
+                                             "samples": 200, "dropped_rows": 0, "trainable_params": 4884480,
+                                             "total_params": 10**8, "train_loss_first": 2.5, "train_loss_last": 1.25,
+                                             "train_loss_mean": 1.5, "seconds": 60.0}}}
+    distill_out = {"data": "data/train.parquet", "template_name": "math", "template_sha256": "0" * 64,
+                   "template_text": "t", "teacher": "org/base", "source": {"path": "gsm8k.jsonl"},
+                   "columns": {"instruction": "q", "response": "a"}, "checker": "final-number",
+                   "rejection_phrases": [], "generation": {}}
+    distill_metrics = {"rows": 200, "accepted": 150, "rejected": 50, "acceptance_rate": 0.75,
+                       "tokens_generated": 1, "mean_rewrite_tokens": 1.0, "generation_seconds": 1.0,
+                       "shards": 1, "shards_resumed": 0, "seconds": 1.0}
+
+    def render(precision: str) -> str:
+        from hubsdd.outputs import MODELS
+
+        def typed(name, outputs, metrics):
+            o, m = MODELS[name]
+            return Typed(name=name, outputs=o.model_validate(outputs), metrics=m.model_validate(metrics))
+
+        return render_section("sections/training.md.j2", cfg=cfg, plots={"finetune": {"loss_curve": "plots/loss.png"}},
+                              ft=typed("finetune", {**finetune_out, "precision": precision}, finetune_metrics),
+                              ds=typed("distill", distill_out, distill_metrics), dataset_repo="org/data")
+
+    text = render("float32 weights")
     for needle in ("150 of 200 rewrites kept (75.0%)", "| LoRA rank / alpha / dropout | 8 / 16 / 0.05 |",
                    "| Steps | 50 |", "| Gradient accumulation | 2 |", "| `sdd` | 50 | 200 | 4,884,480 | 2.5 | 1.25 | 1.5",
                    "self-distilled responses (SDD)", "original responses (SFT baseline)", "![Training loss",
-                   "plots/loss.png", "datasets/org/data", "| Seed | 42 |", "| Precision | fp32 |"):
+                   "plots/loss.png", "datasets/org/data", "| Seed | 42 |", "| Precision | float32 weights |"):
         assert needle in text, needle
-    # the precision the stage resolved (bf16 by default on a GPU) wins over the recipe's unset bf16
-    finetune["outputs"]["precision"] = "bfloat16 weights, bf16 mixed precision"
-    text = env.from_string('{% include "sections/training.md.j2" %}').render(
-        stages={"distill": distill, "finetune": finetune}, plots={"finetune": {"loss_curve": "plots/loss.png"}},
-        dataset_repo="org/data")
-    assert "| Precision | bfloat16 weights, bf16 mixed precision |" in text
+    # the precision the stage resolved (bf16 by default on a GPU) is what the card says
+    assert "| Precision | bfloat16 weights, bf16 mixed precision |" in render("bfloat16 weights, bf16 mixed precision")
 
 
 def test_accelerate_entry_refuses_to_start_before_distill(tmp_path: Path) -> None:
@@ -243,10 +256,10 @@ def test_kd_moves_the_student_towards_its_teacher(tmp_path: Path, method: str) -
     after = response_kl(ctx.out_dir / "kd" / "model", teacher)
     assert after < 0.8 * before, f"KL to the teacher {before:.4f} -> {after:.4f}"
     for name in ("kd", "sdd-kd"):
-        assert out.outputs["variants"][name]["loss"] == "kd"
-        assert out.metrics["variants"][name]["loss"] == "kd" and out.metrics["variants"][name]["steps"] == 12
+        assert out.outputs.variants[name].loss == "kd"
+        assert out.metrics.variants[name].loss == "kd" and out.metrics.variants[name].steps == 12
         assert_plain_checkpoint(ctx.out_dir / name / "model", layers=2)
-    assert out.outputs["kd"] == {"beta": 0.0}
+    assert out.outputs.kd.model_dump() == {"beta": 0.0}
 
 
 def test_a_trained_variant_is_reused_when_variants_change(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
