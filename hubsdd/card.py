@@ -126,42 +126,57 @@ def _is_llama(base_id: str | None, license_id: str | None) -> bool:
     return bool((license_id or "").lower().startswith("llama") or "meta-llama/" in (base_id or "").lower())
 
 
+LM_EVAL_URL = "https://github.com/EleutherAI/lm-evaluation-harness"
+
+
 def eval_results_for(release: str, results: dict[str, StageResult], model_name: str) -> list[Any]:
+    """The model-index entries of the released checkpoint, built from evaluate's raw scores and what
+    each task was (one per task; values are fractions 0-1, as lm-eval reports them)."""
     from huggingface_hub import EvalResult
 
     if "evaluate" not in results:
         return []
-    entries = results["evaluate"].metrics.get("card_eval_results", [])
+    evaluated = results["evaluate"].typed.metrics
+    where = "Hub" if evaluated.mode == "hub" else "offline copy"
     out = []
-    for entry in entries:
-        if entry.get("model") != release:
-            continue
-        kwargs = {k: v for k, v in entry.items() if k != "model"}
-        kwargs.setdefault("source_name", "hubsdd (lm-eval)")
-        out.append(EvalResult(**kwargs))
+    for task, score in evaluated.scores.get(release, {}).items():
+        info = evaluated.tasks[task]
+        out.append(EvalResult(
+            task_type="text-generation",
+            dataset_type=info.dataset_id or task,
+            dataset_name=f"{info.dataset_pretty} ({info.num_fewshot}-shot, {info.items} items, {where})",
+            dataset_config=info.dataset_config,
+            dataset_split=info.split,
+            dataset_args={"num_few_shot": info.num_fewshot},
+            metric_type=score.metric,
+            metric_value=round(score.value, 6),
+            metric_name=f"{info.metric_pretty} (lm-eval {evaluated.lm_eval_version})",
+            source_name="hubsdd (lm-eval)",
+            source_url=LM_EVAL_URL,
+        ))
     return out
 
 
-def retention_summary(evaluate_metrics: dict, release: str) -> dict | None:
+def retention_summary(results: dict[str, StageResult], release: str) -> dict | None:
     """The release's retention for the card's metadata (and ``hubsdd pull``): the figure, its 95%
     interval, the margin retention, how many items it rests on, and whether they are enough to
     headline it (:func:`hubsdd.evaluate.evidence.headline_ok`)."""
     from .evaluate import evidence
 
-    found = evaluate_metrics.get("evidence") or {}
-    row = (found.get("models") or {}).get(release) or {}
-    if "retention" not in row:
+    found = results["evaluate"].typed.metrics.evidence
+    row = found.models.get(release) if found is not None else None
+    if row is None or row.retention is None:
         return None
     out = {
-        "value": round(row["retention"]["value"], 6),
-        "ci95": [round(x, 6) for x in row["retention"]["ci95"]],
-        "items_per_task": min(found.get("items", {}).values(), default=0),
-        "tasks": len(found.get("items", {})),
-        "precise": evidence.headline_ok(found, release),
+        "value": round(row.retention.value, 6),
+        "ci95": [round(x, 6) for x in row.retention.ci95],
+        "items_per_task": min(found.items.values(), default=0),
+        "tasks": len(found.items),
+        "precise": evidence.headline_ok(found.model_dump(), release),
     }
-    if "margin_retention" in row:
-        out["margin"] = round(row["margin_retention"]["value"], 6)
-        out["margin_ci95"] = [round(x, 6) for x in row["margin_retention"]["ci95"]]
+    if row.margin_retention is not None:
+        out["margin"] = round(row.margin_retention.value, 6)
+        out["margin_ci95"] = [round(x, 6) for x in row.margin_retention.ci95]
     return out
 
 
@@ -191,7 +206,7 @@ def build_model_card_data(recipe: Any, results: dict[str, StageResult], release:
         meta["prune"] = results["prune"].typed.metrics.model_dump(
             include={"method", "removed_layers", "layers_before", "layers_after", "params_before", "params_after"})
     if "evaluate" in results:
-        summary = retention_summary(results["evaluate"].metrics, release)
+        summary = retention_summary(results, release)
         if summary is not None:
             meta["retention"] = summary
     datasets = [recipe.publish.dataset_repo] if recipe.publish.dataset_repo and "distill" in results else None
@@ -254,7 +269,8 @@ def _headline(results: dict[str, StageResult], release: str) -> bool:
 
     if "evaluate" not in results:
         return False
-    return evidence.headline_ok(results["evaluate"].metrics.get("evidence") or {}, release)
+    found = results["evaluate"].typed.metrics.evidence
+    return found is not None and evidence.headline_ok(found.model_dump(), release)
 
 
 def render_model_card(recipe: Any, results: dict[str, StageResult], release: str, files: dict[str, str],
@@ -263,15 +279,16 @@ def render_model_card(recipe: Any, results: dict[str, StageResult], release: str
     from huggingface_hub import ModelCard
 
     card_data = build_model_card_data(recipe, results, release, files, fingerprint)
-    stages = {name: res.data for name, res in results.items()}
     plots = _plots_in_release(results)
-    context = dict(stages=stages, plots=plots, release=release, dataset_repo=recipe.publish.dataset_repo,
-                   model_repo=recipe.publish.model_repo, headline=_headline(results, release))
     training = render_section(
         "sections/training.md.j2", ft=results["finetune"].typed, cfg=recipe.finetune, plots=plots,
         ds=results["distill"].typed if "distill" in results else None, dataset_repo=recipe.publish.dataset_repo,
     ) if "finetune" in results else ""
-    evaluation = render_section("sections/evaluation.md.j2", **context) if "evaluate" in results else ""
+    evaluation = render_section(
+        "sections/evaluation.md.j2", ev=results["evaluate"].typed, plots=plots, release=release,
+        headline=_headline(results, release), ft=results["finetune"].typed if "finetune" in results else None,
+        mg=results["merge"].typed if "merge" in results else None,
+    ) if "evaluate" in results else ""
     versions = {}
     for res in results.values():
         versions.update(res.data.get("versions", {}))
@@ -286,7 +303,6 @@ def render_model_card(recipe: Any, results: dict[str, StageResult], release: str
         # ModelCardData.to_dict() drops model_name once eval_results exist (it moves into
         # model-index), so the title and first sentence get it explicitly.
         model_name=card_data.model_name,
-        stages=stages,
         prune=prune,
         plots=plots,
         release=release,

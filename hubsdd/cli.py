@@ -150,8 +150,9 @@ def run_cmd(
     events.finish()
     card = results.get("card")
     if card is not None:
-        _echo(f"release: {card.path('model_dir')} ({card.outputs.get('release')})", result=True)
-        _out.event(event="release", path=str(card.path("model_dir")), release=card.outputs.get("release"))
+        release = card.typed.outputs.release
+        _echo(f"release: {card.path('model_dir')} ({release})", result=True)
+        _out.event(event="release", path=str(card.path("model_dir")), release=release)
 
 
 @app.command()

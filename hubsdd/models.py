@@ -155,8 +155,14 @@ def _read_card_license(folder: Path) -> str | None:
         meta = yaml.safe_load(text.split("---", 2)[1]) or {}
     except yaml.YAMLError:
         return None
-    lic = meta.get("license")
-    return str(lic) if lic else None
+    lic = meta.get("license") if isinstance(meta, dict) else None
+    if not lic:
+        return None
+    from .recipe_sections import LICENSE_RE
+
+    # The card's metadata is the base's author's to write: anything but a license id becomes
+    # "other" rather than text in this release's metadata.
+    return str(lic) if isinstance(lic, str) and LICENSE_RE.match(lic) else "other"
 
 
 def _copy_license_files(src: Path, dest: Path) -> list[str]:

@@ -247,7 +247,9 @@ def record(result: "StageResult") -> Typed:
     from .errors import StageError
 
     if result.name == "evaluate" and "evaluate" not in MODELS:
-        from .evaluate import outputs as _evaluate_outputs  # noqa: F401  (registers its models)
+        import importlib
+
+        importlib.import_module(".evaluate.outputs", __package__)  # registers the evaluate stage's models
     outputs_model, metrics_model = MODELS[result.name]
     try:
         return Typed(name=result.name, outputs=outputs_model.model_validate(result.outputs),

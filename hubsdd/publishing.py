@@ -55,7 +55,7 @@ def publish_run(recipe: Recipe, *, model_repo: str | None = None, dataset_repo: 
                        fix="add `publish: {model_repo: org/name}` to the recipe or pass --model-repo")
     results = run(recipe, on_event=on_event)
     card = results["card"]
-    dataset_dir = card.path("dataset_dir") if "dataset_dir" in card.outputs and pub.push_dataset else None
+    dataset_dir = card.path("dataset_dir") if card.typed.outputs.dataset_dir and pub.push_dataset else None
     if dataset_dir is not None and not pub.dataset_repo:
         raise HubError("publish.dataset_repo is not set but the run distilled a dataset",
                        fix="set publish.dataset_repo, or publish.push_dataset: false")

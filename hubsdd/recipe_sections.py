@@ -49,6 +49,31 @@ class Section(BaseModel):
         return value
 
 
+# Strings that reach a card's metadata or body. Free text may be markdown but no control characters;
+# identifiers keep to the characters the Hub itself uses for them.
+LICENSE_RE = re.compile(r"^[a-z0-9][a-z0-9.+\-]{0,63}$")  # apache-2.0, cc-by-4.0, llama3.1, other
+LANGUAGE_RE = re.compile(r"^[a-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")  # en, fr, zh-Hant, code
+TAG_RE = re.compile(r"^[A-Za-z0-9][\w.:+/\-]{0,79}$")
+CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def _check_license(value: str | None) -> str | None:
+    if value is not None and not LICENSE_RE.match(value):
+        raise ValueError(f"{shown(value)} is not a license id; use the Hub's identifier (lower case, e.g. "
+                         "apache-2.0, mit, llama3.1) or `other`")
+    return value
+
+
+def _check_text(value: str | None, *, limit: int, one_line: bool) -> str | None:
+    if value is None:
+        return value
+    if CONTROL_RE.search(value) or (one_line and ("\n" in value or "\r" in value)):
+        raise ValueError("control characters" + (" and line breaks" if one_line else "") + " are not allowed here")
+    if len(value) > limit:
+        raise ValueError(f"at most {limit} characters ({len(value)} given)")
+    return value
+
+
 def _check_hub_id(value: str | None) -> str | None:
     if value is not None and not HUB_ID_RE.match(value):
         raise ValueError(f"{shown(value)} is not a Hub repository id; expected 'org/name'")
@@ -87,6 +112,11 @@ class BaseSection(Section):
     @classmethod
     def _hub_id(cls, v: str | None) -> str | None:
         return _check_hub_id(v)
+
+    @field_validator("license")
+    @classmethod
+    def _license(cls, v: str | None) -> str | None:
+        return _check_license(v)
 
     @field_validator("path", "gguf_file")
     @classmethod
@@ -222,6 +252,11 @@ class DistillSection(Section):
     shard_size: int = Field(64, ge=1, description="Rows per resumable shard, and per call of the backend. "
                             f"Default 64; {VLLM_SHARD_SIZE} with `generation.backend: vllm`, which needs hundreds in flight.")
     data_license: str | None = Field(None, description="License of the source dataset.")
+
+    @field_validator("data_license")
+    @classmethod
+    def _license(cls, v: str | None) -> str | None:
+        return _check_license(v)
 
     @model_validator(mode="after")
     def _vllm_shard_size(self) -> "DistillSection":
@@ -386,11 +421,47 @@ class EvaluateSection(Section):
 
 
 class CardSection(Section):
-    model_name: str | None = None
+    model_name: str | None = Field(None, description="The card's title and model-index name; default: the "
+                                   "model repository's name.")
     language: list[str] = Field(default_factory=lambda: ["en"])
     tags: list[str] = Field(default_factory=list)
     license: str | None = Field(None, description="Overrides the license inherited from the base model.")
-    description: str | None = None
+    description: str | None = Field(None, description="A paragraph under the title (markdown; HTML is "
+                                    "shown as text).")
+
+    @field_validator("model_name")
+    @classmethod
+    def _model_name(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("an empty name; leave it out to use the repository's name")
+        return _check_text(v, limit=96, one_line=True)
+
+    @field_validator("language")
+    @classmethod
+    def _languages(cls, v: list[str]) -> list[str]:
+        bad = [x for x in v if not LANGUAGE_RE.match(x)]
+        if bad:
+            raise ValueError(f"{shown(bad, 120)} are not language codes (ISO 639, e.g. en, fr, zh-Hant)")
+        return v
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, v: list[str]) -> list[str]:
+        bad = [x for x in v if not TAG_RE.match(x)]
+        if bad:
+            raise ValueError(f"{shown(bad, 120)}: a tag is a letter or digit, then letters, digits and . _ - : + / "
+                             "(at most 80)")
+        return v
+
+    @field_validator("license")
+    @classmethod
+    def _license(cls, v: str | None) -> str | None:
+        return _check_license(v)
+
+    @field_validator("description")
+    @classmethod
+    def _description(cls, v: str | None) -> str | None:
+        return _check_text(v, limit=5000, one_line=False)
 
 
 class PublishSection(Section):
@@ -407,6 +478,11 @@ class PublishSection(Section):
     max_shard_size: str = "2GB"
     commit_message: str | None = None
     push_dataset: bool = True
+
+    @field_validator("commit_message")
+    @classmethod
+    def _commit_message(cls, v: str | None) -> str | None:
+        return _check_text(v, limit=500, one_line=True)
 
     @field_validator("model_repo", "dataset_repo")
     @classmethod

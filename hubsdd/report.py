@@ -14,31 +14,32 @@ from .runner import StageResult
 
 def headline(result: StageResult) -> dict[str, Any]:
     """A stage's few figures worth a log line (the full metrics stay in its stage.json)."""
-    m, o = result.metrics, result.outputs
+    typed = result.typed
+    m, o = typed.metrics, typed.outputs
     name = result.name
     if name == "base":
-        return {k: o[k] for k in ("hub_id", "commit_sha", "license") if o.get(k)}
+        return {k: v for k, v in o.model_dump(include={"hub_id", "commit_sha", "license"}).items() if v}
     if name == "prune":
-        return {k: m[k] for k in ("removed_layers", "layers_before", "layers_after", "params_before", "params_after")
-                if k in m}
+        return m.model_dump(include={"removed_layers", "layers_before", "layers_after", "params_before", "params_after"})
     if name == "distill":
-        return {k: m[k] for k in ("rows", "accepted", "acceptance_rate", "tokens_per_second") if k in m}
+        return m.model_dump(include={"rows", "accepted", "acceptance_rate", "tokens_per_second"})
     if name == "finetune":
-        return {v: {k: r.get(k) for k in ("loss", "learning_rate", "steps", "train_loss_first", "train_loss_last")}
-                for v, r in (m.get("variants") or {}).items()}
+        return {v: r.model_dump(include={"loss", "learning_rate", "steps", "train_loss_first", "train_loss_last"})
+                for v, r in m.variants.items()}
     if name == "merge":
-        return {k: o[k] for k in ("method", "models") if k in o}
+        return o.model_dump(include={"method", "models"})
     if name == "evaluate":
-        evid = m.get("evidence") or {}
+        if m.evidence is None:
+            return {"models": {}, "items": {}}
         out: dict[str, Any] = {}
-        for model, row in (evid.get("models") or {}).items():
-            entry = {"average": row["average"]["value"], "average_ci95": row["average"]["ci95"]}
-            if "retention" in row:
-                entry.update(retention=row["retention"]["value"], retention_ci95=row["retention"]["ci95"])
+        for model, row in m.evidence.models.items():
+            entry = {"average": row.average.value, "average_ci95": row.average.ci95}
+            if row.retention is not None:
+                entry.update(retention=row.retention.value, retention_ci95=row.retention.ci95)
             out[model] = entry
-        return {"models": out, "items": evid.get("items", {})}
+        return {"models": out, "items": m.evidence.items}
     if name == "card":
-        return {"release": o.get("release")}
+        return {"release": o.release}
     return {}
 
 
@@ -78,11 +79,12 @@ def _pct(x: Any) -> str:
     return "–" if x is None or x != x else f"{100 * x:.1f}"
 
 
-def _ci(iv: dict | None, unit: str = "") -> str:
-    if not iv:
+def _ci(iv: Any, unit: str = "") -> str:
+    """An interval (hubsdd.evaluate.outputs.Interval) as "value (low–high)"."""
+    if iv is None:
         return "–"
-    lo, hi = iv["ci95"]
-    return f"{_pct(iv['value'])}{unit} ({_pct(lo)}–{_pct(hi)}{unit})"
+    lo, hi = iv.ci95
+    return f"{_pct(iv.value)}{unit} ({_pct(lo)}–{_pct(hi)}{unit})"
 
 
 def markdown_summary(run_dir: Path, log_lines: list[str] | None = None) -> str:
@@ -110,21 +112,18 @@ def markdown_summary(run_dir: Path, log_lines: list[str] | None = None) -> str:
         if e.get("event") == "error":
             out.append(f"- **failed**: {e.get('message')}" + (f" (fix: {e['fix']})" if e.get("fix") else ""))
     if "prune" in results:
-        m = results["prune"].metrics
-        out.append(f"- layers {m.get('layers_before')} → {m.get('layers_after')} (removed "
-                   f"{', '.join(map(str, m.get('removed_layers', [])))})")
-    if "card" in results:
-        out.append(f"- released checkpoint: `{results['card'].outputs.get('release')}`")
-    if "evaluate" in results:
-        evid = results["evaluate"].metrics.get("evidence") or {}
-        items = evid.get("items") or {}
-        out += ["", f"### Evaluation ({', '.join(f'{t}: {n} items' for t, n in items.items())})", "",
+        m = results["prune"].typed.metrics
+        out.append(f"- layers {m.layers_before} → {m.layers_after} (removed {', '.join(map(str, m.removed_layers))})")
+    release = results["card"].typed.outputs.release if "card" in results else None
+    if release:
+        out.append(f"- released checkpoint: `{release}`")
+    evid = results["evaluate"].typed.metrics.evidence if "evaluate" in results else None
+    if evid is not None:
+        out += ["", f"### Evaluation ({', '.join(f'{t}: {n} items' for t, n in evid.items.items())})", "",
                 "| model | average (95% CI) | retention (95% CI) | margin retention (95% CI) |",
                 "|---|---:|---:|---:|"]
-        for name, row in (evid.get("models") or {}).items():
-            out.append(f"| {name} | {_ci(row.get('average'))} | {_ci(row.get('retention'), '%')} | "
-                       f"{_ci(row.get('margin_retention'), '%')} |")
-        release = results["card"].outputs.get("release") if "card" in results else None
-        if release and not evidence.headline_ok(evid, release):
+        for name, row in evid.models.items():
+            out.append(f"| {name} | {_ci(row.average)} | {_ci(row.retention, '%')} | {_ci(row.margin_retention, '%')} |")
+        if release and not evidence.headline_ok(evid.model_dump(), release):
             out += ["", "Too few items to tell these models apart: read the intervals, not the point values."]
     return "\n".join(out) + "\n"

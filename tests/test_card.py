@@ -1,6 +1,7 @@
 """The card stage: release folder contents and model card metadata/body."""
 
 import hashlib
+from pathlib import Path
 
 from huggingface_hub import ModelCard
 
@@ -68,3 +69,32 @@ def test_rerender_rewrites_the_card_from_stage_json(tiny_recipe_text):
     (release / "README.md").write_text("scribbled over")
     path = rerender(results["card"].dir.parent)
     assert path.read_text() == before
+
+
+def test_model_index_is_built_from_evaluate_raw_scores() -> None:
+    """The card's model-index entries: one per task of the released model, naming the dataset, its
+    shots, items and where the data came from, with lm-eval's metric and its value as a fraction."""
+    from hubsdd.card import eval_results_for
+    from hubsdd.evaluate.tasks import PreparedTask
+    from hubsdd.runner import StageResult
+
+    tasks = {"gsm8k": PreparedTask(name="gsm8k", num_fewshot=5, split="test", items=[3, 9], pool=10,
+                                   fewshot_source="x", dataset="x"),
+             "mmlu_anatomy": PreparedTask(name="mmlu_anatomy", num_fewshot=5, split="test", items=[1], pool=4,
+                                          fewshot_source="x", dataset="x")}
+    scores = {"sdd": {"gsm8k": {"metric": "exact_match", "value": 0.5}, "mmlu_anatomy": {"metric": "acc", "value": 1.0}},
+              "pruned": {"gsm8k": {"metric": "exact_match", "value": 0.25}, "mmlu_anatomy": {"metric": "acc", "value": 0.0}}}
+    metrics = {"scores": scores, "average": {"sdd": 0.75, "pruned": 0.125}, "retention": {},
+               "tasks": {t: p.info() for t, p in tasks.items()}, "mode": "hub", "models": ["pruned", "sdd"],
+               "lm_eval_version": "0.4.13", "seed": 1, "device": "cpu", "seconds_per_model": {}}
+    evaluated = StageResult("evaluate", Path("."), {"fingerprint": "e", "metrics": metrics, "outputs": {
+        "results": {}, "plots": {"task_bars": "task_bars.png"}}})
+    gsm8k, anatomy = eval_results_for("sdd", {"evaluate": evaluated}, "tiny")
+    assert (gsm8k.dataset_type, gsm8k.dataset_config, gsm8k.dataset_split) == ("openai/gsm8k", "main", "test")
+    assert gsm8k.dataset_name == "GSM8K (5-shot, 2 items, Hub)" and gsm8k.dataset_args == {"num_few_shot": 5}
+    assert (gsm8k.metric_type, gsm8k.metric_value) == ("exact_match", 0.5)
+    assert gsm8k.metric_name.endswith("(lm-eval 0.4.13)") and gsm8k.source_url
+    # a task hubsdd has no dataset entry for is named by lm-eval's task name
+    assert anatomy.dataset_type == "mmlu_anatomy" and anatomy.metric_type == "acc"
+    # only the released model's scores
+    assert [r.metric_value for r in eval_results_for("pruned", {"evaluate": evaluated}, "tiny")] == [0.25, 0.0]

@@ -67,9 +67,9 @@ def test_demo_publish_pull_and_load_from_the_hub(tmp_path, hub_server, monkeypat
     assert meta["datasets"] == [DATASET_REPO] and meta["license"] == "apache-2.0"
     assert meta["hubsdd"]["release"] == "merge"
     assert meta["hubsdd"]["prune"]["layers_after"] == 26 == prune["layers_after"]
-    expected = {(e["dataset_name"], e["metric_type"]): e["metric_value"]
-                for e in evaluate["card_eval_results"] if e["model"] == "merge"}
-    got = {(r.dataset_name, r.metric_type): r.metric_value for r in card.data.eval_results}
+    expected = {(evaluate["tasks"][t]["dataset_id"], s["metric"]): round(s["value"], 6)
+                for t, s in evaluate["scores"]["merge"].items()}
+    got = {(r.dataset_type, r.metric_type): r.metric_value for r in card.data.eval_results}
     assert got == expected and len(got) == 3
     retention = meta["hubsdd"]["retention"]
     assert retention["value"] == pytest.approx(evaluate["retention"]["merge"]["average"], abs=1e-6)

@@ -217,8 +217,10 @@ evaluate:
     assert configs[benchmark_hub.mmlu_tasks[0]]["dataset_path"] == "cais/mmlu"
     assert record["tasks"]["gsm8k"]["metric"] == "exact_match, strict-match"
     # the card says where the scores come from
-    arc = next(e for e in m["card_eval_results"] if e["model"] == "base" and e["dataset_type"] == "allenai/ai2_arc")
-    assert arc["dataset_name"] == "AI2 Reasoning Challenge (25-shot, 2 items, Hub)" and arc["dataset_split"] == "test"
+    from hubsdd.card import eval_results_for
+
+    arc = next(r for r in eval_results_for("base", {"evaluate": result}, "x") if r.dataset_type == "allenai/ai2_arc")
+    assert arc.dataset_name == "AI2 Reasoning Challenge (25-shot, 2 items, Hub)" and arc.dataset_split == "test"
 
 
 def by_doc(samples: list[dict], key) -> dict:

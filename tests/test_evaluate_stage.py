@@ -167,17 +167,19 @@ def test_card_model_index_round_trip(evaluated: StageResult) -> None:
 
 
 def _render_section(evaluated: StageResult, headline: bool, plots: dict | None = None, merge: bool = False) -> str:
-    import jinja2
+    """The evaluation section as the card renders it, from the stage's typed record."""
+    from types import SimpleNamespace
 
-    templates = Path(__file__).resolve().parents[1] / "templates"
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates)), keep_trailing_newline=True,
-                             undefined=jinja2.StrictUndefined)
-    stages = {"evaluate": evaluated.data,
-              "finetune": {"outputs": {"variants": {"sdd": {"model_dir": "sdd/model", "data": "distilled"}}}}}
-    if merge:
-        stages["merge"] = {"outputs": {"method": "slerp", "models": ["sdd", "sft"], "config_text": "merge_method: slerp\n"}}
-    return env.from_string('{% include "sections/evaluation.md.j2" %}').render(
-        stages=stages, plots=plots or {}, release="sdd", dataset_repo=None, headline=headline)
+    from hubsdd.card import render_section
+    from hubsdd.outputs import MergeOutputs, Typed, VariantOutput
+
+    sdd = VariantOutput(model_dir="sdd/model", data="distilled", loss="ce", learning_rate=1e-4, train_log="x")
+    ft = Typed(name="finetune", outputs=SimpleNamespace(variants={"sdd": sdd}), metrics=None)
+    mg = Typed(name="merge", outputs=MergeOutputs(model_dir="model", config="mergekit.yaml", method="slerp",
+                                                  models=["sdd", "sft"], config_text="merge_method: slerp\n"),
+               metrics=None) if merge else None
+    return render_section("sections/evaluation.md.j2", ev=evaluated.typed, ft=ft, mg=mg, plots=plots or {},
+                          release="sdd", headline=headline)
 
 
 def test_evaluation_section_renders(evaluated: StageResult) -> None:

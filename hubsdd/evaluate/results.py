@@ -1,4 +1,4 @@
-"""Figures across models: averages, retention (the paper's headline), and the card's model-index entries.
+"""Figures across models: averages and retention (the paper's headline).
 
 Retention is a model's score divided by the base model's, per task and for the average over tasks
 of each task's primary metric (:data:`.tasks.PRIMARY_METRIC`).
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 
-from .tasks import DATASETS, LM_EVAL_URL, PreparedTask, lm_eval_version, primary_metric
 
 
 def average_score(scores: dict[str, dict]) -> float | None:
@@ -45,31 +44,3 @@ def stderr_of(task: dict) -> float | None:
     return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
 
 
-def card_eval_results(scores: dict[str, dict[str, dict]], tasks: dict[str, PreparedTask], hub: bool) -> list[dict]:
-    """One model-index entry per (model, task): keys are ``huggingface_hub.EvalResult`` parameters
-    (plus ``model``, which the card stage filters on and drops). Values are fractions (0-1), as in
-    ``scores``."""
-    out = []
-    version = lm_eval_version()
-    for model, per_task in scores.items():
-        for task, s in per_task.items():
-            p = tasks[task]
-            ref = DATASETS.get(task)
-            metric = primary_metric(task)
-            where = "Hub" if hub else "offline copy"
-            out.append({
-                "model": model,
-                "task_type": "text-generation",
-                "dataset_type": ref.hub_id if ref else task,
-                "dataset_name": f"{ref.pretty if ref else task} ({p.num_fewshot}-shot, {len(p.items)} items, {where})",
-                "dataset_config": ref.config if ref else None,
-                "dataset_split": p.split,
-                "dataset_args": {"num_few_shot": p.num_fewshot},
-                "metric_type": metric.name,
-                "metric_value": round(float(s["value"]), 6),
-                "metric_name": f"{metric.pretty} (lm-eval {version})",
-                # EvalResult requires a source_url whenever a source_name is given (the card
-                # stage names the source); task_name and source_name are left to the card stage.
-                "source_url": LM_EVAL_URL,
-            })
-    return out

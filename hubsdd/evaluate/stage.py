@@ -29,7 +29,8 @@ from .harness import evaluate_model, summarize
 from .hub_tasks import prepare_hub_tasks
 from .offline import TASK_FILES_VERSION, prepare_offline_tasks
 from .plots import plot_task_bars
-from .results import average_score, card_eval_results, retention, stderr_of
+from .outputs import EvaluateMetrics, EvaluateOutputs
+from .results import average_score, retention, stderr_of
 from .speculative import measure_plain, measure_speculative, speculative_prompts
 from .tasks import PreparedTask, lm_eval_version, resolve_tasks
 
@@ -250,12 +251,11 @@ def run_evaluate(ctx: StageContext) -> StageOutput:
         "seed": section.seed,
         "device": device,
         "seconds_per_model": seconds,
-        "card_eval_results": card_eval_results(scores, prepared, hub),
         "evidence": found,
         "fidelity": fidelity_out,
         "offset": section.offset,
     }
     return StageOutput(
-        outputs={"results": results_out, "plots": {"task_bars": "task_bars.png"}},
-        metrics=metrics,
+        outputs=EvaluateOutputs(results=results_out, plots={"task_bars": "task_bars.png"}),
+        metrics=EvaluateMetrics(**metrics),
     )

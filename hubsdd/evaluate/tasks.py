@@ -26,7 +26,6 @@ LEADERBOARD_V1: dict[str, int] = {
 # Default shots of the offline tasks: the leaderboard's, and 0 for PIQA (not on the leaderboard).
 DEFAULT_SHOTS: dict[str, int] = {**LEADERBOARD_V1, "arc_easy": 25, "piqa": 0}
 OFFLINE_TASKS = ("arc_easy", "arc_challenge", "hellaswag", "piqa", "winogrande", "mmlu", "gsm8k")
-LM_EVAL_URL = "https://github.com/EleutherAI/lm-evaluation-harness"
 # Held-out few-shot pool for datasets that ship a single labelled split: at most this many rows,
 # and at most a fifth of the split; fixed (not seed-dependent) so that changing the seed only
 # changes which items are evaluated.
@@ -177,14 +176,18 @@ class PreparedTask:
 
     def info(self) -> dict:
         ref = DATASETS.get(self.name)
+        metric = primary_metric(self.name)
         return {
             "num_fewshot": self.num_fewshot,
             "split": self.split,
             "items": len(self.items),
-            "metric": primary_metric(self.name).label,
+            "metric": metric.label,
+            "metric_name": metric.name,
+            "metric_pretty": metric.pretty,
             "dataset": self.dataset,
             "dataset_id": ref.hub_id if ref else None,
             "dataset_config": ref.config if ref else None,
+            "dataset_pretty": ref.pretty if ref else self.name,
             "fewshot_source": self.fewshot_source,
             "pool": self.pool,
         }
