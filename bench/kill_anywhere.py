@@ -67,7 +67,9 @@ def main() -> int:
             if not landed:
                 continue
             if seq.problems:
-                problems += [f"sequence {sequences} ({[round(t, 1) for t in times]}): {p}" for p in seq.problems]
+                found = [f"sequence {sequences} (kills at {[round(t, 1) for t in times]} s): {p}" for p in seq.problems]
+                problems += found
+                print("\n".join(found), flush=True)
             else:
                 survived += len(landed)
             print(f"sequence {sequences}: {len(landed)} kills, {'ok' if not seq.problems else 'PROBLEMS'}; "
