@@ -5,7 +5,6 @@ validation or escaped, and a release built from them is published and read back 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from hubsdd.recipe import parse_recipe
 
 FENCE_BREAKER = "```\n---\nlicense: mit\n---\n</details></summary><script>alert(1)</script>\n~~~"
 ROWS = [
-    {"question": "Close the fence? " + FENCE_BREAKER, "answer": "<b>bold</b> & `code` ``` more\n#### 5"},
+    {"question": "Close the fence?\n" + FENCE_BREAKER, "answer": "<b>bold</b> & `code` ``` more\n#### 5"},
     {"question": "---\ntags: [evil]\n---", "answer": "<!-- comment --> {{ jinja }} {% raw %}\n#### 3"},
     {"question": "What is 1 + 1?", "answer": "| a | b |\n|---|---|\n#### 2"},
 ]
@@ -91,8 +90,9 @@ def test_a_release_of_hostile_strings_publishes_and_reads_back_unchanged(tmp_pat
     title = next(line for line in text.splitlines() if line.startswith("# "))
     assert title == "# Tiny *SDD* &lt;b&gt;&#34;v1&#34;&lt;/b&gt; &amp; co"
     # outside code blocks (the recipe shows the description as written, inside one) no raw HTML
-    assert "<script>" not in _outside_fences(text) and "&lt;script&gt;" in text
-    assert _balanced_fences(text)
+    blocks, html = _markdown(text)
+    assert not [h for h in html if "<script" in h] and "&lt;script&gt;" in text
+    assert any(DESCRIPTION.replace("\n", "\\n") in b or "not closed" in b for b in blocks)
 
     dataset = DatasetCard.load("alice/hostile-data", repo_type="dataset")
     dmeta = dataset.data.to_dict()
@@ -100,38 +100,25 @@ def test_a_release_of_hostile_strings_publishes_and_reads_back_unchanged(tmp_pat
                           "configs", "hubsdd"}
     assert "evil" not in str(dmeta["tags"])
     dtext = dataset.text
-    prose = _outside_fences(dtext)
-    assert "<script>" not in prose and "---\ntags" not in prose  # the rows stay inside their code blocks
-    assert _balanced_fences(dtext)
-    assert prose.count("<details>") == prose.count("</details>") and prose.count("<details>") >= 3
+    blocks, html = _markdown(dtext)
+    assert not [h for h in html if "<script" in h]
+    # each hostile row and the template are shown whole, each inside one code block
+    assert any(FENCE_BREAKER in b for b in blocks) and any(ROWS[1]["question"] in b for b in blocks)
+    assert any(b.startswith("```\n{{ instruction }}\n~~~") for b in blocks)
+    opened = sum(h.count("<details>") for h in html)
+    assert opened >= 3 and opened == sum(h.count("</details>") for h in html)
 
 
-def _outside_fences(text: str) -> str:
-    """The card's text with its fenced code blocks left out (what a reader sees as prose and HTML)."""
-    out, open_fence = [], None
-    for line in text.splitlines():
-        found = re.match(r"^(`{3,}|~{3,})", line)
-        if open_fence is None:
-            if found:
-                open_fence = found.group(1)
-            else:
-                out.append(line)
-        elif found and found.group(1)[0] == open_fence[0] and len(found.group(1)) >= len(open_fence) \
-                and line.strip() == found.group(1):
-            open_fence = None
-    return "\n".join(out)
+def _markdown(text: str) -> tuple[list[str], list[str]]:
+    """A card as a CommonMark reader (the Hub's renderer) sees it: the contents of its code blocks,
+    and the raw HTML outside them."""
+    from markdown_it import MarkdownIt
 
+    def walk(tokens):
+        for t in tokens:
+            yield t
+            yield from walk(t.children or [])
 
-def _balanced_fences(text: str) -> bool:
-    """Whether every fenced code block that opens is closed by a fence of its own kind and length."""
-    open_fence = None
-    for line in text.splitlines():
-        found = re.match(r"^(`{3,}|~{3,})", line)
-        if not found:
-            continue
-        mark = found.group(1)
-        if open_fence is None:
-            open_fence = mark
-        elif mark[0] == open_fence[0] and len(mark) >= len(open_fence) and line.strip() == mark:
-            open_fence = None
-    return open_fence is None
+    tokens = list(walk(MarkdownIt("commonmark").parse(text)))
+    return ([t.content for t in tokens if t.type in ("fence", "code_block")],
+            [t.content for t in tokens if t.type in ("html_block", "html_inline")])
