@@ -148,7 +148,7 @@ def eval_results_for(release: str, results: dict[str, StageResult], model_name: 
             dataset_config=info.dataset_config,
             dataset_split=info.split,
             dataset_args={"num_few_shot": info.num_fewshot},
-            metric_type=score.metric,
+            metric_type=info.metric_name,
             metric_value=round(score.value, 6),
             metric_name=f"{info.metric_pretty} (lm-eval {evaluated.lm_eval_version})",
             source_name="hubsdd (lm-eval)",

@@ -52,6 +52,18 @@ INSTRUCTIONS = [
 ]
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch on one thread for a module whose tests compare numbers or time nothing: sums come out
+    the same every run, and two cores are not oversubscribed."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def tiny_tokenizer():
     return make_tokenizer()

@@ -82,8 +82,9 @@ def test_model_index_is_built_from_evaluate_raw_scores() -> None:
                                    fewshot_source="x", dataset="x"),
              "mmlu_anatomy": PreparedTask(name="mmlu_anatomy", num_fewshot=5, split="test", items=[1], pool=4,
                                           fewshot_source="x", dataset="x")}
-    scores = {"sdd": {"gsm8k": {"metric": "exact_match", "value": 0.5}, "mmlu_anatomy": {"metric": "acc", "value": 1.0}},
-              "pruned": {"gsm8k": {"metric": "exact_match", "value": 0.25}, "mmlu_anatomy": {"metric": "acc", "value": 0.0}}}
+    strict = "exact_match, strict-match"  # as the stage records GSM8K's metric (lm-eval's key and filter)
+    scores = {"sdd": {"gsm8k": {"metric": strict, "value": 0.5}, "mmlu_anatomy": {"metric": "acc", "value": 1.0}},
+              "pruned": {"gsm8k": {"metric": strict, "value": 0.25}, "mmlu_anatomy": {"metric": "acc", "value": 0.0}}}
     metrics = {"scores": scores, "average": {"sdd": 0.75, "pruned": 0.125}, "retention": {},
                "tasks": {t: p.info() for t, p in tasks.items()}, "mode": "hub", "models": ["pruned", "sdd"],
                "lm_eval_version": "0.4.13", "seed": 1, "device": "cpu", "seconds_per_model": {}}

@@ -14,12 +14,7 @@ from hubsdd.evaluate import fidelity, speculative
 PROMPTS = ["What is 2 + 3?", "Name a colour.", "Tell me about the sea and the sky.", "Why?", "Count to five."]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def drop_layers(model, keep: list[int]):

@@ -141,12 +141,7 @@ def benchmark_hub(datasets_hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     return publish_benchmarks(datasets_hub)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_published_where_lm_evals_own_tasks_look(benchmark_hub: Published, datasets_hub) -> None:

@@ -12,12 +12,7 @@ from hubsdd.evaluate import scoring
 from hubsdd.evaluate.offline import prepare_offline_tasks
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(model_type: str = "llama"):

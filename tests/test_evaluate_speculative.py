@@ -14,12 +14,7 @@ from hubsdd.evaluate import speculative
 from hubsdd.evaluate.tasks import PreparedTask
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def save_model(folder: Path, layers: int, seed: int) -> Path:

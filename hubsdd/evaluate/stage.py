@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .. import worklog
 from ..errors import StageError
 from ..files import atomic_write_json
 from ..models import fast_cpu_linears, model_content_id
@@ -200,6 +201,7 @@ def run_evaluate(ctx: StageContext) -> StageOutput:
                 "average": average_score(summary),
             }
             atomic_write_json(cached, record)
+            worklog.finished(f"evaluate model {name} {cached.stem[:12]}")
         record = {"model": name, "model_dir": str(path), **record}
         records[name] = record
         atomic_write_json(ctx.out_dir / "results" / f"{name}.json", record)
