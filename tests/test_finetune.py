@@ -193,10 +193,8 @@ def test_training_section_renders_from_stage_json() -> None:
     assert "| Precision | bfloat16 weights, bf16 mixed precision |" in render("bfloat16 weights, bf16 mixed precision")
 
 
-def test_accelerate_entry_refuses_to_start_before_distill(tmp_path: Path) -> None:
-    from hubsdd.errors import StageError
-    from hubsdd.finetune import main
-
+def accelerate_recipe(tmp_path: Path) -> Path:
+    """A recipe file for `accelerate launch -m hubsdd.finetune` over a 2-layer tiny model."""
     model_dir = save_tiny(tmp_path / "m", layers=2)
     (tmp_path / "cal.jsonl").write_text('{"text": "x"}\n')
     recipe = tmp_path / "r.yaml"
@@ -208,6 +206,14 @@ prune: {{blocks: 1, calibration: {{path: cal.jsonl, text_column: text}}}}
 distill: {{data: {{path: cal.jsonl}}}}
 finetune: {{}}
 """)
+    return recipe
+
+
+def test_accelerate_entry_refuses_to_start_before_distill(tmp_path: Path) -> None:
+    from hubsdd.errors import StageError
+    from hubsdd.finetune import main
+
+    recipe = accelerate_recipe(tmp_path)
     with pytest.raises(StageError, match=r"stages \['base', 'prune', 'distill'\] have not finished") as err:
         main([str(recipe)])
     assert "--until distill" in err.value.fix

@@ -40,23 +40,13 @@ def test_a_process_that_sees_several_gpus_trains_on_one(tmp_path: Path, monkeypa
 @pytest.mark.parametrize("env", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
 def test_sharded_training_is_refused_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                      env: str) -> None:
-    from conftest import save_tiny
     from hubsdd.finetune import main, train_variant
-    from test_finetune import finetune_ctx
+    from test_finetune import accelerate_recipe, finetune_ctx
 
     monkeypatch.setenv(env, "true")
     # `accelerate launch` with an FSDP/DeepSpeed config: refused before the process group starts.
-    model_dir = save_tiny(tmp_path / "m", layers=2)
-    (tmp_path / "cal.jsonl").write_text('{"text": "x"}\n')
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"""\
-name: t
-runs_dir: {tmp_path / 'runs'}
-base: {{path: {model_dir}}}
-prune: {{blocks: 1, calibration: {{path: cal.jsonl, text_column: text}}}}
-distill: {{data: {{path: cal.jsonl}}}}
-finetune: {{}}
-""")
+    recipe = accelerate_recipe(tmp_path)
+    model_dir = tmp_path / "m"
     name = "FSDP" if "FSDP" in env else "DeepSpeed"
     with pytest.raises(StageError, match=f"configured for {name}") as err:
         main([str(recipe)])
