@@ -13,15 +13,7 @@ from hubsdd.errors import RecipeError
 from hubsdd.recipe import load_recipe, parse_recipe, resolve_path
 from hubsdd.recipe_file import MAX_BYTES, MAX_DEPTH, MAX_PROBLEMS, MAX_VALUES
 
-MINIMAL = """\
-name: t
-base:
-  model: org/model
-prune:
-  blocks: 2
-  calibration:
-    path: cal.jsonl
-"""
+from test_recipe import MINIMAL  # noqa: E402  (the smallest valid recipe, shared)
 
 
 def problems(text: str) -> list[str]:
