@@ -350,6 +350,10 @@ def run(recipe: Recipe | str | Path, until: str | None = None, force: tuple[str,
         expected = expected_fingerprints(recipe)
         check_cached_stages([found for name, fp in expected.items() if name not in force
                              and (found := read_stage(run_dir, name)) is not None and found.fingerprint == fp])
+        # The teacher's backend must be able to start here, known now rather than after base and prune.
+        distill_done = getattr(read_stage(run_dir, "distill"), "fingerprint", None) == expected.get("distill")
+        if "distill" in expected and stop >= STAGE_NAMES.index("distill") and ("distill" in force or not distill_done):
+            preflight.check_generation(recipe)
         results: dict[str, StageResult] = {}
         for idx, spec in enumerate(STAGES):
             past_until = idx > stop and spec.name != "card"
