@@ -163,7 +163,8 @@ def test_examples_whose_prompt_fills_max_length_are_reported_not_counted(tmp_pat
     ctx = finetune_ctx(tmp_path, yaml_text, pruned)
     rows = [{"instruction": r["question"], "input": "", "original": r["answer"], "selected": r["answer"]}
             for r in INSTRUCTIONS]
-    long_row = {"instruction": "How many letters? " + "x" * 80, "input": "", "original": "#### 80", "selected": "#### 80"}
+    long_row = {"instruction": "How many letters? " + "x" * 80, "input": "", "original": "#### 80",
+                "selected": "#### 80"}
     write_distilled(tmp_path / "distill" / "data" / "train.parquet", rows + [long_row])
     m = run_finetune(ctx).metrics.variants["sft"]
     assert (m.samples, m.dropped_too_long, m.dropped_rows) == (len(INSTRUCTIONS), 1, 0)
