@@ -8,7 +8,9 @@ first rows. Both are cheap to read long before any heavy work, so :func:`check` 
   (``base.path``'s config.json, the header of ``base.gguf_file``) and local data files (their
   first rows);
 * right after the base stage, before prune or distill do any work, when a Hub base's config is in
-  place (the base stage records its layer count).
+  place (the base stage records its layer count);
+* when ``hubsdd run`` starts and the distill stage is going to run, whether its generation backend
+  can start on this machine (:func:`check_generation`: vllm installed, enough GPUs).
 
 A Hub dataset's columns are checked by the distill stage as it reads the rows, before the teacher
 loads (:func:`hubsdd.data.load_rows`). Every problem names the YAML field and line and says what
