@@ -219,12 +219,13 @@ def train_variant(ctx: StageContext, name: str, *, is_main: bool = True) -> dict
         trainer.remove_callback(PrinterCallback)
         trainer.remove_callback(ProgressCallback)
     refuse_sharded_training(trainer)
+    trained_rows = rows_kept_by_trainer(trainer, len(dataset), name, section.max_length)
     trainer.add_callback(trainer_checkpoints.completion_callback())
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in trainer.model.parameters())
     # On CPU the frozen weights (all of them under LoRA) and the teacher run through oneDNN.
     per_step = section.batch_size * section.gradient_accumulation_steps
-    steps = section.max_steps if section.max_steps > 0 else math.ceil(len(dataset) / per_step * section.epochs)
+    steps = section.max_steps if section.max_steps > 0 else math.ceil(trained_rows / per_step * section.epochs)
     with fast_cpu_frozen_linears(trainer.model), \
             (fast_cpu_linears(teacher) if teacher is not None else contextlib.nullcontext()), \
             progress.task(f"training {name}", total=steps, unit="step") as bar:
@@ -250,8 +251,9 @@ def train_variant(ctx: StageContext, name: str, *, is_main: bool = True) -> dict
             "train_loss_mean": mean_logged_loss(history),
             "steps": int(trainer.state.global_step),
             "epochs": round(float(trainer.state.epoch or 0.0), 4),
-            "samples": len(dataset),
+            "samples": trained_rows,
             "dropped_rows": dropped,
+            "dropped_too_long": len(dataset) - trained_rows,
             "resumed_from_step": trainer_checkpoints.resumed_step(resume),
             "trainable_params": int(trainable),
             "total_params": int(total),
@@ -286,6 +288,22 @@ def train_variant(ctx: StageContext, name: str, *, is_main: bool = True) -> dict
     del trainer, model, teacher
     free_memory()
     return result
+
+
+def rows_kept_by_trainer(trainer: Any, rows: int, name: str, max_length: int) -> int:
+    """How many of the ``rows`` given the trainer trains on. TRL's SFTTrainer drops, with no more
+    than a progress bar, every example whose prompt alone fills ``max_length`` (no response token
+    is left to learn from): the stage reports what was trained on, warns, and refuses to train on
+    nothing."""
+    kept = len(trainer.train_dataset) if hasattr(trainer.train_dataset, "__len__") else rows
+    if kept == 0:
+        raise StageError(f"finetune: {name}: every one of the {rows} examples has a prompt of at least "
+                         f"finetune.max_length ({max_length}) tokens, leaving no response token to train on",
+                         fix="raise finetune.max_length")
+    if kept < rows:
+        log.warning("finetune: %s: %d of %d examples dropped: their prompt alone fills finetune.max_length "
+                    "(%d tokens); raise it to train on them", name, rows - kept, rows, max_length)
+    return kept
 
 
 def mixed_bf16(section: FinetuneSection, dtype: str) -> bool:

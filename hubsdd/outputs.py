@@ -163,8 +163,9 @@ class VariantMetrics(Record):
     train_loss_mean: float | None = None
     steps: int
     epochs: float
-    samples: int
-    dropped_rows: int
+    samples: int  # examples trained on
+    dropped_rows: int  # empty instruction or response
+    dropped_too_long: int = 0  # prompt alone filled finetune.max_length (TRL drops those)
     resumed_from_step: int | None = None
     trainable_params: int
     total_params: int

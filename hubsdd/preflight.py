@@ -8,7 +8,9 @@ first rows. Both are cheap to read long before any heavy work, so :func:`check` 
   (``base.path``'s config.json, the header of ``base.gguf_file``) and local data files (their
   first rows);
 * right after the base stage, before prune or distill do any work, when a Hub base's config is in
-  place (the base stage records its layer count).
+  place (the base stage records its layer count);
+* when ``hubsdd run`` starts and the distill stage is going to run, whether its generation backend
+  can start on this machine (:func:`check_generation`: vllm installed, enough GPUs).
 
 A Hub dataset's columns are checked by the distill stage as it reads the rows, before the teacher
 loads (:func:`hubsdd.data.load_rows`). Every problem names the YAML field and line and says what
@@ -22,6 +24,7 @@ from __future__ import annotations
 import csv
 import functools
 import gzip
+import importlib.util
 import io
 import json
 import stat
@@ -69,6 +72,46 @@ def check(recipe: Recipe, base: "StageResult | None" = None, source: str | None 
         raise RecipeError(name, lines, fix="change the fields named above; nothing has run yet that depends on them"
                           if base is None else "change the fields named above; only the base stage has run")
     return facts
+
+
+def check_generation(recipe: Recipe) -> None:
+    """Raise :class:`RecipeError` when the distill stage, about to run, could not start its
+    generation backend on this machine: the vLLM backend without vllm installed, or with fewer
+    GPUs than its replicas need. Called when ``hubsdd run`` starts, before the base stage downloads
+    anything (the paper's recipe would otherwise fail after a 16 GB download and the pruning); not
+    by ``validate``, since a recipe written for a GPU machine validates anywhere."""
+    problems = generation_problems(recipe)
+    if problems:
+        name = str(recipe._source_path) if recipe._source_path else "recipe"
+        raise RecipeError(name, [f"{recipe.where(*p.loc)}: {p.message}" for p in problems],
+                          fix="run on a machine that has what these fields need, or change them; nothing has run yet")
+
+
+def generation_problems(recipe: Recipe) -> list[Problem]:
+    gen = recipe.distill.generation if recipe.distill is not None else None
+    if gen is None or gen.backend != "vllm":
+        return []
+    if not _installed("vllm"):
+        return [Problem(("distill", "generation", "backend"), "'vllm' needs the vllm package, which is not installed "
+                        "here (pip install 'hubsdd[vllm]', on a machine with NVIDIA GPUs); `transformers` generates "
+                        "on any machine, more slowly")]
+    from .distill.backends.vllm import visible_gpus
+
+    need = gen.data_parallel_size * gen.tensor_parallel_size
+    gpus = len(visible_gpus()) if need > 1 else need
+    if gpus < need:
+        return [Problem(("distill", "generation", "data_parallel_size"),
+                        f"data_parallel_size {gen.data_parallel_size} x tensor_parallel_size "
+                        f"{gen.tensor_parallel_size} needs {need} GPUs, {gpus} visible: lower them to the GPUs this "
+                        "machine has (or list more in CUDA_VISIBLE_DEVICES)")]
+    return []
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # ValueError: sys.modules holds None for it
+        return False
 
 
 # --------------------------------------------------------------------------- facts

@@ -345,9 +345,13 @@ def run(recipe: Recipe | str | Path, until: str | None = None, force: tuple[str,
     stop = STAGE_NAMES.index(until) if until else len(STAGE_NAMES) - 1
     with disk_errors(run_dir), run_lock(run_dir):
         _clean_stale_staging(run_dir)
+        expected = expected_fingerprints(recipe)
+        # The teacher's backend must be able to start here: known now, not after base and prune.
+        distill_done = getattr(read_stage(run_dir, "distill"), "fingerprint", None) == expected.get("distill")
+        if "distill" in expected and stop >= STAGE_NAMES.index("distill") and ("distill" in force or not distill_done):
+            preflight.check_generation(recipe)
         atomic_write_text(run_dir / "recipe.yaml", recipe.text())
         # Every cached stage this run will trust is checked first, so one message names all the damage.
-        expected = expected_fingerprints(recipe)
         check_cached_stages([found for name, fp in expected.items() if name not in force
                              and (found := read_stage(run_dir, name)) is not None and found.fingerprint == fp])
         results: dict[str, StageResult] = {}

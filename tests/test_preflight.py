@@ -167,6 +167,38 @@ distill:
     assert validate(capsys, path)[0] == 0
 
 
+def test_a_vllm_teacher_that_cannot_start_here_stops_the_run_before_the_base_stage(
+        tmp_path, capsys, tiny_model_dir, calibration_file, instructions_file, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # not installed, whatever this machine has
+    extra = f"""\
+distill:
+  data: {{path: {instructions_file}}}
+  columns: {{instruction: question, response: answer}}
+  generation: {{backend: vllm, data_parallel_size: 4}}
+"""
+    path = tmp_path / "r.yaml"
+    path.write_text(recipe_text(tmp_path, f"  model: org/tiny\n  path: {tiny_model_dir}", calibration_file, 2, extra))
+    assert validate(capsys, path)[0] == 0  # a recipe written for a GPU machine validates anywhere
+    with pytest.raises(RecipeError) as err:
+        runner.run(load_recipe(path))
+    assert err.value.problems == [
+        "distill.generation.backend (line 12): 'vllm' needs the vllm package, which is not installed here (pip install "
+        "'hubsdd[vllm]', on a machine with NVIDIA GPUs); `transformers` generates on any machine, more slowly"]
+    assert not (tmp_path / "runs" / "pre" / "base").exists()
+    assert "distill" not in runner.run(load_recipe(path), until="prune")  # pruning needs no teacher
+
+    # installed, but with fewer GPUs than its replicas
+    monkeypatch.setattr(preflight, "_installed", lambda module: True)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    with pytest.raises(RecipeError) as err:
+        runner.run(load_recipe(path))
+    assert err.value.problems == [
+        "distill.generation.data_parallel_size (line 12): data_parallel_size 4 x tensor_parallel_size 1 needs 4 "
+        "GPUs, 2 visible: lower them to the GPUs this machine has (or list more in CUDA_VISIBLE_DEVICES)"]
+
+
 def test_calibration_column_and_template_are_checked(tmp_path, tiny_model_dir, calibration_file):
     text = recipe_text(tmp_path, f"  model: org/tiny\n  path: {tiny_model_dir}", calibration_file)
     with pytest.raises(RecipeError) as info:
