@@ -96,7 +96,10 @@ def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False) -> "Pre
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot load the tokenizer in {path}: {exc}") from None
     if tok.pad_token is None:
+        # Batching needs a pad token; the base has none, so the end token serves while hubsdd runs
+        # and save_model takes it out again: a release's tokenizer is the base's.
         tok.pad_token = tok.eos_token
+        tok.hubsdd_pad_added = True
     return tok
 
 
@@ -112,9 +115,24 @@ def save_model(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase | N
     model.config.use_cache = True
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.use_cache = True
+    added = tokenizer is not None and getattr(tokenizer, "hubsdd_pad_added", False)
+    pad_id = tokenizer.pad_token_id if added else None
+    # the pad hubsdd lent the tokenizer (and the Trainer copied into the config) is not released
+    lent = [c for c in (model.config, getattr(model, "generation_config", None))
+            if added and c is not None and getattr(c, "pad_token_id", None) == pad_id]
+    for c in lent:
+        c.pad_token_id = None
     model.save_pretrained(out_dir, safe_serialization=True, max_shard_size=max_shard_size)
     if tokenizer is not None:
-        tokenizer.save_pretrained(out_dir)
+        if added:
+            tokenizer.pad_token = None
+        try:
+            tokenizer.save_pretrained(out_dir)
+        finally:
+            if added:
+                tokenizer.pad_token = tokenizer.eos_token
+            for c in lent:
+                c.pad_token_id = pad_id
 
 
 def model_files(folder: Path) -> list[Path]:

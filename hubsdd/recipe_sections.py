@@ -234,6 +234,17 @@ class GenerationSettings(Section):
     data_parallel_size: int = Field(1, ge=1, description="vLLM only.")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM only.")
 
+    @model_validator(mode="after")
+    def _parallel_is_vllm_only(self) -> "GenerationSettings":
+        # The transformers backend runs one model in one process: a parallel size would be ignored,
+        # and a recipe that says 8 replicas must not quietly run one.
+        if self.backend == "transformers":
+            for name in ("tensor_parallel_size", "data_parallel_size"):
+                if getattr(self, name) != 1:
+                    raise ValueError(f"{name}: {getattr(self, name)} applies to `backend: vllm` only; the "
+                                     "transformers backend runs one model (leave it out, or use vllm on GPUs)")
+        return self
+
 
 VLLM_SHARD_SIZE = 1024
 

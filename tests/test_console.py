@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from benchmark_hub import benchmark_hub  # noqa: F401  (the fixture)
 
 EVALUATE = """\
 evaluate:
@@ -107,3 +108,18 @@ def test_progress_bars_appear_on_a_terminal_only(recipe: Path, tmp_path: Path) -
     text = seen.decode(errors="replace")
     assert "scoring blocks" in text and "eta" in text
     assert "scoring blocks" not in proc.stdout.read()
+
+
+def test_libraries_stay_silent_on_the_hub_mode_lm_eval_path(tmp_path: Path, tiny_recipe_text: str,
+                                                            benchmark_hub) -> None:
+    """lm-eval's own tasks with their data from the (test) Hub: datasets' downloads, split
+    generation and lm-eval's request building bring bars of their own."""
+    path = tmp_path / "recipe.yaml"
+    path.write_text(tiny_recipe_text + "evaluate:\n  source: hub\n  tasks: [arc_challenge, winogrande]\n"
+                    "  num_fewshot: {arc_challenge: 2, winogrande: 2}\n  limit: 2\n  speculative: null\n"
+                    "  fidelity: null\n")
+    done = hubsdd(["run", str(path)], tmp_path)
+    assert done.returncode == 0, done.stderr
+    for stream in (done.stdout, done.stderr):
+        assert not [n for n in NOISE if n in stream], stream
+    assert "[evaluate] done" in done.stdout

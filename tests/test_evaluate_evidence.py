@@ -38,3 +38,19 @@ def test_headline_needs_a_narrow_interval() -> None:
     assert evidence.headline_ok(ev, "pruned")
     few = {"t": items([1] * 8 + [0] * 12)}
     assert not evidence.headline_ok(evidence.build({"base": few, "pruned": few}, iterations=1000), "pruned")
+
+
+def test_no_margin_retention_where_the_base_is_not_above_chance() -> None:
+    # task "hard": the base scores 26% on four-choice items (chance 25%): not above chance
+    hard_base = items([1] * 26 + [0] * 74)
+    hard_pruned = items([1] * 24 + [0] * 76)
+    easy_base, easy_pruned = items([1] * 80 + [0] * 20), items([1] * 70 + [0] * 30)
+    chance = {"hard": items([0.25] * 100), "easy": items([0.5] * 100)}
+    ev = evidence.build({"base": {"hard": hard_base, "easy": easy_base},
+                         "pruned": {"hard": hard_pruned, "easy": easy_pruned}}, chance, iterations=2000)
+    assert ev["base_at_chance"] == ["hard"]
+    pruned = ev["models"]["pruned"]
+    assert "margin_retention" not in pruned["tasks"]["hard"]  # (0.24 - 0.25) / (0.26 - 0.25) = -100% would be noise
+    assert pruned["tasks"]["easy"]["margin_retention"]["value"] == pytest.approx((0.7 - 0.5) / (0.8 - 0.5))
+    assert pruned["margin_retention"]["value"] == pytest.approx((0.47 - 0.375) / (0.53 - 0.375))
+    assert pruned["tasks"]["hard"]["retention"]["value"] == pytest.approx(24 / 26)  # raw retention stays

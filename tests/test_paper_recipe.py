@@ -180,7 +180,10 @@ def test_paper_recipe_on_a_32_layer_stand_in(datasets_hub, tmp_path: Path, monke
     assert results["card"].typed.outputs.release == "merge"
     model = AutoModelForCausalLM.from_pretrained(release)
     assert model.config.num_hidden_layers == LAYERS - 6 and len(model.model.layers) == LAYERS - 6
-    reply = chat_reply(model, AutoTokenizer.from_pretrained(release), "What is 2 + 3?", max_new_tokens=4)
+    released_tok = AutoTokenizer.from_pretrained(release)
+    # the tokenizer and config are the base's: hubsdd's batching pad is not released
+    assert released_tok.pad_token is None and model.config.pad_token_id is None
+    reply = chat_reply(model, released_tok, "What is 2 + 3?", max_new_tokens=4)
     assert isinstance(reply, str)
 
     # every Open LLM Leaderboard v1 task scored for every model, with the leaderboard's shots

@@ -160,3 +160,11 @@ def test_evaluate_offset_and_fidelity_validate():
     assert r.evaluate.offset == 400 and r.evaluate.fidelity.prompts == 16
     [p] = problems(MINIMAL + "evaluate: {offset: -1}\n")
     assert p.startswith("evaluate.offset (line 8):")
+
+
+def test_parallel_sizes_are_refused_for_the_transformers_backend():
+    with pytest.raises(RecipeError) as err:
+        parse_recipe(MINIMAL + "distill:\n  data: {path: x.jsonl}\n  generation: {data_parallel_size: 8}\n")
+    assert "distill.generation (line 10): data_parallel_size: 8 applies to `backend: vllm` only" in str(err.value)
+    ok = parse_recipe(MINIMAL + "distill:\n  data: {path: x.jsonl}\n  generation: {backend: vllm, data_parallel_size: 8}\n")
+    assert ok.distill.generation.data_parallel_size == 8

@@ -57,17 +57,26 @@ def build(per_item: Mapping[str, Mapping[str, Mapping[str, float]]],
         "models": {},
         "paired": [],
     }
+    # Margin retention divides by the base model's margin over chance: where the base is not
+    # significantly above chance (a weak base, a hard task), that ratio is noise over noise (a base
+    # 0.1 point above chance turns a 2-point gap into 2000%), so it is left undefined there.
+    at_chance: list[str] = []
+    if chance and "base" in models:
+        at_chance = [t for t in tasks if boot.difference("base", CHANCE, t).low <= 0]
+        if boot.difference("base", CHANCE).low <= 0:
+            at_chance.append("average")
+    out["base_at_chance"] = at_chance
     for m in models:
         avg = boot.average(m)
         row: dict[str, Any] = {"average": _iv(avg), "half_width": avg.half_width,
                                "tasks": {t: {"score": _iv(boot.task(m, t))} for t in tasks}}
         if "base" in models:
             row["retention"] = _iv(boot.retention(m, "base"))
-            if chance:
+            if chance and "average" not in at_chance:
                 row["margin_retention"] = _iv(boot.retention(m, "base", CHANCE))
             for t in tasks:
                 row["tasks"][t]["retention"] = _iv(boot.retention(m, "base", task=t))
-                if chance:
+                if chance and t not in at_chance:
                     row["tasks"][t]["margin_retention"] = _iv(boot.retention(m, "base", CHANCE, task=t))
         out["models"][m] = row
     for a, b in comparisons(models):

@@ -77,6 +77,8 @@ class Evidence(Record):
     items: dict[str, int]
     headline_half_width: float
     chance: dict[str, float] = Field(default_factory=dict)
+    # tasks (and "average") where the base model is not significantly above chance: no margin retention
+    base_at_chance: list[str] = Field(default_factory=list)
     models: dict[str, ModelEvidence]
     paired: list[PairedDifference] = Field(default_factory=list)
 
