@@ -121,3 +121,16 @@ def test_running_out_of_memory_is_a_clear_error_naming_the_fix(tmp_path, tiny_re
         run(parse_recipe(tiny_recipe_text), until="prune")
     assert "stage 'prune' ran out of memory" in err.value.message and "batch_size" in err.value.fix
     assert not list((tmp_path / "runs" / "tiny").glob(".staging-*"))
+
+
+def test_temporary_files_of_a_killed_atomic_write_are_cleaned(tiny_recipe_text):
+    # a kill between writing an atomic write's temporary file and renaming it leaves the file
+    recipe = parse_recipe(tiny_recipe_text)
+    runner.run(recipe, until="base")
+    left = recipe.run_dir / ".cache" / "fidelity" / ".reference-abc.json.0123abcd.tmp"
+    left.parent.mkdir(parents=True)
+    left.write_text("{half")
+    kept = recipe.run_dir / ".cache" / "fidelity" / "notes.tmp"  # not an atomic write's: left alone
+    kept.write_text("x")
+    runner.run(recipe, until="base")
+    assert not left.exists() and kept.exists()
