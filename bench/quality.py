@@ -182,6 +182,15 @@ def ci(iv: list[float]) -> list[float | None]:
     return [pct(iv[0]), pct(iv[1])]
 
 
+def value(iv: dict | None) -> float | None:
+    """The value in % of an evidence interval, None where the evidence leaves it undefined."""
+    return pct(iv["value"]) if iv else None
+
+
+def interval(iv: dict | None) -> list[float | None]:
+    return ci(iv["ci95"]) if iv else [None, None]
+
+
 def collect(results: dict) -> tuple[dict, dict, dict]:
     """(models, paired, item ids) of one recipe: each model's figures in quality.json's schema,
     the paired differences, and the evaluated item ids per task."""
@@ -193,16 +202,17 @@ def collect(results: dict) -> tuple[dict, dict, dict]:
     models = {}
     for name, per_task in m["scores"].items():
         row = evid["models"][name]
+        # margin retention is absent (or None) where the base is not significantly above chance
         out = {
             "tasks": {t: {"acc": pct(s["value"]), "stderr": pct(s["stderr"]),
-                          **({"retention": pct(row["tasks"][t]["retention"]["value"]),
-                              "margin_retention": pct(row["tasks"][t]["margin_retention"]["value"])}
-                             if "retention" in row["tasks"][t] else {})}
+                          **({"retention": value(row["tasks"][t].get("retention")),
+                              "margin_retention": value(row["tasks"][t].get("margin_retention"))}
+                             if row["tasks"][t].get("retention") else {})}
                       for t, s in per_task.items()},
             "average": pct(row["average"]["value"]), "average_ci95": ci(row["average"]["ci95"]),
-            "retention": pct(row["retention"]["value"]), "retention_ci95": ci(row["retention"]["ci95"]),
-            "margin_retention": pct(row["margin_retention"]["value"]),
-            "margin_retention_ci95": ci(row["margin_retention"]["ci95"]),
+            "retention": value(row.get("retention")), "retention_ci95": interval(row.get("retention")),
+            "margin_retention": value(row.get("margin_retention")),
+            "margin_retention_ci95": interval(row.get("margin_retention")),
         }
         if name == "base":
             out.update(acceptance=100.0, top1_agreement=100.0, kl=0.0)
@@ -219,16 +229,21 @@ def collect(results: dict) -> tuple[dict, dict, dict]:
     paired = {}
     for a, b in pairs:
         d = boot.difference(a, b)
-        ma = boot.retention(a, "base", "__chance__")
-        mb = boot.retention(b, "base", "__chance__")
-        # the margin-retention difference, resampled jointly (same items for a, b and base)
-        margin = _margin_difference(boot, a, b)
+        if "average" in evid.get("base_at_chance", []):
+            # a ratio over a base margin that is not above chance is noise over noise
+            margin_diff, margin_ci = None, [None, None]
+        else:
+            ma = boot.retention(a, "base", "__chance__")
+            mb = boot.retention(b, "base", "__chance__")
+            # the margin-retention difference, resampled jointly (same items for a, b and base)
+            margin = _margin_difference(boot, a, b)
+            margin_diff, margin_ci = pct(ma.value - mb.value), [pct(margin.low), pct(margin.high)]
         paired[f"{a}-{b}"] = {
             "a": a, "b": b,
             "diff": pct(d.value), "ci95": [pct(d.low), pct(d.high)],
             "significant": d.significant,
-            "margin_retention_diff": pct(ma.value - mb.value),
-            "margin_retention_ci95": [pct(margin.low), pct(margin.high)],
+            "margin_retention_diff": margin_diff,
+            "margin_retention_ci95": margin_ci,
             "tasks": {t: {"diff": pct(x.value), "ci95": [pct(x.low), pct(x.high)], "significant": x.significant}
                       for t in tasks for x in [boot.difference(a, b, t)]},
         }

