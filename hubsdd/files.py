@@ -10,9 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import uuid
 from pathlib import Path
 from typing import Any
+
+# An atomic write's temporary file: ``.<name>.<8 hex>.tmp`` beside its target.
+TEMPORARY_NAME = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")
+
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write a file so that readers see the old content or the new, never a torn one."""
@@ -24,6 +29,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def remove_stale_temporaries(root: Path) -> None:
+    """Delete the temporary files that killed atomic writes left anywhere under ``root``. Only for a
+    caller that knows nothing is writing there now (the runner, holding the run lock)."""
+    for p in Path(root).rglob(".*.tmp"):
+        if TEMPORARY_NAME.match(p.name) and p.is_file():
+            p.unlink(missing_ok=True)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

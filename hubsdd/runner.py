@@ -22,7 +22,6 @@ import importlib
 import json
 import logging
 import os
-import re
 import shutil
 import time
 import uuid
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import __version__, worklog
-from .files import atomic_write_json, atomic_write_text
+from .files import atomic_write_json, atomic_write_text, remove_stale_temporaries
 from .errors import OutOfMemoryError, StageError
 from .stage_records import (  # noqa: F401  (part of the runner's API)
     STAGE_FILE, StageResult, record_digest, stage_files, check_cached_stages, damaged_files, disk_errors, read_stage,
@@ -313,20 +312,15 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     return "OutOfMemoryError" in names or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
 
 
-ATOMIC_TMP = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")
-
-
 def _clean_stale_staging(run_dir: Path) -> None:
     """What a killed run left half-made: staging and trash folders, and the temporary files of
-    atomic writes (``.<name>.<8 hex>.tmp``, see hubsdd.files) anywhere in the run directory. The
-    run lock is held, so nothing is writing them now."""
+    atomic writes (hubsdd.files) anywhere in the run directory. The run lock is held, so nothing is
+    writing them now."""
     for p in run_dir.glob(".staging-*"):
         shutil.rmtree(p, ignore_errors=True)
     for p in run_dir.glob(".trash-*"):
         shutil.rmtree(p, ignore_errors=True)
-    for p in run_dir.rglob(".*.tmp"):
-        if ATOMIC_TMP.match(p.name) and p.is_file():
-            p.unlink(missing_ok=True)
+    remove_stale_temporaries(run_dir)
 
 
 def run(recipe: Recipe | str | Path, until: str | None = None, force: tuple[str, ...] = (),
