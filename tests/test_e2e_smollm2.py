@@ -14,7 +14,7 @@ import pytest
 import yaml
 from huggingface_hub import DatasetCard, ModelCard, hf_hub_download
 
-from conftest import chat_reply, needs_smollm2
+from conftest import chat_reply, needs_smollm2, set_at
 from hub_fixtures import TOKEN
 from hubsdd.cli import main
 
@@ -41,20 +41,17 @@ def files_containing(root: Path, needle: bytes) -> list[Path]:
 
 # The demo recipe with smaller budgets (CI's time on the slowest 2-core machines): every stage, model
 # and setting is the demo's; only these numbers shrink.
-BUDGETS = {("distill", "data", "limit"): 8, ("finetune", "max_steps"): 3, ("evaluate", "limit"): 8,
-           ("evaluate", "fidelity", "prompts"): 2, ("evaluate", "fidelity", "max_new_tokens"): 16,
-           ("evaluate", "speculative", "prompts"): 1, ("evaluate", "speculative", "max_new_tokens"): 16}
+BUDGETS = {"distill.data.limit": 8, "finetune.max_steps": 3, "evaluate.limit": 8, "evaluate.fidelity.prompts": 2,
+           "evaluate.fidelity.max_new_tokens": 16, "evaluate.speculative.prompts": 1,
+           "evaluate.speculative.max_new_tokens": 16}
 
 
 def e2e_recipe(runs_dir: Path) -> dict:
     data = yaml.safe_load(DEMO.read_text())
     data["name"], data["runs_dir"] = "e2e", str(runs_dir)
     for path, value in BUDGETS.items():
-        node = data
-        for key in path[:-1]:
-            node = node[key]
-        assert isinstance(node[path[-1]], int) and node[path[-1]] > value, path
-        node[path[-1]] = value
+        before = set_at(data, path, value)
+        assert isinstance(before, int) and before > value, path  # a smaller budget of the demo's own
     return data
 
 

@@ -31,7 +31,7 @@ import torch
 import yaml
 
 from benchmark_hub import publish_dataset, publish_leaderboard
-from conftest import CALIBRATION_TEXTS, chat_reply
+from conftest import CALIBRATION_TEXTS, chat_reply, set_at
 from hub_fixtures import TOKEN, USER
 from hubsdd.evaluate.tasks import DATASETS, LEADERBOARD_V1
 
@@ -71,12 +71,7 @@ def stand_in_recipe(text: str) -> str:
     assert data["distill"]["generation"]["backend"] == "vllm"
     data["distill"]["generation"]["backend"] = "transformers"
     for path, value in BUDGETS:
-        *parents, key = path.split(".")
-        node = data
-        for part in parents:
-            node = node.setdefault(part, {})
-        assert not isinstance(node.get(key), (dict, list, str, bool)), path  # numbers only
-        node[key] = value
+        assert not isinstance(set_at(data, path, value), (dict, list, str, bool)), path  # numbers only
     return yaml.safe_dump(data, sort_keys=False)
 
 
