@@ -9,7 +9,7 @@ and writes two folders, exactly what ``hubsdd publish`` pushes:
 
 Cards are the packaged Jinja templates ``model_card.md.j2`` / ``dataset_card.md.j2`` rendered
 through ``huggingface_hub.ModelCard.from_template`` / ``DatasetCard.from_template``; the optional
-sections (training, evaluation) are rendered first from ``templates/sections/`` and passed in.
+sections (training, evaluation) are rendered first from ``hubsdd/templates/sections/`` and passed in.
 Metadata follows the Hub's conventions: ``base_model`` is the Hub id (never a local path),
 ``license`` is inherited from the base model, ``eval_results`` become ``model-index``.
 """

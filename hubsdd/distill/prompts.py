@@ -1,7 +1,7 @@
 """What the teacher is asked: the rewrite prompt templates, and the user turn a student sees.
 
 The teacher is shown the instruction and the original response as a reference, and asked for its
-own answer (``templates/distill_*.md.j2``, or a Jinja file the recipe names).
+own answer (``hubsdd/templates/distill_*.md.j2``, or a Jinja file the recipe names).
 """
 
 from __future__ import annotations
