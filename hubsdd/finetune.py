@@ -141,8 +141,18 @@ def variant_key(ctx: StageContext, name: str) -> str:
         "loss": variant.loss,
         "learning_rate": variant.learning_rate or section.learning_rate,
         "inputs": {k: v.fingerprint for k, v in sorted(ctx.inputs.items())},
+        # N processes train on N x batch_size examples a step: other weights
+        "processes": training_processes(),
     }
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+
+
+def training_processes() -> int:
+    """How many data-parallel processes train together: accelerate launch's WORLD_SIZE, else 1."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
 
 
 def variant_dir(ctx: StageContext, name: str) -> Path:
@@ -258,6 +268,8 @@ def train_variant(ctx: StageContext, name: str, *, is_main: bool = True) -> dict
             "trainable_params": int(trainable),
             "total_params": int(total),
             "seconds": round(seconds, 3),
+            "processes": training_processes(),
+            "tokens_per_second": _tokens_per_second(trainer, seconds),
         },
         "log_history": history,
     }
@@ -288,6 +300,13 @@ def train_variant(ctx: StageContext, name: str, *, is_main: bool = True) -> dict
     del trainer, model, teacher
     free_memory()
     return result
+
+
+def _tokens_per_second(trainer: Any, seconds: float) -> float | None:
+    """Trained tokens per second over every process (the Trainer counts input tokens when asked to
+    with ``include_num_input_tokens_seen``; without that count, None)."""
+    seen = getattr(trainer.state, "num_input_tokens_seen", 0) or 0
+    return round(seen / seconds, 1) if seen and seconds > 0 else None
 
 
 def rows_kept_by_trainer(trainer: Any, rows: int, name: str, max_length: int) -> int:

@@ -337,8 +337,13 @@ def model_dtype(recipe: "Recipe") -> str:
 @contextlib.contextmanager
 def stage_device_scope(recipe: "Recipe") -> Iterator[dict[str, Any]]:
     """While a stage runs: make :func:`default_device` answer the recipe's device, and measure the
-    stage's peak GPU memory. Yields a dict that holds, on exit, ``device``, ``dtype`` and (on CUDA)
-    ``peak_gpu_memory_bytes``."""
+    stage's peak GPU memory. Yields a dict that holds, on exit, ``device``, ``dtype`` and (when the
+    stage used CUDA in this process) ``peak_gpu_memory_bytes``.
+
+    A stage that needs no GPU (card, merge on the CPU, a cached stage) opens no CUDA context: the
+    peak counters are touched only once torch has initialised CUDA. On exit the stage's GPU memory
+    is given back (:func:`free_memory`) and the counters reset, so the next stage, vLLM's start-up
+    above all (it claims a share of the whole GPU), finds the memory free."""
     device = default_device(recipe)
     usage: dict[str, Any] = {"device": device, "dtype": model_dtype(recipe)}
     token = _STAGE_DEVICE.set(device)
@@ -347,24 +352,29 @@ def stage_device_scope(recipe: "Recipe") -> Iterator[dict[str, Any]]:
         import torch
 
         cuda = torch.cuda
-        cuda.reset_peak_memory_stats()
+        if cuda.is_initialized():
+            cuda.reset_peak_memory_stats()
     try:
         yield usage
     finally:
         _STAGE_DEVICE.reset(token)
-        if cuda is not None:
+        if cuda is not None and cuda.is_initialized():
             usage["peak_gpu_memory_bytes"] = int(cuda.max_memory_allocated())
+        free_memory()
+        if cuda is not None and cuda.is_initialized():
+            cuda.reset_peak_memory_stats()
 
 
 def free_memory() -> None:
     """Give back what the models just deleted held: Python's cycles (the Trainer holds some), then
-    the CUDA allocator's cache, so the next model (a variant, an evaluated checkpoint) has room."""
+    the CUDA allocator's cache, so the next model (a variant, an evaluated checkpoint, a vLLM
+    engine) has room. Opens no CUDA context."""
     import gc
+    import sys
 
     gc.collect()
-    import torch
-
-    if torch.cuda.is_initialized():
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
 
 

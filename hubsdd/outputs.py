@@ -125,6 +125,8 @@ class DistillMetrics(Record):
     mean_rewrite_tokens: float
     generation_seconds: float
     tokens_per_second: float | None = None
+    # vLLM's engines hold their memory in other processes: the device-wide use while they ran
+    device_memory_used_bytes: int | None = None
     shards: int
     shards_resumed: int
     seconds: float
@@ -170,6 +172,8 @@ class VariantMetrics(Record):
     trainable_params: int
     total_params: int
     seconds: float
+    processes: int = 1  # data-parallel training processes (accelerate launch --num_processes)
+    tokens_per_second: float | None = None  # trained tokens (prompt and answer) per second, all processes
 
 
 class FinetuneMetrics(Record):

@@ -66,6 +66,9 @@ def trainer_config(section: FinetuneSection, output_dir: Path, *, learning_rate:
         use_cpu=device == "cpu",
         dataloader_pin_memory=device == "cuda",
         ddp_timeout=section.ddp_timeout,
+        # Every parameter gets a gradient each step (LoRA adapters or the whole model): without this
+        # DDP walks the autograd graph after every forward looking for unused ones, and warns.
+        ddp_find_unused_parameters=False,
         max_length=section.max_length,
         completion_only_loss=not kd,  # KD: the collator masks the prompt itself
         packing=False,
@@ -73,6 +76,7 @@ def trainer_config(section: FinetuneSection, output_dir: Path, *, learning_rate:
         **({"save_steps": section.checkpoint_steps} if section.checkpoint_steps > 0 else {}),
         save_total_limit=trainer_checkpoints.KEPT,
         report_to="none",
+        include_num_input_tokens_seen="non_padding",  # training tokens/s in the stage's metrics
         dataloader_num_workers=0,
     )
     one_gpu_per_process(config)

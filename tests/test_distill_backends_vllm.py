@@ -75,6 +75,9 @@ FAKE_VLLM = textwrap.dedent('''
             if _failing("init"):
                 raise RuntimeError("CUDA out of memory (fake)")
 
+        def shutdown(self):
+            _record("shutdown")
+
         def generate(self, prompts, params, use_tqdm=True):
             if _failing("generate"):
                 os._exit(3)
@@ -137,13 +140,14 @@ def test_vllm_backend_says_how_to_install(monkeypatch: pytest.MonkeyPatch, tmp_p
 # --------------------------------------------------------------------------- what an engine gets
 
 
-def distill_ctx(tmp_path: Path, teacher: Path, generation: str, shard_size: str = "") -> StageContext:
+def distill_ctx(tmp_path: Path, teacher: Path, generation: str, shard_size: str = "",
+                dtype: str = "dtype: bfloat16") -> StageContext:
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in INSTRUCTIONS))
     recipe = parse_recipe(f"""\
 name: t
 runs_dir: {tmp_path / 'runs'}
-base: {{model: org/teacher, path: {teacher}, dtype: bfloat16}}
+base: {{model: org/teacher, path: {teacher}{", " + dtype if dtype else ""}}}
 prune: {{blocks: 1, calibration: {{path: {data}, text_column: question}}}}
 distill:
   data: {{path: {data}}}
@@ -172,7 +176,10 @@ def test_the_engine_gets_the_teachers_dtype_stop_tokens_and_a_context_sized_to_t
                   for q in INSTRUCTIONS)
     assert llm["kwargs"] == {"model": str(teacher), "tensor_parallel_size": 1, "seed": 0,
                              "gpu_memory_utilization": 0.9, "dtype": "bfloat16", "trust_remote_code": False,
-                             "max_model_len": longest + 40}
+                             "max_model_len": longest + 40, "max_num_seqs": 8}
+    # the engine was shut down when the stage ended, in the process that started it
+    (stop,) = fake_vllm("shutdown")
+    assert stop["pid"] == llm["pid"]
     # Every prompt in one call (a vllm shard is 1024 rows), greedy, stopping where transformers stops.
     (call,) = fake_vllm("generate")
     assert len(call["prompts"]) == len(INSTRUCTIONS)
@@ -180,6 +187,23 @@ def test_the_engine_gets_the_teachers_dtype_stop_tokens_and_a_context_sized_to_t
     assert stops == [1, 2]
     for params in call["params"]:
         assert (params["stop_token_ids"], params["temperature"], params["max_tokens"]) == (stops, 0.0, 40)
+
+
+def test_an_unset_dtype_reaches_vllm_as_the_runs_dtype_and_the_batch_as_max_num_seqs(
+        tmp_path: Path, teacher: Path, fake_vllm) -> None:
+    """`base.dtype` unset: vLLM gets the dtype every other stage loads the model in (float32 on
+    this CPU, bfloat16 on a GPU: hubsdd.models.model_dtype), never None; its max_num_seqs is the
+    recipe's batch size."""
+    from hubsdd.distill.stage import run_distill
+    from hubsdd.models import model_dtype
+
+    ctx = distill_ctx(tmp_path, teacher, "{backend: vllm, max_new_tokens: 8, batch_size: 3}", dtype="")
+    assert ctx.recipe.base.dtype is None
+    run_distill(ctx)
+    (llm,) = fake_vllm("llm")
+    assert llm["kwargs"]["dtype"] == model_dtype(ctx.recipe) == "float32"
+    assert llm["kwargs"]["max_num_seqs"] == 3
+    assert len(fake_vllm("shutdown")) == 1
 
 
 def test_auto_dtype_is_the_checkpoints_as_transformers_loads_it(tmp_path: Path) -> None:

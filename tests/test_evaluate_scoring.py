@@ -37,6 +37,27 @@ def test_tree_mask_lets_each_branch_see_the_context_and_itself_only() -> None:
     assert wanted == [(0, [2, 3], 0), (1, [2, 4, 5], 0), (2, [7], 6)]
 
 
+def test_rows_scored_together_give_the_scores_of_rows_scored_alone() -> None:
+    """The GPU path (several padded rows per call) against the CPU path (one row per call): the
+    same log-likelihoods and greedy flags for every request, rows of unequal length included."""
+    model = tiny()
+    gen = torch.Generator().manual_seed(3)
+    requests = []
+    for item in range(9):
+        ctx = torch.randint(5, 200, (int(torch.randint(3, 40, (1,), generator=gen)),), generator=gen).tolist()
+        for choice in range(1 + item % 4):
+            cont = torch.randint(5, 200, (1 + (item + choice) % 5,), generator=gen).tolist()
+            requests.append((None, ctx, cont))
+    alone = scoring.score_packed(model, requests, vocab_size=model.config.vocab_size, pack_tokens=64)
+    together = scoring.score_packed(model, requests, vocab_size=model.config.vocab_size, pack_tokens=64,
+                                    rows_per_call=4)
+    assert len(alone) == len(requests) and all(r is not None for r in together)
+    for (a, ga), (b, gb) in zip(alone, together):
+        assert abs(a - b) < 1e-4 and ga == gb
+    assert scoring.packing_for("cpu", 8) == (scoring.PACK_TOKENS, 1)
+    assert scoring.packing_for(torch.device("cuda", 0), 16) == (1024, 16)
+
+
 def compare(model, tok, tasks: list[str], limit: int, tmp_path: Path) -> tuple[float, int]:
     """(largest |log-likelihood difference|, greedy flags that differ) between lm-eval's HFLM and
     PackedHFLM over every request of the tasks."""

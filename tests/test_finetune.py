@@ -394,3 +394,23 @@ def test_no_model_of_a_trained_variant_outlives_it(tmp_path: Path, monkeypatch: 
     run_finetune(ctx)
     assert alive_at_load == [0, 0]
     assert all(ref() is None for ref in loaded)
+
+
+def test_data_parallel_processes_are_part_of_a_variants_identity(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """N processes train on N x batch_size examples a step: a variant trained under `accelerate
+    launch --num_processes 2` is another variant, and DDP is told every parameter gets a gradient."""
+    from hubsdd.finetune import training_processes, variant_key
+    from hubsdd.training import trainer_config
+
+    pruned = save_tiny(tmp_path / "pruned", layers=2)
+    ctx = finetune_ctx(tmp_path, "  variants: {sft: {data: original}}\n  max_steps: 2\n", pruned)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    one = variant_key(ctx, "sft")
+    assert training_processes() == 1
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert training_processes() == 2 and variant_key(ctx, "sft") != one
+    monkeypatch.delenv("WORLD_SIZE")
+    config = trainer_config(ctx.section, tmp_path / "t", device="cpu")
+    assert config.ddp_find_unused_parameters is False
+    assert config.include_num_input_tokens_seen == "non_padding"

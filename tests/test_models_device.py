@@ -127,6 +127,50 @@ def test_no_module_chooses_a_device_outside_the_resolver() -> None:
     assert DEVICE_CHOICE.search('model.to("cuda")') and not DEVICE_CHOICE.search('x.device.type == "cpu"')
 
 
+class FakeCuda:
+    """torch.cuda as far as the runner sees it: a context opened or not, memory allocated and kept
+    cached by the allocator until empty_cache, a peak counter."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import torch
+
+        self.initialized, self.allocated, self.cached, self.peak = False, 0, 0, 0
+        self.held_at_start: dict[str, int] = {}
+        monkeypatch.setattr(torch.cuda, "is_initialized", lambda: self.initialized)
+        monkeypatch.setattr(torch.cuda, "empty_cache", self.empty_cache)
+        monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", self.reset_peak)
+        monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a: self.peak)
+
+    def allocate(self, n: int) -> None:
+        assert self.initialized
+        self.allocated += n
+        self.peak = max(self.peak, self.allocated)
+
+    def release(self, n: int) -> None:
+        self.allocated -= n
+        self.cached += n
+
+    def empty_cache(self) -> None:
+        assert self.initialized, "empty_cache would open a CUDA context"
+        self.cached = 0
+
+    def reset_peak(self, *a) -> None:
+        assert self.initialized, "reset_peak_memory_stats would open a CUDA context"
+        self.peak = self.allocated
+
+
+def test_a_stage_that_needs_no_gpu_opens_no_cuda_context(tiny_recipe_text: str,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from hubsdd import runner
+
+    fake = FakeCuda(monkeypatch)
+    monkeypatch.setattr(models, "resolve_device", lambda setting="auto": "cuda")
+    recipe = parse_recipe(tiny_recipe_text)
+    runner.run(recipe, until="base")  # a local base folder: nothing is loaded onto the device
+    assert not fake.initialized
+    assert json.loads((recipe.run_dir / "base" / "stage.json").read_text())["peak_gpu_memory_bytes"] is None
+
+
 def test_stage_json_records_device_dtype_and_peak_gpu_memory(tiny_recipe_text: str,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
@@ -141,16 +185,29 @@ def test_stage_json_records_device_dtype_and_peak_gpu_memory(tiny_recipe_text: s
     assert data["peak_gpu_memory_bytes"] is None
 
     # The same on a (faked) GPU: the peak is reset when the stage starts and read when it ends.
-    peaks = iter([111, 2222])
-    calls = []
+    fake = FakeCuda(monkeypatch)
     monkeypatch.setattr(models, "resolve_device", lambda setting="auto": "cuda")
-    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda *a: calls.append("reset"))
-    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a: calls.append("read") or next(peaks))
-    monkeypatch.setattr(prune, "run_prune", lambda ctx: StageOutput(metrics={"layers_after": 4}))
+
+    def base_stage(ctx):  # loads a model onto the GPU and drops it: the allocator keeps the memory cached
+        fake.initialized = True
+        fake.allocate(111)
+        fake.release(111)
+        return real_base(ctx)
+
+    def prune_stage(ctx):  # a stage that starts vLLM needs the memory earlier stages held
+        fake.held_at_start["prune"] = fake.allocated + fake.cached
+        fake.allocate(2222)
+        fake.release(2222)
+        return StageOutput(metrics={"layers_after": 4})
+
+    real_base = models.prepare_base
+    monkeypatch.setattr(models, "prepare_base", base_stage)
+    monkeypatch.setattr(prune, "run_prune", prune_stage)
     runner.run(recipe, until="prune", force=("base", "prune"))
     base = json.loads((recipe.run_dir / "base" / "stage.json").read_text())
     data = json.loads((recipe.run_dir / "prune" / "stage.json").read_text())
-    assert calls == ["reset", "read", "reset", "read"]
+    assert fake.held_at_start["prune"] == 0  # the base stage's cache was given back before prune began
+    assert fake.cached == 0
     assert (data["device"], data["dtype"]) == ("cuda", "bfloat16")
     assert base["peak_gpu_memory_bytes"] == 111 and data["peak_gpu_memory_bytes"] == 2222
     assert data["metrics"]["layers_after"] == 4

@@ -30,6 +30,8 @@ from ..errors import DataError
 from ..recipe import DistillSection
 from ..outputs import DistillMetrics, DistillOutputs
 from ..runner import StageContext, StageOutput
+from ..device_profile import distill_sizes
+from ..models import default_device
 from .backends import GenerationBackend, make_backend
 from .checkers import REASONS, REJECTION_PHRASES, select
 from .prompts import load_template
@@ -97,13 +99,15 @@ def run_distill(ctx: StageContext, *, backend: GenerationBackend | None = None,
 
     shard_dir = ctx.work_dir / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
-    size = section.shard_size
+    # On a GPU the rows in flight and the shard size the recipe leaves unset are sized from its memory.
+    settings, size = distill_sizes(section, default_device(ctx.recipe), base.path("model_dir"))
     bounds = [(start, min(start + size, len(examples))) for start in range(0, len(examples), size)]
     generations: list[dict] = []
     gen_seconds = 0.0
     resumed = 0
     teacher_identity = f"{teacher}@{teacher_sha or base.data.get('fingerprint', '')}"
     own_backend = backend is None
+    device_memory = None  # an engine in other processes (vLLM) reports the device-wide use it saw
     try:
         with progress.task("teacher rewrites", total=len(prompts), unit="row") as bar:
             for k, (lo, hi) in enumerate(bounds):
@@ -119,6 +123,7 @@ def run_distill(ctx: StageContext, *, backend: GenerationBackend | None = None,
                     t0 = time.perf_counter()
                     outs = backend.generate(conversations[lo:hi], seed=settings.seed + k)
                     seconds = time.perf_counter() - t0
+                    device_memory = getattr(backend, "device_memory_used_bytes", None) or device_memory
                     rows = [{"row": lo + j, "rewrite": g.text, "tokens": g.tokens, "finish_reason": g.finish_reason}
                             for j, g in enumerate(outs)]
                     meta = {"key": key, "seconds": seconds, "tokens": sum(g.tokens for g in outs),
@@ -175,6 +180,7 @@ def run_distill(ctx: StageContext, *, backend: GenerationBackend | None = None,
         "tokens_per_second": round(tokens / gen_seconds, 2) if gen_seconds > 0 else None,
         "shards": len(bounds),
         "shards_resumed": resumed,
+        "device_memory_used_bytes": device_memory,
         "seconds": round(time.time() - started, 3),
     }
     outputs = {

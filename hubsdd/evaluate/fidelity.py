@@ -73,8 +73,8 @@ def reference_continuations(base: "PreTrainedModel", tokenizer: "PreTrainedToken
         for row, i in enumerate(batch):  # left padding: generation continues at the right edge
             ids[row, width - len(encoded[i]):] = torch.tensor(encoded[i])
             mask[row, width - len(encoded[i]):] = 1
-        with torch.inference_mode():
-            out = base.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+        with torch.inference_mode():  # built on the CPU, run where the model is
+            out = base.generate(input_ids=ids.to(base.device), attention_mask=mask.to(base.device), max_new_tokens=max_new_tokens, do_sample=False,
                                 num_beams=1, pad_token_id=pad, eos_token_id=sorted(stops) or None)
         for row, i in enumerate(batch):
             new = out[row, width:].tolist()

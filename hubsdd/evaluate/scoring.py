@@ -118,9 +118,13 @@ def tree_mask(tree_of: list[int], branch_of: list[int]) -> Any:
 
 
 def score_packed(model: Any, requests: list[tuple[Any, list[int], list[int]]], *, vocab_size: int,
-                 pack_tokens: int = PACK_TOKENS, device: Any = None,
+                 pack_tokens: int = PACK_TOKENS, device: Any = None, rows_per_call: int = 1,
                  on_row: Any = None) -> list[tuple[float, bool]]:
-    """(sum of continuation log-probs, continuation is the greedy one) for every request."""
+    """(sum of continuation log-probs, continuation is the greedy one) for every request.
+
+    ``rows_per_call`` packed rows go through the model together (right-padded; a padding token
+    sees only itself): 1 on a CPU, where one row already fills the cores; on a GPU a call of one
+    256-token row leaves the device idle (:func:`packing_for`)."""
     import torch
     import torch.nn.functional as F
 
@@ -132,27 +136,49 @@ def score_packed(model: Any, requests: list[tuple[Any, list[int], list[int]]], *
             rows[-1].append(tree)
         else:
             rows.append([tree])
-    for row in rows:
-        tokens, positions, tree_of, branch_of, wanted = pack_row(row)
-        keep = sorted({p for _, ps, _ in wanted for p in ps})
+    for first in range(0, len(rows), max(1, rows_per_call)):
+        packed = [pack_row(row) for row in rows[first:first + max(1, rows_per_call)]]
+        width = max(len(p[0]) for p in packed)
+        keep = sorted({p for *_, wanted in packed for _, ps, _ in wanted for p in ps})
         where = {p: i for i, p in enumerate(keep)}
+        ids = torch.zeros((len(packed), width), dtype=torch.long)
+        pos = torch.zeros((len(packed), width), dtype=torch.long)
+        mask = torch.eye(width, dtype=torch.bool).repeat(len(packed), 1, 1, 1) \
+            if len(packed) > 1 else None
+        for r, (tokens, positions, tree_of, branch_of, _) in enumerate(packed):
+            ids[r, :len(tokens)] = torch.tensor(tokens)
+            pos[r, :len(tokens)] = torch.tensor(positions)
+            if mask is not None:
+                mask[r, 0, :len(tokens), :len(tokens)] = tree_mask(tree_of, branch_of)[0, 0]
+        if mask is None:
+            mask = tree_mask(packed[0][2], packed[0][3])
         with torch.no_grad():
             out = model(
-                input_ids=torch.tensor([tokens], device=device),
-                position_ids=torch.tensor([positions], device=device),
-                attention_mask=tree_mask(tree_of, branch_of).to(device),
+                input_ids=ids.to(device),
+                position_ids=pos.to(device),
+                attention_mask=mask.to(device),
                 logits_to_keep=torch.tensor(keep, device=device),
                 use_cache=False,
             )
-            logprobs = F.log_softmax(out.logits[0, :, :vocab_size].float(), dim=-1)
-        for req, ps, _ in wanted:
-            cont = torch.tensor(requests[req][2], device=logprobs.device)
-            rows_lp = logprobs[[where[p] for p in ps]]
-            greedy = bool((rows_lp.argmax(dim=-1) == cont).all())
-            results[req] = (float(rows_lp.gather(1, cont[:, None]).sum()), greedy)
-        if on_row is not None:
-            on_row(len(wanted))
+        for r, (*_, wanted) in enumerate(packed):
+            logprobs = F.log_softmax(out.logits[r, :, :vocab_size].float(), dim=-1)
+            for req, ps, _ in wanted:
+                cont = torch.tensor(requests[req][2], device=logprobs.device)
+                rows_lp = logprobs[[where[p] for p in ps]]
+                greedy = bool((rows_lp.argmax(dim=-1) == cont).all())
+                results[req] = (float(rows_lp.gather(1, cont[:, None]).sum()), greedy)
+            if on_row is not None:
+                on_row(len(wanted))
     return results  # type: ignore[return-value]
+
+
+def packing_for(device: Any, batch_size: int) -> tuple[int, int]:
+    """(tokens per packed row, rows per model call) for a device: one 256-token row a call on a
+    CPU (measured best here, bench/eval_scoring.py); on a GPU, ``batch_size`` rows of 1,024 tokens,
+    so a call has work for the device while the quadratic, masked-out part of each row's attention
+    stays a small share."""
+    kind = getattr(device, "type", None) or str(device or "cpu").split(":")[0]
+    return (PACK_TOKENS, 1) if kind != "cuda" else (1024, max(1, batch_size))
 
 
 def packed_lm_class() -> type:
@@ -183,8 +209,10 @@ def packed_lm_class() -> type:
             from .. import progress
 
             with progress.task("scoring (lm-eval requests)", total=len(requests), unit="request") as bar:
+                pack_tokens, rows_per_call = packing_for(self.device, int(self.batch_size) if str(
+                    self.batch_size).isdigit() else 1)
                 answers = score_packed(self.model, requests, vocab_size=self.vocab_size, device=self.device,
-                                       on_row=bar.advance)
+                                       pack_tokens=pack_tokens, rows_per_call=rows_per_call, on_row=bar.advance)
             for (request_str, _, _), answer in zip(requests, answers):
                 if request_str is not None:
                     self.cache_hook.add_partial("loglikelihood", request_str, answer)

@@ -61,14 +61,16 @@ def make_backend(ctx: StageContext, settings: GenerationSettings,
 
     ``conversations``: every prompt the stage will ask for; an engine that must size its context
     up front (vLLM) sizes it for the longest."""
-    from ...models import base_model_dir, default_device, load_base, set_threads
+    from ...models import base_model_dir, default_device, load_base, model_dtype, set_threads
 
     if settings.backend == "vllm":
         from .vllm import VLLMBackend
 
         base = ctx.recipe.base
-        return VLLMBackend(base_model_dir(ctx), settings, dtype=base.dtype, trust_remote_code=base.trust_remote_code,
-                           sized_for=conversations)
+        # The run's dtype (base.dtype, else bfloat16 on a GPU): never None, which vLLM would take
+        # as its own `auto` (float16 for a float32 checkpoint).
+        return VLLMBackend(base_model_dir(ctx), settings, dtype=model_dtype(ctx.recipe),
+                           trust_remote_code=base.trust_remote_code, sized_for=conversations)
     from .transformers import TransformersBackend
 
     set_threads()

@@ -64,6 +64,29 @@ def teacher_generation_config(model_dir: Path, trust_remote_code: bool) -> Any:
         return GenerationConfig.from_model_config(AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code))
 
 
+def device_memory_used() -> int | None:
+    """Bytes in use on GPU 0 by every process (vLLM's engines are other processes, which
+    ``torch.cuda.max_memory_allocated`` does not see): NVML when installed, else torch's
+    ``mem_get_info`` if this process already has a CUDA context; None otherwise."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(0)).used)
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # noqa: BLE001 -- no NVML library or no driver: fall back
+        pass
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        free, total = torch.cuda.mem_get_info()
+        return int(total - free)
+    return None
+
+
 def visible_gpus() -> list[str]:
     """The GPUs this process may use: ``CUDA_VISIBLE_DEVICES`` when set, else every device torch counts."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -82,6 +105,26 @@ class _Engine:
         self.settings = settings
         self.stop_ids = stop_ids
         self.llm = vllm.LLM(**llm_kwargs)
+
+    def shutdown(self) -> None:
+        """Stop the engine: vLLM's own shutdown where this version has one (``LLM.shutdown``, else the
+        V1 engine core's), then drop it and give its cached GPU memory back."""
+        llm, self.llm = self.llm, None
+        if llm is None:
+            return
+        engine = getattr(llm, "llm_engine", None)
+        for owner in (llm, engine, getattr(engine, "engine_core", None)):
+            stop = getattr(owner, "shutdown", None)
+            if callable(stop):
+                try:
+                    stop()
+                except Exception as exc:  # noqa: BLE001 -- a failed shutdown must not hide the stage's result
+                    log.warning("vLLM engine shutdown: %s", exc)
+                break
+        del llm, engine
+        from ...models import free_memory
+
+        free_memory()
 
     def generate(self, token_ids: list[list[int]], seed: int) -> list[tuple[str, int, str]]:
         from vllm import SamplingParams
@@ -107,6 +150,7 @@ def _replica_main(llm_kwargs: dict, settings: dict, stop_ids: list[int], devices
     os.environ["CUDA_VISIBLE_DEVICES"] = devices
     # Terminated, exit through Python, so the engine's own child processes are shut down too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    engine = None
     try:
         engine = _Engine(llm_kwargs, GenerationSettings(**settings), stop_ids)
         outbox.put(("ready", None))
@@ -114,6 +158,9 @@ def _replica_main(llm_kwargs: dict, settings: dict, stop_ids: list[int], devices
             outbox.put(("done", engine.generate(*job)))
     except Exception:
         outbox.put(("error", traceback.format_exc()))
+    finally:
+        if engine is not None:
+            engine.shutdown()
 
 
 class VLLMBackend:
@@ -144,8 +191,12 @@ class VLLMBackend:
         dp, tp = settings.data_parallel_size, settings.tensor_parallel_size
         self.llm_kwargs: dict[str, Any] = dict(
             model=str(self.model_dir), tensor_parallel_size=tp, seed=settings.seed,
-            gpu_memory_utilization=settings.gpu_memory_utilization, dtype=engine_dtype(dtype, self.model_dir),
-            trust_remote_code=trust_remote_code)
+            gpu_memory_utilization=settings.gpu_memory_utilization, dtype=engine_dtype(dtype or "auto", self.model_dir),
+            trust_remote_code=trust_remote_code,
+            # the recipe's rows in flight: vLLM's default (256 or more) sizes its CUDA graphs and
+            # scheduler for a batch the recipe did not ask for
+            max_num_seqs=settings.batch_size)
+        self.device_memory_used_bytes: int | None = None
         if sized_for:
             longest = max(len(ids) for ids in chat_prompts_ids(self.tokenizer, sized_for))
             self.llm_kwargs["max_model_len"] = longest + settings.max_new_tokens
@@ -216,7 +267,9 @@ class VLLMBackend:
     def generate(self, conversations: Sequence[Messages], *, seed: int) -> list[Generation]:
         ids = chat_prompts_ids(self.tokenizer, conversations)
         if self.engine is not None:
-            return [Generation(*t) for t in self.engine.generate(ids, seed)]
+            out = [Generation(*t) for t in self.engine.generate(ids, seed)]
+            self.device_memory_used_bytes = device_memory_used()
+            return out
         n = len(self.workers)
         busy = [r for r in range(n) if ids[r::n]]  # fewer prompts than replicas leaves some idle
         out: list[Generation | None] = [None] * len(ids)
@@ -229,11 +282,16 @@ class VLLMBackend:
         except BaseException:
             self.close(graceful=False)
             raise
+        self.device_memory_used_bytes = device_memory_used()
         return out  # type: ignore[return-value]
 
     def close(self, graceful: bool = True) -> None:
-        """Stop every replica: asked to finish (``graceful``), then terminated, then killed."""
+        """Stop every replica: asked to finish (``graceful``), then terminated, then killed; shut
+        the in-process engine down (its engine-core process and GPU memory), so that the stages
+        after this one find the GPU free."""
         _stop_replicas(self.workers, graceful)
+        if self.engine is not None:
+            self.engine.shutdown()
         self.engine = None
 
 
