@@ -115,3 +115,69 @@ def test_a_cpu_dry_run_goes_through_the_script_and_reports(tmp_path: Path, tiny_
     assert "| prune |" in proc.stdout and "| cpu | float32 |" in proc.stdout and "| distill | not run |" in proc.stdout
     written = load_recipe(tmp_path / "work" / "run" / "recipe.yaml")
     assert written.device == "cpu" and written.run_dir == tmp_path / "work" / "run" / "runs" / "tiny"
+
+
+def test_a_failed_run_still_prints_the_stage_table_and_what_failed(tmp_path: Path, tiny_recipe_text: str) -> None:
+    """Killed at the script's wall limit: the trap prints every stage (none finished) and names the step."""
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(tiny_recipe_text)
+    env = {**os.environ, "PYTHON": sys.executable, "GPU_CHECK_DIR": str(tmp_path / "work"), "RECIPE": str(recipe),
+           "GPU_CHECK_LIMIT_S": "1"}
+    proc = subprocess.run(["bash", str(SCRIPT), "--cpu-dry-run"], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode != 0
+    assert "passed its 1s limit" in proc.stderr and "gpu_check: FAILED at: hubsdd run (exit 124)" in proc.stderr
+    assert "| base | not run |" in proc.stdout and "| card | not run |" in proc.stdout
+
+
+def test_the_carried_pins_are_the_lock_less_what_a_cuda_image_provides(gpu_check) -> None:
+    carried = dict(line.split("==") for line in gpu_check.carry_list())
+    pins = gpu_check.lock_pins()
+    # what the H200's image lacked or had at other versions (issue 20): carried at the lock's version
+    for name in ("transformers", "peft", "trl", "mergekit", "lm-eval", "pydantic", "pydantic-core", "annotated-types",
+                 "typing-inspection", "immutables", "rouge-score", "sqlitedict", "word2number", "huggingface-hub",
+                 "httpx2", "httpcore2", "truststore", "click", "typer", "fsspec"):
+        assert carried[name] == pins[name], name
+    # never torch (the machine's CUDA build), nor the compiled libraries built against it
+    assert not set(carried) & gpu_check.MACHINE_PROVIDES and "torch" in pins and "torch" not in carried
+    assert set(carried) | (gpu_check.MACHINE_PROVIDES & set(pins)) == set(pins)
+
+
+@pytest.mark.slow
+def test_every_carried_pin_has_a_wheel_for_the_gpu_machines_python(gpu_check, tmp_path: Path) -> None:
+    """Resolved against the package index for CPython 3.12 on x86-64 Linux, without installing:
+    binary wheels where they exist; the three pure-Python sdists are built here by `make gpu-wheels`."""
+    sdist_only = {"rouge-score", "sqlitedict", "word2number"}
+    wheels = [req for req in gpu_check.carry_list() if req.split("==")[0] not in sdist_only]
+    cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--no-deps", "--ignore-installed",
+           "--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp", "--target", str(tmp_path / "t")]
+    for platform in gpu_check.PLATFORMS:
+        cmd += ["--platform", platform]
+    proc = subprocess.run(cmd + wheels, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_the_source_tree_is_the_installed_package(tmp_path: Path) -> None:
+    """`python -m hubsdd.cli` from the repository root imports ./hubsdd (PYTHONSAFEPATH off), and its
+    templates are there: the GPU machine's ModuleNotFoundError for hubsdd.templates cannot come back.
+    The built wheel holds the same templates."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONSAFEPATH", "PYTHONPATH")}
+    probe = ("import hubsdd, importlib.resources as r; from hubsdd.distill.prompts import load_template; "
+             "print(hubsdd.__file__); print(r.files('hubsdd.templates').joinpath('model_card.md.j2').is_file(), "
+             "r.files('hubsdd.templates').joinpath('sections/training.md.j2').is_file(), "
+             "bool(load_template('math').sha256))")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stderr
+    where, found = proc.stdout.splitlines()
+    assert Path(where).resolve() == (ROOT / "hubsdd" / "__init__.py").resolve()
+    assert found == "True True True"
+    cli = subprocess.run([sys.executable, "-m", "hubsdd.cli", "validate", "recipes/smollm2-135m-demo.yaml"],
+                         capture_output=True, text=True, cwd=ROOT, env=env)
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+    import zipfile
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(tmp_path), str(ROOT)], check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("hubsdd-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    source = {str(p.relative_to(ROOT)) for p in (ROOT / "hubsdd" / "templates").rglob("*.j2")}
+    assert source and source <= names
