@@ -148,6 +148,13 @@ class Output:
         if self.json:
             print(json.dumps(fields, default=str, sort_keys=False), flush=True)
 
+    def warn(self, message: str, *, red: bool = False) -> None:
+        """A warning on stderr whatever the mode (red on a terminal when ``red``), and a JSON event."""
+        self.event(event="warning", message=message)
+        color = red and (sys.stderr.isatty() or os.environ.get("GITHUB_ACTIONS") == "true") and not os.environ.get("NO_COLOR")
+        text = f"warning: {message}"
+        print(f"\x1b[1;31m{text}\x1b[0m" if color else text, file=sys.stderr, flush=True)
+
     def error(self, message: str, fix: str | None) -> None:
         self.close()
         self.event(event="error", message=message, fix=fix)
