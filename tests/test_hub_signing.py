@@ -91,6 +91,15 @@ def test_signed_release_round_trip_and_tampering(hub_server, release, keys, tmp_
     proc = subprocess.run([sys.executable, "-I", "-c", "import sys; sys.modules['hubsdd'] = None\n" + snippet],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+    # and so does its command line, on a folder pulled as the card says (huggingface_hub's .cache inside)
+    command = done.model.card_text.split("```bash\n")[-1].split("```")[0].strip().splitlines()[-1]
+    assert command.startswith("model_signing verify key ")
+    pull(MODEL, local_dir=tmp_path / "cli" / "release")
+    assert (tmp_path / "cli" / "release" / ".cache").is_dir()
+    cli = Path(sys.executable).with_name("model_signing")
+    proc = subprocess.run([str(cli), *command.split()[1:]], cwd=tmp_path / "cli", capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and "Verification succeeded" in proc.stdout, proc.stdout + proc.stderr
 
     # one byte of one weight changed on the server, the card's hashes rewritten to match: refused
     weights = bytearray((tmp_path / "p1" / "model.safetensors").read_bytes())
@@ -218,3 +227,4 @@ def test_signing_section_refuses_secrets_in_the_recipe() -> None:
             SigningSection(method="key", key_env=bad)
     with pytest.raises(ValidationError, match="password_env only applies"):
         SigningSection(method="sigstore", password_env="PW")
+

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,10 +99,12 @@ def _sigstore_signer(sig_path: Path) -> tuple[str, str]:
 
 
 def _mismatch_lines(exc: Exception) -> list[str]:
+    """model_signing's list of differences, one per line, without the temporary folder's name."""
     text = str(exc)
     if text.startswith("Signature mismatch: "):
         try:
-            return [str(x) for x in ast.literal_eval(text[len("Signature mismatch: "):])]
+            lines = [str(x) for x in ast.literal_eval(text[len("Signature mismatch: "):])]
+            return [re.sub(r" in model '[^']*'", "", line) for line in lines]
         except (ValueError, SyntaxError):
             pass
     return [text]
