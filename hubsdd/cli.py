@@ -248,11 +248,14 @@ def init(
     path: Path = typer.Argument(Path("recipe.yaml"), help="Where to write the recipe."),
     github_action: bool = typer.Option(False, "--github-action", help="Also write .github/workflows/publish.yml."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
+    install_from: Optional[str] = typer.Option(None, "--install-from", help="What the workflow installs, pinned: "
+                                               "git+URL@<commit or tag>, a wheel's path in the repository, or "
+                                               "hubsdd==X.Y.Z. Default: where this hubsdd came from."),
 ) -> None:
     """Scaffold a recipe (and a GitHub Actions workflow that publishes it)."""
     from .scaffold import write_scaffold
 
-    for written in write_scaffold(path, github_action=github_action, force=force):
+    for written in write_scaffold(path, github_action=github_action, force=force, install_from=install_from):
         _echo(f"wrote {written}", result=True)
 
 
