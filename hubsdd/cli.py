@@ -66,6 +66,7 @@ class _StageEvents:
         from .report import headline
         from .runner import read_stage
 
+        _out.set_stage(stage if status == "running" else None)
         result = read_stage(self.run_dir, stage) if status in ("done", "cached") else None
         self.summary.event(stage, status, seconds, result)
         _out.event(stage=stage, event=status, seconds=seconds,
