@@ -66,6 +66,7 @@ class _StageEvents:
         from .report import headline
         from .runner import read_stage
 
+        _out.set_stage(stage if status == "running" else None)
         result = read_stage(self.run_dir, stage) if status in ("done", "cached") else None
         self.summary.event(stage, status, seconds, result)
         _out.event(stage=stage, event=status, seconds=seconds,
@@ -174,6 +175,8 @@ def publish(
     overwrite: bool = typer.Option(False, "--overwrite", help="Allow writing into a repo holding files hubsdd did not create."),
     model_repo: Optional[str] = typer.Option(None, help="Override publish.model_repo."),
     dataset_repo: Optional[str] = typer.Option(None, help="Override publish.dataset_repo."),
+    signing_key: Optional[Path] = typer.Option(None, "--signing-key", help="Sign with this EC private key (PEM), "
+                                               "whatever publish.signing says; the path is never recorded."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run every stage, then push model + card (+ dataset) to the Hub in one commit per repo."""
@@ -186,7 +189,8 @@ def publish(
     events = _StageEvents(r.run_dir)
     with _out.progress():
         done = publish_run(r, model_repo=model_repo, dataset_repo=dataset_repo, create_pr=pr, private=private,
-                           revision=revision, dry_run=dry_run, overwrite=overwrite, on_event=events)
+                           revision=revision, dry_run=dry_run, overwrite=overwrite, signing_key=signing_key,
+                           on_event=events)
     _out.close()
     events.finish(done.urls)
     _echo(hub.format_publish(done.publish), result=True)
@@ -215,15 +219,29 @@ def pull(
     repo: str = typer.Argument(..., help="org/name or org/name@revision"),
     local_dir: Optional[Path] = typer.Option(None, help="Download into this folder instead of the cache."),
     revision: Optional[str] = typer.Option(None, help="Branch, tag, commit or refs/pr/N."),
+    public_key: Optional[Path] = typer.Option(None, "--public-key", help="Expect a signature by this EC public key (PEM)."),
+    identity: Optional[str] = typer.Option(None, "--identity", help="Expect a Sigstore signature by this identity "
+                                           "(e.g. https://github.com/org/repo/.github/workflows/publish.yml@refs/heads/main)."),
+    issuer: Optional[str] = typer.Option(None, "--issuer", help="The OIDC issuer of --identity "
+                                         "(GitHub Actions: https://token.actions.githubusercontent.com)."),
+    allow_unsigned: bool = typer.Option(False, "--allow-unsigned", help="Download a release that has no signature."),
+    accept_signer: Optional[str] = typer.Option(None, "--accept-signer", help="Accept this new signer (as the refusal "
+                                                "names it) in place of the one pinned for the repository."),
 ) -> None:
-    """Download a released checkpoint and verify its files and recipe against its card."""
+    """Download a released checkpoint, verify its signature (pinning the signer on first use) and
+    its files and recipe against its card."""
     from . import hub
 
     _setup_logging(False)
-    result = hub.pull(repo, revision=revision, local_dir=local_dir)
+    result = hub.pull(repo, revision=revision, local_dir=local_dir, public_key=public_key, identity=identity,
+                      issuer=issuer, allow_unsigned=allow_unsigned, accept_signer=accept_signer)
+    sig = result.signature
+    if sig is not None and sig.status != "verified":
+        _out.warn(sig.message, red=sig.status == "unsigned-allowed")
     _echo(hub.format_summary(result), result=True)
     _out.event(event="pull", repo=result.repo_id, commit=result.commit_sha, path=str(result.local_path),
-               retention=result.retention)
+               retention=result.retention, signature=None if sig is None else {
+                   "status": sig.status, "method": sig.method, "signer": sig.signer, "issuer": sig.issuer})
 
 
 @app.command()
@@ -231,11 +249,14 @@ def init(
     path: Path = typer.Argument(Path("recipe.yaml"), help="Where to write the recipe."),
     github_action: bool = typer.Option(False, "--github-action", help="Also write .github/workflows/publish.yml."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
+    install_from: Optional[str] = typer.Option(None, "--install-from", help="What the workflow installs, pinned: "
+                                               "git+URL@<commit or tag>, a wheel's path in the repository, or "
+                                               "hubsdd==X.Y.Z. Default: where this hubsdd came from."),
 ) -> None:
     """Scaffold a recipe (and a GitHub Actions workflow that publishes it)."""
     from .scaffold import write_scaffold
 
-    for written in write_scaffold(path, github_action=github_action, force=force):
+    for written in write_scaffold(path, github_action=github_action, force=force, install_from=install_from):
         _echo(f"wrote {written}", result=True)
 
 

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import sys
+import threading
 from typing import Any
 
 from . import progress
@@ -106,6 +107,7 @@ class Output:
         self.json = log_format == "json"
         self.quiet = quiet
         self.reporter: RichReporter | None = None
+        self.lines: Any = None  # a progress_lines.LineReporter where no terminal shows bars
 
     # ---- setup
 
@@ -117,6 +119,8 @@ class Output:
             handler: logging.Handler = _RichLogHandler(self.reporter.console)
         else:
             handler = logging.StreamHandler(sys.stderr)
+            if not self.quiet:  # a CI log, nohup, a pipe: plain lines (or JSON events) every 30 s to 2 min
+                self.lines = self.line_reporter()
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
         root = logging.getLogger("hubsdd")
         root.handlers[:] = [handler]
@@ -125,13 +129,34 @@ class Output:
         if not verbose:
             quiet_libraries()
 
+    def line_reporter(self, **kwargs: Any) -> Any:
+        from .progress_lines import LineReporter, format_line
+
+        lock = threading.Lock()
+
+        def emit(rec: dict[str, Any]) -> None:
+            with lock:
+                if self.json:
+                    print(json.dumps(rec, default=str), flush=True)
+                else:
+                    print(format_line(rec), file=sys.stderr, flush=True)
+
+        return LineReporter(emit, **kwargs)
+
+    def set_stage(self, stage: str | None) -> None:
+        if self.lines is not None:
+            self.lines.stage = stage
+
     def progress(self) -> Any:
-        return progress.reporting(self.reporter)
+        return progress.reporting(self.reporter or self.lines)
 
     def close(self) -> None:
         if self.reporter is not None:
             self.reporter.close()
             self.reporter = None
+        if self.lines is not None:
+            self.lines.close()
+            self.lines = None
 
     # ---- writing
 
@@ -147,6 +172,13 @@ class Output:
         """A JSON line on stdout (json mode only)."""
         if self.json:
             print(json.dumps(fields, default=str, sort_keys=False), flush=True)
+
+    def warn(self, message: str, *, red: bool = False) -> None:
+        """A warning on stderr whatever the mode (red on a terminal when ``red``), and a JSON event."""
+        self.event(event="warning", message=message)
+        color = red and (sys.stderr.isatty() or os.environ.get("GITHUB_ACTIONS") == "true") and not os.environ.get("NO_COLOR")
+        text = f"warning: {message}"
+        print(f"\x1b[1;31m{text}\x1b[0m" if color else text, file=sys.stderr, flush=True)
 
     def error(self, message: str, fix: str | None) -> None:
         self.close()

@@ -73,3 +73,11 @@ class RepoConflictError(HubError):
 
 class VerificationError(HubError):
     """A downloaded checkpoint does not match what its card says."""
+
+
+class SigningError(HubError):
+    """A release cannot be signed (no key, an unreadable key, no OIDC credentials): nothing was uploaded."""
+
+
+class SignerChangedError(VerificationError):
+    """A release is signed by someone other than the signer pinned for its repository."""

@@ -10,6 +10,7 @@ which links them). The dataset rule: a run that distilled a dataset pushes it be
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from .errors import HubError
@@ -45,7 +46,7 @@ def with_publish_overrides(recipe: Recipe, **overrides: Any) -> Recipe:
 def publish_run(recipe: Recipe, *, model_repo: str | None = None, dataset_repo: str | None = None,
                 create_pr: bool | None = None, private: bool | None = None, revision: str | None = None,
                 dry_run: bool = False, overwrite: bool = False, token: str | None = None,
-                on_event: Callable[[str, str, float | None], None] | None = None) -> PublishedRun:
+                signing_key: Path | None = None, on_event: Callable[[str, str, float | None], None] | None = None) -> PublishedRun:
     """Run the recipe (resuming what is cached), then publish its release in one commit per repo."""
     recipe = with_publish_overrides(recipe, model_repo=model_repo, dataset_repo=dataset_repo,
                                     create_pr=create_pr, private=private, revision=revision)
@@ -64,5 +65,6 @@ def publish_run(recipe: Recipe, *, model_repo: str | None = None, dataset_repo: 
         model_repo=pub.model_repo, dataset_repo=pub.dataset_repo if dataset_dir is not None else None,
         private=pub.private, create_pr=pub.create_pr, revision=pub.revision,
         dry_run=dry_run, overwrite=overwrite, commit_message=pub.commit_message, token=token,
+        signing=pub.signing, signing_key=signing_key,
     )
     return PublishedRun(results=results, publish=result)

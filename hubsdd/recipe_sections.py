@@ -489,6 +489,7 @@ class PublishSection(Section):
     max_shard_size: str = "2GB"
     commit_message: str | None = None
     push_dataset: bool = True
+    signing: "SigningSection" = Field(default_factory=lambda: SigningSection())
 
     @field_validator("commit_message")
     @classmethod
@@ -499,3 +500,8 @@ class PublishSection(Section):
     @classmethod
     def _hub_ids(cls, v: str | None) -> str | None:
         return _check_hub_id(v)
+
+
+from .recipe_signing import SigningSection  # noqa: E402 - it builds on Section, defined above
+
+PublishSection.model_rebuild()

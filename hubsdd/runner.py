@@ -124,8 +124,10 @@ def _base_identity(recipe: Recipe) -> Any:
 
 
 def _card_extra(recipe: Recipe) -> Any:
-    # The card shows the recipe and links the repos: any change to either re-renders it.
-    return {"publish": recipe.section_dict("publish"), "recipe_sha256": recipe.sha256()}
+    # The card shows the recipe and links the repos: any change to either re-renders it. Signing
+    # happens at publish time (hubsdd.hub.signing), so it does not decide the card stage's output.
+    publish = {k: v for k, v in recipe.section_dict("publish").items() if k != "signing"}
+    return {"publish": publish, "recipe_sha256": recipe.sha256()}
 
 
 STAGES: tuple[StageSpec, ...] = (

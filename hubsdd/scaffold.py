@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
+import subprocess
 from pathlib import Path
 
+from . import __version__
 from .errors import HubsddError
+
+COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 
 RECIPE = """\
 # A hubsdd recipe: `hubsdd validate {name}` checks it, `hubsdd plan {name}` shows what will run,
@@ -56,6 +63,9 @@ evaluate:
 publish:
   model_repo: your-org/my-pruned-model
   dataset_repo: your-org/my-pruned-model-distilled-data
+  # Keyless signing with the GitHub Actions job's OIDC identity (the workflow has id-token: write).
+  # Outside Actions: method: key with $HUBSDD_SIGNING_KEY (or `--signing-key PATH`), or none.
+  signing: {{method: sigstore}}
 """
 
 WORKFLOW = """\
@@ -72,7 +82,8 @@ WORKFLOW = """\
 #
 # Runner: the CPU install below fits ubuntu-latest (small models only). For a GPU runner, change
 # `runs-on` to one of yours and install with `pip install torch==2.13.0 hubsdd` (CUDA wheels),
-# plus `pip install 'hubsdd[vllm]'` for vLLM generation.
+# plus `pip install 'hubsdd[vllm]'` for vLLM generation. The signature (publish.signing: sigstore)
+# uses the same id token: the card names this workflow as the signer, and `hubsdd pull` checks it.
 name: publish
 on:
   workflow_dispatch:
@@ -101,11 +112,12 @@ jobs:
       - uses: actions/setup-python@v5
         with:
           python-version: "3.11"
-      - name: Install hubsdd with a CPU build of torch
+      - name: Install hubsdd (pinned) with a CPU build of torch
+        # {install_note}
         run: |
           python -m pip install --upgrade pip
           python -m pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
-          python -m pip install hubsdd
+{install}
       - name: Validate the recipe
         run: hubsdd validate {recipe}
       - name: Cache downloads and finished stages (a rerun resumes where the last one stopped)
@@ -138,14 +150,80 @@ jobs:
 """
 
 
-def write_scaffold(path: Path, *, github_action: bool = False, force: bool = False) -> list[Path]:
+def _git(folder: Path, *args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else None
+
+
+def running_source() -> str:
+    """Where the running hubsdd came from, pinned: the git URL at the commit it was installed from
+    (PEP 610 ``direct_url.json``, or the checkout an editable install points at), else the exact
+    version on the package index."""
+    from importlib import metadata
+
+    try:
+        direct = json.loads(metadata.distribution("hubsdd").read_text("direct_url.json") or "null")
+    except (metadata.PackageNotFoundError, ValueError):
+        direct = None
+    if isinstance(direct, dict):
+        vcs = direct.get("vcs_info") or {}
+        if vcs.get("vcs") == "git" and COMMIT_RE.match(str(vcs.get("commit_id", ""))):
+            return f"git+{direct['url']}@{vcs['commit_id']}"
+        url = str(direct.get("url", ""))
+        if "dir_info" in direct and url.startswith("file://"):
+            folder = Path(url[len("file://"):])
+            remote, commit = _git(folder, "remote", "get-url", "origin"), _git(folder, "rev-parse", "HEAD")
+            if remote and commit and "://" in remote:
+                return f"git+{remote}@{commit}"
+    return f"hubsdd=={__version__}"
+
+
+def install_lines(spec: str, root: Path) -> tuple[list[str], str]:
+    """The workflow's shell lines that install hubsdd from ``spec``, pinned, and a note saying how.
+
+    ``spec``: ``git+URL@<commit or tag>``, a wheel's path (inside the repository: its sha256 is
+    checked before installing, so a later push cannot swap it), or ``hubsdd==X.Y.Z``."""
+    if spec.startswith("git+"):
+        url, at, ref = spec.rpartition("@")
+        if not at or not ref or "/" in ref or url.endswith(":"):
+            raise HubsddError(f"--install-from {spec!r}: a git URL must end in @<commit sha or tag>",
+                              fix="e.g. --install-from git+https://github.com/org/hubsdd@v0.2.0")
+        note = ("pinned to a commit" if COMMIT_RE.match(ref) else
+                f"pinned to the tag {ref} (a commit sha cannot be moved; a tag can)")
+        return [f'python -m pip install "hubsdd @ {spec}"'], note
+    if spec.endswith(".whl"):
+        wheel = (root / spec).resolve() if not Path(spec).is_absolute() else Path(spec)
+        try:
+            rel = wheel.relative_to(root.resolve()).as_posix()
+        except ValueError:
+            raise HubsddError(f"--install-from {spec}: the wheel must be inside the repository ({root})",
+                              fix="copy the wheel into the repository and commit it") from None
+        if not wheel.is_file():
+            raise HubsddError(f"--install-from {spec}: no such wheel", fix="build it with `pip wheel --no-deps .`")
+        digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+        return [f'echo "{digest}  {rel}" | sha256sum --check --strict',
+                f'python -m pip install "./{rel}"'], f"the wheel {rel}, its sha256 checked"
+    if re.fullmatch(r"hubsdd==[0-9][\w.+!-]*", spec):
+        return [f'python -m pip install "{spec}"'], f"{spec} from the package index"
+    raise HubsddError(f"--install-from {spec!r} is not a pinned source",
+                      fix="give git+URL@<commit or tag>, the path of a wheel in the repository, or hubsdd==X.Y.Z")
+
+
+def write_scaffold(path: Path, *, github_action: bool = False, force: bool = False,
+                   install_from: str | None = None) -> list[Path]:
     path = Path(path)
+    lines, note = install_lines(install_from or running_source(), path.parent)
+    install = "\n".join(" " * 10 + line for line in lines)
     targets = [(path, RECIPE.format(name=path.name))]
     if github_action:
         recipe_rel = path.name if path.parent in (Path("."), Path("")) else str(path)
         targets.append((path.parent / ".github" / "workflows" / "publish.yml" if path.parent != Path(".")
                         else Path(".github/workflows/publish.yml"),
-                        WORKFLOW.format(recipe=recipe_rel, model_repo="your-org/my-pruned-model")))
+                        WORKFLOW.format(recipe=recipe_rel, model_repo="your-org/my-pruned-model", install=install,
+                                        install_note=f"hubsdd {__version__}: {note}")))
     existing = [p for p, _ in targets if p.exists()]
     if existing and not force:
         raise HubsddError(f"{', '.join(map(str, existing))} already exists", fix="pass --force to overwrite")

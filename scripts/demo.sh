@@ -25,11 +25,27 @@ export HF_HUB_DISABLE_XET=1
 export HF_HOME="$PWD/$DEMO_DIR/hf-home"     # keep the demo's downloads out of ~/.cache
 echo "== local Hub at $HF_ENDPOINT"
 
-start=$(date +%s)
-echo "== hubsdd publish $RECIPE"
-hubsdd publish "$RECIPE"
+# A throwaway signing key for the demo (kept across runs, so the pinned signer stays the same), and
+# the trust file `hubsdd pull` pins it in, both inside the demo's folder.
+export HUBSDD_TRUST_FILE="$PWD/$DEMO_DIR/known_signers.json"
+SIGNING_KEY="$DEMO_DIR/demo-signing-key.pem"
+[ -s "$SIGNING_KEY" ] || python - "$SIGNING_KEY" <<'PY'
+import os, sys
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
-echo "== hubsdd pull $MODEL_REPO"
+pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+os.write(fd, pem)
+os.close(fd)
+PY
+
+start=$(date +%s)
+echo "== hubsdd publish $RECIPE (signed with a demo key)"
+hubsdd publish "$RECIPE" --signing-key "$SIGNING_KEY"
+
+echo "== hubsdd pull $MODEL_REPO (verifies the signature; the first pull pins the signer)"
 rm -rf "$DEMO_DIR/pulled"
 hubsdd pull "$MODEL_REPO" --local-dir "$DEMO_DIR/pulled"
 

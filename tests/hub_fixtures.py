@@ -39,7 +39,8 @@ def hub_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     home, cache = tmp_path / "hf-home", tmp_path / "hf-home" / "hub"
     for key, value in {"HF_ENDPOINT": url, "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(home),
                        "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_TELEMETRY": "1",
-                       "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_OFFLINE": "0"}.items():
+                       "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_OFFLINE": "0",
+                       "HUBSDD_TRUST_FILE": str(tmp_path / "known_signers.json")}.items():  # not ~/.config
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)

@@ -123,7 +123,7 @@ def test_publish_dry_run_then_publish_then_pull_through_the_cli(tmp_path, tiny_r
     assert len([c for c in commits if c.parents]) == 1  # one commit on top of the repo's initial one
     assert any(t.startswith("hubsdd-") for t in hub_server.refs("alice/tiny-pruned")["tags"])
 
-    assert main(["pull", "alice/tiny-pruned", "--local-dir", str(tmp_path / "pulled")]) == 0
+    assert main(["pull", "alice/tiny-pruned", "--local-dir", str(tmp_path / "pulled"), "--allow-unsigned"]) == 0
     out = capsys.readouterr().out
     assert "Verified alice/tiny-pruned" in out and "6 -> 4" in out
     card = ModelCard.load(tmp_path / "pulled" / "README.md")

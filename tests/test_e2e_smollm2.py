@@ -134,7 +134,7 @@ def test_demo_publish_pull_and_load_from_the_hub(tmp_path, hub_server, monkeypat
     assert len([c for c in hub_server.commits(MODEL_REPO) if c.parents]) == 1
 
     # --- pull verifies files and recipe against the card
-    assert main(["pull", MODEL_REPO, "--local-dir", str(tmp_path / "pulled")]) == 0
+    assert main(["pull", MODEL_REPO, "--local-dir", str(tmp_path / "pulled"), "--allow-unsigned"]) == 0
     out = capsys.readouterr().out
     assert "Verified" in out and "30 -> 26" in out
     assert "retention:" in out and "95% CI" in out and "too few items to tell the models apart" in out

@@ -191,7 +191,7 @@ def test_pull_verifies_and_detects_tampering(hub_server, release, tmp_path):  # 
     from transformers import AutoModelForCausalLM
 
     published = _publish(release)
-    got = pull(f"{MODEL}@{TAG}", local_dir=tmp_path / "pulled")
+    got = pull(f"{MODEL}@{TAG}", local_dir=tmp_path / "pulled", allow_unsigned=True)
     assert got.commit_sha == published.model.commit_sha and got.base_model == BASE_MODEL
     assert got.prune == {"removed_layers": [2, 3], "layers_before": 4, "layers_after": 2}
     assert got.retention["value"] == 0.912 and got.retention["ci95"] == [0.871, 0.95]
@@ -207,14 +207,14 @@ def test_pull_verifies_and_detects_tampering(hub_server, release, tmp_path):  # 
     config["num_hidden_layers"] = 3
     hub_server.rewrite_file(MODEL, "config.json", json.dumps(config).encode())
     with pytest.raises(VerificationError) as exc:
-        pull(MODEL, local_dir=tmp_path / "tampered")
+        pull(MODEL, local_dir=tmp_path / "tampered", allow_unsigned=True)
     msg = str(exc.value)
     assert "config.json" in msg and sha256_of(release[0] / "config.json") in msg
     assert "model.safetensors" not in msg
     hub_server.rewrite_file(MODEL, "model.safetensors", b"\0" * 64)
     with pytest.raises(VerificationError, match="model.safetensors"):
-        pull(MODEL)
-    assert pull(MODEL, revision=published.model.commit_sha).commit_sha == published.model.commit_sha
+        pull(MODEL, allow_unsigned=True)
+    assert pull(MODEL, revision=published.model.commit_sha, allow_unsigned=True).commit_sha == published.model.commit_sha
 
 
 def test_metadata_is_validated_before_any_upload(hub_server, release):  # noqa: F811
@@ -281,7 +281,7 @@ def test_publish_and_pull_report_bytes_and_files_as_progress(hub_server, release
     rec = RecordingReporter()
     with progress.reporting(rec):
         _publish(release)
-        pull(MODEL, local_dir=tmp_path / "pulled")
+        pull(MODEL, local_dir=tmp_path / "pulled", allow_unsigned=True)
     uploads = {k: v for k, v in rec.tasks.items() if v[0].startswith("uploading")}
     assert {v[0] for v in uploads.values()} == {f"uploading {MODEL}", f"uploading {DATASET}"}
     model_upload = next(k for k, v in uploads.items() if v[0] == f"uploading {MODEL}")

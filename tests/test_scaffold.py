@@ -107,3 +107,55 @@ def test_the_workflow_uses_trusted_publishing_a_cpu_torch_caches_and_artifacts(w
     artifact = next(s for s in steps.values() if str(s.get("uses", "")).startswith("actions/upload-artifact"))
     assert "runs/**/stage.json" in artifact["with"]["path"]
     assert "GPU runner" in path.read_text()
+
+
+def test_the_install_step_is_pinned_and_resolves_without_an_index(tmp_path: Path) -> None:
+    """The written install lines run as written (plus --no-index --dry-run): the wheel's hash is
+    checked, and pip resolves the wheel with no package index."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+                            "-w", str(repo / "wheels"), str(ROOT)], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-2000:]
+    wheel = next((repo / "wheels").glob("hubsdd-*.whl"))
+    write_scaffold(repo / "recipe.yaml", github_action=True, install_from=f"wheels/{wheel.name}")
+    steps = {s.get("name", ""): s for s in yaml.safe_load(
+        (repo / ".github" / "workflows" / "publish.yml").read_text())["jobs"]["publish"]["steps"]}
+    lines = [ln for ln in next(s for n, s in steps.items() if n.startswith("Install"))["run"].splitlines()
+             if "hubsdd" in ln or "sha256sum" in ln]
+    assert len(lines) == 2 and "sha256sum --check" in lines[0]
+    script = "set -e\n" + lines[0] + "\n" + lines[1].replace("python", shlex.quote(sys.executable), 1) + \
+        " --no-index --no-deps --dry-run --ignore-installed\n"
+    done = subprocess.run(["bash", "-c", script], cwd=repo, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Would install hubsdd-" in done.stdout
+    # a later push that swaps the wheel makes the step fail before installing anything
+    wheel.write_bytes(wheel.read_bytes() + b"\0")
+    done = subprocess.run(["bash", "-c", script], cwd=repo, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "Would install" not in done.stdout
+
+
+def test_install_sources(tmp_path: Path) -> None:
+    from hubsdd.errors import HubsddError
+    from hubsdd.scaffold import install_lines, running_source
+
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    lines, note = install_lines(f"git+https://github.com/org/hubsdd@{sha}", tmp_path)
+    assert lines == [f'python -m pip install "hubsdd @ git+https://github.com/org/hubsdd@{sha}"'] and "commit" in note
+    assert "tag v0.2.0" in install_lines("git+https://github.com/org/hubsdd@v0.2.0", tmp_path)[1]
+    for bad in ("git+https://github.com/org/hubsdd", "hubsdd", "hubsdd>=0.2", "../elsewhere.whl", "missing.whl"):
+        with pytest.raises(HubsddError):
+            install_lines(bad, tmp_path)
+    from hubsdd import __version__
+
+    default = running_source()  # this checkout: a git URL at a commit, or the exact version
+    assert default == f"hubsdd=={__version__}" or re.search(r"^git\+.+@[0-9a-f]{40}$", default)
+
+
+def test_the_scaffold_recipe_signs_with_sigstore(tmp_path: Path) -> None:
+    from hubsdd.recipe import load_recipe
+
+    write_scaffold(tmp_path / "recipe.yaml", github_action=True)
+    assert load_recipe(tmp_path / "recipe.yaml").publish.signing.method == "sigstore"
+    wf = yaml.safe_load((tmp_path / ".github" / "workflows" / "publish.yml").read_text())
+    assert wf["permissions"]["id-token"] == "write"

@@ -76,12 +76,15 @@ def format_retention(ret: Any) -> str:
 
 def format_summary(result: PullResult) -> str:
     """What `hubsdd pull` prints after a verified download."""
+    sig = result.signature
     lines = [f"Verified {result.repo_id}@{result.commit_sha[:12]} ({result.revision}): "
              f"{result.files_verified} files and the recipe match the card",
              f"  local path:      {result.local_path}",
              f"  base model:      {result.base_model}",
              f"  license:         {result.license}",
              f"  run fingerprint: {result.run_fingerprint}"]
+    if sig is not None:
+        lines.insert(1, f"  signature:       {sig.message}")
     if result.prune:
         p = result.prune
         removed = p.get("removed_layers")

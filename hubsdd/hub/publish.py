@@ -26,11 +26,12 @@ from ..files import git_blob_sha1
 from ..hub_errors import endpoint, hub_errors
 from .auth import repo_tokens
 from .release import Release, ReleaseFile, prepare_release, repo_url, validate_remote
+from .signing import PUBLIC_KEY_FILE, SIGNATURE_FILE, resolve_signer, sign_release
 
 log = logging.getLogger("hubsdd.hub")
 
 # Files every hubsdd release writes besides those listed in the card (and the Hub's own .gitattributes).
-ALWAYS_OWNED = ("README.md", "recipe.yaml", ".gitattributes")
+ALWAYS_OWNED = ("README.md", "recipe.yaml", ".gitattributes", SIGNATURE_FILE, PUBLIC_KEY_FILE)
 FULL_REPO_ID_RE = re.compile(r"^[A-Za-z0-9][\w.\-]{0,95}/[A-Za-z0-9][\w.\-]{0,95}$")
 
 
@@ -111,11 +112,19 @@ def _remote_release(api: Any, repo_id: str, repo_type: str, sha: str, remote: di
         return None
     if not isinstance(block, dict) or not isinstance(block.get("files"), dict):
         return None
-    return {str(p) for p in block["files"]} | {"README.md", "recipe.yaml"}
+    signed = {SIGNATURE_FILE, PUBLIC_KEY_FILE} if isinstance(block.get("signature"), dict) else set()
+    return {str(p) for p in block["files"]} | {"README.md", "recipe.yaml"} | signed
+
+
+def _same_or_resigned(path: str, local: ReleaseFile, remote: dict[str, Any]) -> bool:
+    """A signature is made afresh at every publish (ECDSA is randomised; Sigstore adds a log entry):
+    a release whose other files, card (naming the signer) and public key are on the Hub unchanged
+    keeps the signature already there."""
+    return _same(local, remote.get(path)) or (path == SIGNATURE_FILE and path in remote)
 
 
 def _matches(local: dict[str, ReleaseFile], remote: dict[str, Any], stale: list[str]) -> bool:
-    return not stale and all(_same(f, remote.get(p)) for p, f in local.items())
+    return not stale and all(_same_or_resigned(p, f, remote) for p, f in local.items())
 
 
 @dataclass
@@ -176,7 +185,7 @@ def _plan_repo(api: Any, release: Release, repo_id: str, *, private: bool, creat
         # Only files a previous hubsdd release created are deleted, and never .gitattributes.
         result.deleted = sorted(p for p in (previous or set()) if p in remote and p not in local
                                 and p not in (".gitattributes", "README.md"))
-        result.changed = sorted(p for p, f in local.items() if not _same(f, remote.get(p)))
+        result.changed = sorted(p for p, f in local.items() if not _same_or_resigned(p, f, remote))
         if branch_exists and _matches(local, remote, result.deleted):
             log.info("%s already holds this release at %s: no commit", repo_id, head[:12])
             result.skipped, result.commit_sha = True, head
@@ -294,13 +303,16 @@ def _tag(api: Any, result: RepoResult, name: str, fingerprint: str | None) -> No
 def publish(model_dir: Path, dataset_dir: Path | None = None, *, model_repo: str, dataset_repo: str | None = None,
             private: bool = False, create_pr: bool = False, revision: str | None = None, dry_run: bool = False,
             overwrite: bool = False, tag: str | None = None, commit_message: str | None = None,
-            token: str | None = None) -> PublishResult:
+            token: str | None = None, signing: Any = None, signing_key: Path | None = None) -> PublishResult:
     """Push a release (model folder, optional dataset folder) to the Hub: one commit per repository.
 
     ``tag``: the tag put on the model commit; default ``hubsdd-<first 12 hex of run_fingerprint>``,
     ``""`` for none; never in ``create_pr`` mode. ``revision``: the branch to commit to (created
     from main if missing) or, with ``create_pr``, the branch the pull request targets.
-    ``dry_run`` sends nothing and returns the files and rendered cards.
+    ``dry_run`` sends nothing and returns the files and rendered cards (unsigned).
+    ``signing``: a ``publish.signing`` section; ``signing_key``: a PEM EC private key's path (signs with
+    it whatever the section says). The signer is checked before anything is sent, and the signature
+    (``model.sig``) goes into the model repository's one commit (see :mod:`hubsdd.hub.signing`).
     """
     for value, name in ((model_repo, "model_repo"), (dataset_repo, "dataset_repo")):
         if value is not None and not FULL_REPO_ID_RE.match(value):
@@ -325,6 +337,8 @@ def publish(model_dir: Path, dataset_dir: Path | None = None, *, model_repo: str
 
     from huggingface_hub import HfApi
 
+    # A missing key or missing OIDC credentials fails here, before any request to the Hub.
+    signer = resolve_signer(signing, key_path=signing_key) if (signing is not None or signing_key) else None
     # The configured resource (the model) last: huggingface_hub caches one exchanged token, and it
     # should be the one HF_OIDC_RESOURCE names once this returns.
     wanted = {"dataset": (dataset_repo, "dataset")} if dataset else {}
@@ -342,6 +356,8 @@ def publish(model_dir: Path, dataset_dir: Path | None = None, *, model_repo: str
                 raise AuthError(f"the token belongs to {me.get('name')!r}, who cannot write to the namespace {ns!r}",
                                 fix=f"use a token of a member of {ns!r}, publish under your own namespace, or open "
                                     "a pull request with `--pr`")
+    if signer is not None:
+        model = sign_release(model, signer, model_repo)
     # Both cards are validated before anything is created or uploaded.
     for rel in filter(None, (dataset, model)):
         validate_remote(rel, tokens[rel.kind])

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -12,6 +15,8 @@ from ..files import sha256_file
 from ..hub_errors import endpoint, hub_errors
 from .publish import FULL_REPO_ID_RE
 from .release import check_hubsdd_block
+from .signing import PUBLIC_KEY_FILE, SIGNATURE_FILE
+from .verify import SignatureCheck, check_signature
 
 
 @dataclass
@@ -30,6 +35,7 @@ class PullResult:
     prune: dict | None = None  # {removed_layers, layers_before, layers_after} when the card has it
     retention: Any = None
     unlisted: list[str] = field(default_factory=list)  # files present but not covered by the card
+    signature: SignatureCheck | None = None
 
 
 def parse_repo_ref(repo: str, revision: str | None = None) -> tuple[str, str | None]:
@@ -45,22 +51,82 @@ def parse_repo_ref(repo: str, revision: str | None = None) -> tuple[str, str | N
 
 
 def pull(repo: str, *, revision: str | None = None, local_dir: Path | None = None,
-         token: str | None = None) -> PullResult:
+         token: str | None = None, public_key: Path | None = None, identity: str | None = None,
+         issuer: str | None = None, allow_unsigned: bool = False, accept_signer: str | None = None) -> PullResult:
     """Download a released checkpoint at a revision (pinned to its commit sha) and verify it.
 
-    Every file the card's ``hubsdd.files`` lists must be present with that sha256, and recipe.yaml
-    must hash to ``hubsdd.recipe_sha256``; otherwise :class:`VerificationError` names each file with
-    the expected and actual digest.
+    First its signature (:mod:`hubsdd.hub.verify`: who signed, and that the signature covers exactly
+    the downloaded files), then the card: every file ``hubsdd.files`` lists must be present with that
+    sha256, and recipe.yaml must hash to ``hubsdd.recipe_sha256``. Any failure is a
+    :class:`VerificationError` naming each file, and leaves nothing in ``local_dir`` (the download is
+    made in a hidden folder beside it and moved into place once verified) or, without ``local_dir``,
+    in the cache (the revision is deleted from it).
     """
-    from huggingface_hub import HfApi, ModelCard, snapshot_download
+    from huggingface_hub import HfApi, snapshot_download
 
     repo_id, rev = parse_repo_ref(repo, revision)
     api = HfApi(endpoint=endpoint(), token=token)
-    with hub_errors(f"pulling {repo_id}", repo_id):
-        sha = api.model_info(repo_id, revision=rev).sha
-        path = Path(snapshot_download(repo_id, revision=sha, local_dir=local_dir, token=token,
-                                      endpoint=endpoint(), tqdm_class=progress.tqdm_class()))
-    where = f"{repo_id}@{sha[:12]}"
+    staging: Path | None = None
+    if local_dir is not None:
+        local_dir = Path(local_dir)
+        local_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{local_dir.name}.partial-", dir=local_dir.parent))
+    sha = None
+    try:
+        with hub_errors(f"pulling {repo_id}", repo_id):
+            sha = api.model_info(repo_id, revision=rev).sha
+            path = Path(snapshot_download(repo_id, revision=sha, local_dir=staging, token=token,
+                                          endpoint=endpoint(), tqdm_class=progress.tqdm_class()))
+        where = f"{repo_id}@{sha[:12]}"
+        check, record = check_signature(path, repo_id, where, public_key=public_key, identity=identity,
+                                        issuer=issuer, allow_unsigned=allow_unsigned, accept_signer=accept_signer,
+                                        allow_symlinks=staging is None)
+        result = _verify_card(path, repo_id, rev, sha, where)
+    except BaseException:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        elif sha is not None:
+            _forget_cached_revision(repo_id, sha)
+        raise
+    if staging is not None:
+        _move_into_place(staging, local_dir)  # type: ignore[arg-type]
+        result.local_path = local_dir  # type: ignore[assignment]
+    record()
+    result.signature = check
+    return result
+
+
+def _move_into_place(staging: Path, target: Path) -> None:
+    """The verified download becomes ``target``: renamed when it does not exist yet, else its files
+    replace those of the same name (nothing else in ``target`` is touched)."""
+    if not target.exists() or (target.is_dir() and not any(target.iterdir())):
+        if target.exists():
+            target.rmdir()
+        os.replace(staging, target)
+        return
+    for src in sorted(p for p in staging.rglob("*") if p.is_file()):
+        dst = target / src.relative_to(staging)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dst)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _forget_cached_revision(repo_id: str, sha: str) -> None:
+    """Drop a revision that failed verification from the cache (blobs other revisions share stay)."""
+    try:
+        from huggingface_hub import scan_cache_dir
+
+        cache = scan_cache_dir()
+        if any(rev.commit_hash == sha for repo in cache.repos if repo.repo_id == repo_id for rev in repo.revisions):
+            cache.delete_revisions(sha).execute()
+    except Exception:  # noqa: BLE001 - best effort: the verification error is what matters
+        pass
+
+
+def _verify_card(path: Path, repo_id: str, rev: str | None, sha: str, where: str) -> PullResult:
+    """The files and recipe against the card's ``hubsdd`` block."""
+    from huggingface_hub import ModelCard
+
     readme = path / "README.md"
     if not readme.is_file():
         raise VerificationError(f"{where} has no README.md, so nothing to verify it against",
@@ -100,6 +166,7 @@ def pull(repo: str, *, revision: str | None = None, local_dir: Path | None = Non
                       base_model=meta.get("base_model"), license=meta.get("license"),
                       run_fingerprint=block.get("run_fingerprint"), recipe_sha256=block.get("recipe_sha256"),
                       files_verified=len(listed), prune=prune, retention=block.get("retention"),
-                      unlisted=sorted(present - set(listed) - {"README.md", "recipe.yaml"}))
+                      unlisted=sorted(present - set(listed) - {"README.md", "recipe.yaml", SIGNATURE_FILE,
+                                                                PUBLIC_KEY_FILE}))
 
 
