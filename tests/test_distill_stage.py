@@ -246,6 +246,17 @@ def test_teacher_logits_are_stored_resumed_and_described(tmp_path: Path) -> None
                    f"{stored.sequences} sequences, {stored.positions} positions", "`tail_logprob`", "16 + 1 outcomes",
                    "positions x 16, float16", tl.FORMAT):
         assert needle in text, needle
+    # The release's dataset folder carries them, and the card's file list covers them.
+    from hubsdd.card import assemble_release
+
+    record = {"stage": "distill", "fingerprint": ctx.fingerprint, "config": ctx.recipe.section_dict("distill"),
+              "outputs": out.outputs.model_dump(mode="json"), "metrics": out.metrics.model_dump(mode="json")}
+    (ctx.out_dir / "stage.json").write_text(json.dumps(record))
+    assemble_release(ctx.recipe, {"distill": StageResult("distill", ctx.out_dir, record)}, tmp_path / "card", "fp")
+    released = tmp_path / "card" / "dataset"
+    assert (released / stored.dir / tl.INDEX).read_bytes() == (folder / tl.INDEX).read_bytes()
+    card_text = (released / "README.md").read_text()
+    assert f"{stored.dir}/shard-00002.safetensors" in card_text and "## Teacher log-probabilities" in card_text
     # Off by default: not in the section's dump, so recipes without it keep their fingerprints.
     plain = make_ctx(tmp_path, distill_yaml=DISTILL_MATH, out="out3")
     assert "teacher_logits" not in plain.recipe.section_dict("distill")
