@@ -424,6 +424,11 @@ def assemble_release(recipe: Any, results: dict[str, StageResult], out_dir: Path
         data_out = out_dir / "dataset"
         data_files = ["data/train.parquet"]
         _link(results["distill"].path("data"), data_out / data_files[0])
+        stored = results["distill"].outputs.get("teacher_logits")
+        if stored:  # the teacher's top-k log-probabilities travel with the data (the card says what they are)
+            for f in sorted(results["distill"].resolve(stored["dir"]).iterdir()):
+                if f.is_file() and not f.name.startswith("."):
+                    _link(f, data_out / stored["dir"] / f.name)
         render_dataset_card(recipe, results, data_files, release_file_hashes(data_out), fingerprint).save(
             data_out / "README.md")
         written["dataset_dir"] = "dataset"

@@ -81,3 +81,13 @@ class SigningError(HubError):
 
 class SignerChangedError(VerificationError):
     """A release is signed by someone other than the signer pinned for its repository."""
+
+
+class TeacherLogitsMismatchError(StageError):
+    """Stored teacher log-probabilities were computed by another teacher or tokenizer than this run's;
+    ``stored`` and ``expected`` name both."""
+
+    def __init__(self, what: str, stored: str, expected: str, *, where: str, fix: str | None = None) -> None:
+        self.what, self.stored, self.expected = what, stored, expected
+        super().__init__(f"{where}: the teacher log-probabilities there were computed with {what} {stored}, "
+                         f"but this run's {what} is {expected}; refusing to distill from them", fix=fix)

@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import progress, trainer_checkpoints, worklog
-from .distill.prompts import user_message
+from .distill.prompts import DATA_COLUMNS, chat_example
 from .errors import DataError, StageError
 from .figures import figure
 from .recipe import FinetuneSection
@@ -67,7 +67,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hubsdd.finetune")
 
-DATA_COLUMNS = {"distilled": "selected", "original": "original"}
 RESULT_FILE = "result.json"
 PLOT_FILE = "loss_curve.png"
 
@@ -94,12 +93,11 @@ def training_dataset(parquet: Path, data: str, *, messages: bool = False) -> tup
                         fix="rerun the distill stage with this version of hubsdd")
     records, dropped = [], 0
     for row in table.to_pylist():
-        response = row.get(column) or ""
-        if not response.strip() or not (row.get("instruction") or "").strip():
+        pair = chat_example(row, data)
+        if pair is None:
             dropped += 1
             continue
-        prompt = [{"role": "user", "content": user_message(row["instruction"], row.get("input"))}]
-        completion = [{"role": "assistant", "content": response}]
+        prompt, completion = pair
         records.append({"messages": prompt + completion} if messages else {"prompt": prompt, "completion": completion})
     if not records:
         raise DataError(f"finetune: no usable rows in {parquet} for `data: {data}`",
@@ -144,6 +142,8 @@ def variant_key(ctx: StageContext, name: str) -> str:
         # N processes train on N x batch_size examples a step: other weights
         "processes": training_processes(),
     }
+    if teacher_logits_dir(ctx, name) is not None:  # only then: the keys of live-teacher variants stay
+        payload["teacher_logits"] = "cache"
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
 
@@ -153,6 +153,26 @@ def training_processes() -> int:
         return max(1, int(os.environ.get("WORLD_SIZE", "1")))
     except ValueError:
         return 1
+
+
+def teacher_logits_dir(ctx: StageContext, name: str) -> Path | None:
+    """Where a ``loss: kd`` variant reads its teacher's stored log-probabilities, or None when it
+    runs the teacher live: ``finetune.kd.teacher_logits`` (auto: the cache when the distill stage
+    stored one for the variant's data)."""
+    section: FinetuneSection = ctx.section
+    variant = section.variants[name]
+    if variant.loss != "kd" or section.kd.teacher_logits == "live":
+        return None
+    distill = ctx.input("distill")
+    stored = distill.outputs.get("teacher_logits") or {}
+    if variant.data in stored.get("data", []):
+        return distill.resolve(stored["dir"])
+    if section.kd.teacher_logits == "cache":
+        raise StageError(f"finetune: variant {name} (data: {variant.data}) is to distill from stored teacher "
+                         "log-probabilities (finetune.kd.teacher_logits: cache), but the distill stage stored "
+                         f"none for its data (it has: {stored.get('data', [])})",
+                         fix=f"add {variant.data} to distill.teacher_logits.data, or set finetune.kd.teacher_logits: live")
+    return None
 
 
 def variant_dir(ctx: StageContext, name: str) -> Path:
@@ -187,9 +207,11 @@ def train_variant(ctx: StageContext, name: str, *, is_main: bool = True) -> dict
     device, dtype = default_device(ctx.recipe), model_dtype(ctx.recipe)
     bf16 = mixed_bf16(section, dtype)
     kd = variant.loss == "kd"
+    cache_dir = teacher_logits_dir(ctx, name)
+    live_kd = kd and cache_dir is None
     learning_rate = variant.learning_rate or section.learning_rate
     model_dir = ctx.input("prune").path("model_dir")
-    dataset, dropped = training_dataset(ctx.input("distill").path("data"), variant.data, messages=kd)
+    dataset, dropped = training_dataset(ctx.input("distill").path("data"), variant.data, messages=live_kd)
     tokenizer = load_tokenizer(model_dir, trust_remote_code=base.trust_remote_code)
     if not getattr(tokenizer, "chat_template", None):
         raise StageError(f"finetune: the tokenizer in {model_dir} has no chat template",
@@ -204,7 +226,16 @@ def train_variant(ctx: StageContext, name: str, *, is_main: bool = True) -> dict
     kwargs: dict[str, Any] = {}
     sft_trainer, gkd_trainer = trainer_classes()
     trainer_class: Any = sft_trainer
-    if kd:
+    if cache_dir is not None:
+        # The teacher's stored log-probabilities, checked against this run's teacher and tokenizer.
+        from . import teacher_logits as tl
+        from .training import cached_kd_trainer_class
+
+        stored = tl.TeacherLogits(cache_dir, teacher=tl.teacher_identity(ctx.input("base")),
+                                  tokenizer=tl.tokenizer_identity(tokenizer), max_length=section.max_length,
+                                  where=f"finetune: {name}", tokenizer_label=tl.tokenizer_name(tokenizer))
+        trainer_class, kwargs = cached_kd_trainer_class(), {"teacher_logits": stored, "beta": section.kd.beta}
+    elif kd:
         # The teacher is the unpruned base model this run already has (same tokenizer and vocabulary).
         teacher = load_model(ctx.input("base").path("model_dir"), dtype=dtype,
                              trust_remote_code=base.trust_remote_code, allow_pickle=base.allow_pickle)
@@ -215,7 +246,7 @@ def train_variant(ctx: StageContext, name: str, *, is_main: bool = True) -> dict
     started = time.time()
     trainer = trainer_class(
         model=model,
-        args=trainer_config(section, trainer_dir, learning_rate=learning_rate, kd=kd, device=device, bf16=bf16),
+        args=trainer_config(section, trainer_dir, learning_rate=learning_rate, kd=live_kd, device=device, bf16=bf16),
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=lora_config(section) if section.method == "lora" else None,
@@ -255,6 +286,7 @@ def train_variant(ctx: StageContext, name: str, *, is_main: bool = True) -> dict
         "loss": variant.loss,
         "metrics": {
             "loss": variant.loss,
+            **({"teacher_logits": "live" if live_kd else f"cache (top {stored.top_k})"} if kd else {}),
             "learning_rate": learning_rate,
             "train_loss_first": history[0]["loss"] if history else None,
             "train_loss_last": history[-1]["loss"] if history else None,

@@ -99,6 +99,16 @@ class PruneMetrics(Record):
 # --------------------------------------------------------------------------- distill
 
 
+class TeacherLogitsOutput(Record):
+    dir: str  # relative to the stage folder
+    top_k: int
+    dtype: str
+    data: list[Literal["distilled", "original"]]
+    format: str
+    sequences: int
+    positions: int
+
+
 class DistillOutputs(Record):
     data: str  # the parquet file, relative to the stage folder
     template_name: str
@@ -113,6 +123,7 @@ class DistillOutputs(Record):
     checker: str
     rejection_phrases: list[str]
     generation: GenerationSettings
+    teacher_logits: TeacherLogitsOutput | None = None
 
 
 class DistillMetrics(Record):
@@ -130,6 +141,9 @@ class DistillMetrics(Record):
     shards: int
     shards_resumed: int
     seconds: float
+    teacher_logits_positions: int | None = None
+    teacher_logits_shards_resumed: int | None = None
+    teacher_logits_seconds: float | None = None
 
 
 # --------------------------------------------------------------------------- finetune
@@ -159,6 +173,7 @@ class FinetuneOutputs(Record):
 
 class VariantMetrics(Record):
     loss: Literal["ce", "kd"]
+    teacher_logits: str | None = None  # kd: "live", or "cache (top k)"
     learning_rate: float
     train_loss_first: float | None = None
     train_loss_last: float | None = None

@@ -21,7 +21,7 @@ from .recipe_file import check_package_path, load_recipe, parse_recipe, resolve_
 from .recipe_sections import (  # noqa: F401  (the sections are part of this module's API)
     HUB_ID_RE, SEED_MAX, BaseSection, CalibrationData, CardSection, ColumnMap, DataSource, DistillSection,
     EvaluateSection, FidelitySettings, FinetuneSection, GenerationSettings, KDSettings, LoraSettings, MergeSection,
-    PruneSection, PublishSection, Section, SpeculativeSettings, VariantSection,
+    PruneSection, PublishSection, Section, SpeculativeSettings, TeacherLogitsSettings, VariantSection,
 )
 
 
@@ -59,6 +59,13 @@ class Recipe(Section):
                 raise ValueError("finetune: a variant uses `data: distilled` but there is no `distill` section")
             if self.distill is None:
                 raise ValueError("finetune: needs a `distill` section for its training data")
+            if self.finetune.kd.teacher_logits == "cache":
+                stored = self.distill.teacher_logits.data if self.distill.teacher_logits else []
+                missing = sorted({v.data for v in self.finetune.variants.values() if v.loss == "kd"} - set(stored))
+                if missing:
+                    raise ValueError(f"finetune.kd.teacher_logits: cache needs the teacher's log-probabilities on "
+                                     f"the {' and '.join(missing)} responses: add them to distill.teacher_logits.data "
+                                     "(or use auto or live)")
         if self.merge is not None:
             if self.finetune is None:
                 raise ValueError("merge: needs a `finetune` section")

@@ -12,7 +12,7 @@ import re
 import typing
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_serializer, model_validator
 
 from .recipe_file import check_package_path, shown  # noqa: F401
 
@@ -246,6 +246,28 @@ class GenerationSettings(Section):
         return self
 
 
+class TeacherLogitsSettings(Section):
+    """The teacher's top-k next-token log-probabilities on the sequences ``loss: kd`` variants train
+    on, stored once by the distill stage (``teacher_logits/`` beside the data), so that KD trains
+    without the teacher in memory (``finetune.kd.teacher_logits``)."""
+
+    top_k: int = Field(64, ge=1, le=1 << 20, description="Log-probabilities kept per position; the mass of the "
+                       "other tokens is kept as one tail bucket, so the loss stays a KL over k + 1 outcomes.")
+    data: list[Literal["distilled", "original"]] = Field(
+        ["distilled", "original"], min_length=1, description="Whose responses: distilled (sdd-kd) and/or "
+        "original (kd); a rejected rewrite equals the original and is stored once.")
+    dtype: Literal["float16", "bfloat16", "float32"] = Field("float16", description="Of the stored log-probabilities "
+                                                              "(the tail's is float32).")
+    batch_size: int = Field(8, ge=1, description="Sequences per teacher forward pass.")
+
+    @field_validator("data")
+    @classmethod
+    def _once(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"{v} names a column twice")
+        return v
+
+
 VLLM_SHARD_SIZE = 1024
 
 
@@ -263,6 +285,16 @@ class DistillSection(Section):
     shard_size: int = Field(64, ge=1, description="Rows per resumable shard, and per call of the backend. "
                             f"Default 64; {VLLM_SHARD_SIZE} with `generation.backend: vllm`, which needs hundreds in flight.")
     data_license: str | None = Field(None, description="License of the source dataset.")
+    teacher_logits: TeacherLogitsSettings | None = Field(None, description="Also store the teacher's top-k "
+                                                         "log-probabilities for KD (off by default).")
+
+    @model_serializer(mode="wrap")
+    def _unset_is_absent(self, handler: Any) -> Any:
+        # Left out while off, so the fingerprints of recipes that never set it stay what they were.
+        data = handler(self)
+        if isinstance(data, dict) and self.teacher_logits is None:
+            data.pop("teacher_logits", None)
+        return data
 
     @field_validator("data_license")
     @classmethod
@@ -313,6 +345,17 @@ class KDSettings(Section):
         description="Generalized JSD interpolation: 0 = forward KL(teacher || student), the Minitron "
         "recipe for depth-pruned models; 1 = reverse KL; in between, the JSD. Logits at temperature 1.",
     )
+    teacher_logits: Literal["auto", "cache", "live"] = Field(
+        "auto", description="cache: from the top-k log-probabilities the distill stage stored "
+        "(distill.teacher_logits), without loading the teacher; live: the teacher runs at every step; "
+        "auto: the cache when it holds the variant's data, else live.")
+
+    @model_serializer(mode="wrap")
+    def _auto_is_absent(self, handler: Any) -> Any:
+        data = handler(self)  # as in DistillSection: recipes that never set it keep their fingerprints
+        if isinstance(data, dict) and self.teacher_logits == "auto":
+            data.pop("teacher_logits", None)
+        return data
 
 
 class FinetuneSection(Section):

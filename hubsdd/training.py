@@ -181,3 +181,32 @@ def trainer_classes() -> tuple[type, type]:
             return (loss, student) if return_outputs else loss
 
     return ResponseSFTTrainer, ResponseGKDTrainer
+
+
+def cached_kd_trainer_class() -> type:
+    """TRL's SFTTrainer distilling from stored teacher log-probabilities
+    (:mod:`hubsdd.teacher_logits`) instead of a teacher model: same batches, same positions, same
+    normalisation as the live ``ResponseGKDTrainer``, the loss over the k stored tokens and the tail.
+    Built with ``teacher_logits=`` (a :class:`hubsdd.teacher_logits.TeacherLogits`) and ``beta=``."""
+    from . import teacher_logits as tl
+
+    sft_trainer, _ = trainer_classes()
+
+    class CachedKDTrainer(sft_trainer):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, teacher_logits: Any, beta: float = 0.0, **kwargs: Any) -> None:
+            self.teacher_logits, self.beta = teacher_logits, beta
+            super().__init__(*args, **kwargs)
+
+        def compute_loss(self, model: Any, inputs: dict, return_outputs: bool = False,
+                         num_items_in_batch: Any = None) -> Any:
+            keep, _ = completion_positions(inputs["labels"])
+            student = model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
+                            logits_to_keep=keep, use_cache=False)
+            ids, values, tail = self.teacher_logits.gather(inputs["input_ids"], inputs.get("attention_mask"), keep)
+            loss = tl.topk_kd_loss(student.logits, ids, values, tail, beta=self.beta,
+                                   num_items_in_batch=num_items_in_batch)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+            return (loss, student) if return_outputs else loss
+
+    return CachedKDTrainer

@@ -219,3 +219,45 @@ def test_dataset_card_describes_the_distilled_data(tmp_path: Path) -> None:
                    "| `no-answer` | 5 |", 'load_dataset("org/data"', "2410.09982", "2402.13669",
                    "{{ instruction }} | {{ reference }}", "What is 2 + 3?"):
         assert needle in text, needle
+
+
+def test_teacher_logits_are_stored_resumed_and_described(tmp_path: Path) -> None:
+    from hubsdd import teacher_logits as tl
+
+    model_dir = save_tiny(tmp_path / "teacher", layers=2, seed=1)
+    ctx = make_ctx(tmp_path, model_dir=model_dir, distill_yaml=DISTILL_MATH + PUBLISH.replace(
+        "publish:", "  teacher_logits: {top_k: 16, batch_size: 2}\npublish:"))
+    answers = {"What is 2 + 3?": Generation("It is 5.\n#### 5", 7, "stop")}
+    out = run_distill(ctx, backend=ScriptedBackend(answers))
+    stored = out.outputs.teacher_logits
+    assert (stored.top_k, stored.dtype, stored.data) == (16, "float16", ["distilled", "original"])
+    assert stored.sequences == 7  # six originals, one accepted rewrite; the rejected ones equal their original
+    assert out.metrics.teacher_logits_positions == stored.positions > 0
+    folder = ctx.out_dir / stored.dir
+    index = json.loads((folder / tl.INDEX).read_text())
+    assert index["teacher"] == "org/teacher@0123abcd" and len(index["shards"]) == 3
+    assert sorted(p.name for p in folder.iterdir()) == [tl.INDEX] + [f"shard-{n:05d}.safetensors" for n in range(3)]
+    # A rerun with the same work folder (a kill after the shards) computes none of them again.
+    again = run_distill(make_ctx(tmp_path, model_dir=model_dir, out="out2", distill_yaml=DISTILL_MATH + PUBLISH.replace(
+        "publish:", "  teacher_logits: {top_k: 16, batch_size: 2}\npublish:")), backend=ScriptedBackend(answers))
+    assert again.metrics.teacher_logits_shards_resumed == 3
+    text = str(dataset_card(ctx, out))
+    for needle in ("## Teacher log-probabilities", "top-16 next-token log-probabilities", "`selected` and `original`",
+                   f"{stored.sequences} sequences, {stored.positions} positions", "`tail_logprob`", "16 + 1 outcomes",
+                   "positions x 16, float16", tl.FORMAT):
+        assert needle in text, needle
+    # The release's dataset folder carries them, and the card's file list covers them.
+    from hubsdd.card import assemble_release
+
+    record = {"stage": "distill", "fingerprint": ctx.fingerprint, "config": ctx.recipe.section_dict("distill"),
+              "outputs": out.outputs.model_dump(mode="json"), "metrics": out.metrics.model_dump(mode="json")}
+    (ctx.out_dir / "stage.json").write_text(json.dumps(record))
+    assemble_release(ctx.recipe, {"distill": StageResult("distill", ctx.out_dir, record)}, tmp_path / "card", "fp")
+    released = tmp_path / "card" / "dataset"
+    assert (released / stored.dir / tl.INDEX).read_bytes() == (folder / tl.INDEX).read_bytes()
+    card_text = (released / "README.md").read_text()
+    assert f"{stored.dir}/shard-00002.safetensors" in card_text and "## Teacher log-probabilities" in card_text
+    # Off by default: not in the section's dump, so recipes without it keep their fingerprints.
+    plain = make_ctx(tmp_path, distill_yaml=DISTILL_MATH, out="out3")
+    assert "teacher_logits" not in plain.recipe.section_dict("distill")
+    assert "teacher_logits" in ctx.recipe.section_dict("distill")

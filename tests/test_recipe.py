@@ -155,6 +155,27 @@ def test_bad_loss_and_kd_settings_name_their_path():
     assert p.startswith("finetune.variants.sdd.learning_rate (line 13):")
 
 
+def test_teacher_logits_settings_name_their_path():
+    stored = FINETUNE.replace("  data: {path: data.jsonl}\n", "  data: {path: data.jsonl}\n  teacher_logits: {top_k: 32}\n")
+    r = parse_recipe(stored.replace("kd: {beta: 0.0}", "kd: {beta: 0.0, teacher_logits: cache}"))
+    assert r.distill.teacher_logits.top_k == 32 and r.finetune.kd.teacher_logits == "cache"
+    assert parse_recipe(FINETUNE).finetune.kd.teacher_logits == "auto" and parse_recipe(FINETUNE).distill.teacher_logits is None
+    [p] = problems(stored.replace("top_k: 32", "top_k: 0"))
+    assert p.startswith("distill.teacher_logits.top_k (line 10):")
+    [p] = problems(stored.replace("top_k: 32", "top_k: 32, data: [original, original]"))
+    assert p.startswith("distill.teacher_logits.data (line 10):") and "twice" in p
+    [p] = problems(stored.replace("top_k: 32", "dtype: int8"))
+    assert p.startswith("distill.teacher_logits.dtype (line 10):")
+    [p] = problems(FINETUNE.replace("kd: {beta: 0.0}", "kd: {beta: 0.0, teacher_logits: offline}"))
+    assert p.startswith("finetune.kd.teacher_logits (line 16):") and "'auto', 'cache' or 'live'" in p
+    # cache needs the stored log-probabilities of every kd variant's data
+    [p] = problems(FINETUNE.replace("kd: {beta: 0.0}", "kd: {beta: 0.0, teacher_logits: cache}"))
+    assert p.startswith("finetune.kd.teacher_logits") and "distilled and original" in p
+    [p] = problems(stored.replace("top_k: 32", "top_k: 32, data: [distilled]").replace(
+        "kd: {beta: 0.0}", "kd: {beta: 0.0, teacher_logits: cache}"))
+    assert "on the original responses" in p
+
+
 def test_evaluate_offset_and_fidelity_validate():
     r = parse_recipe(MINIMAL + "evaluate: {limit: 100, offset: 400, fidelity: {prompts: 16}}\n")
     assert r.evaluate.offset == 400 and r.evaluate.fidelity.prompts == 16

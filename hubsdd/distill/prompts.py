@@ -58,3 +58,18 @@ def user_message(instruction: str, input: str | None) -> str:
 
     Shared with the finetune stage so that student training prompts are built one way."""
     return f"{instruction}\n\n{input}" if input else instruction
+
+
+# The column a fine-tuning variant's `data` reads.
+DATA_COLUMNS = {"distilled": "selected", "original": "original"}
+
+
+def chat_example(row: dict, data: str) -> tuple[list[dict], list[dict]] | None:
+    """A distilled row as the conversational prompt/completion a student trains on for ``data``
+    (``distilled`` or ``original``), or None when its instruction or response is empty. Shared by the
+    finetune stage and the teacher log-probabilities, which must see the same sequences."""
+    response = row.get(DATA_COLUMNS[data]) or ""
+    if not response.strip() or not (row.get("instruction") or "").strip():
+        return None
+    return ([{"role": "user", "content": user_message(row["instruction"], row.get("input"))}],
+            [{"role": "assistant", "content": response}])

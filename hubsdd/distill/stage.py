@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import progress, worklog
+from .. import teacher_logits as tl
 from ..data import get_value, load_rows, resolve_dataset_revision
 from ..errors import DataError
 from ..recipe import DistillSection
@@ -164,6 +165,7 @@ def run_distill(ctx: StageContext, *, backend: GenerationBackend | None = None,
         "source_sha": source_sha,
     }
     write_parquet(ctx.out_dir / DATA_FILE, records, DATA_FIELDS, provenance)
+    logits = store_teacher_logits(ctx, records) if section.teacher_logits is not None else None
 
     n = len(records)
     accepted = sum(1 for r in records if r["verdict"] == "accepted")
@@ -183,6 +185,10 @@ def run_distill(ctx: StageContext, *, backend: GenerationBackend | None = None,
         "device_memory_used_bytes": device_memory,
         "seconds": round(time.time() - started, 3),
     }
+    if logits is not None:
+        metrics["teacher_logits_positions"] = logits.positions
+        metrics["teacher_logits_shards_resumed"] = logits.shards_resumed
+        metrics["teacher_logits_seconds"] = logits.seconds
     outputs = {
         "data": DATA_FILE,
         "template_name": template.name,
@@ -198,4 +204,52 @@ def run_distill(ctx: StageContext, *, backend: GenerationBackend | None = None,
         "rejection_phrases": list(REJECTION_PHRASES),
         "generation": generation,
     }
+    if logits is not None:
+        settings = section.teacher_logits
+        outputs["teacher_logits"] = {"dir": tl.DIR, "top_k": settings.top_k, "dtype": settings.dtype,
+                                     "data": list(settings.data), "format": tl.FORMAT, "sequences": logits.sequences,
+                                     "positions": logits.positions}
     return StageOutput(outputs=DistillOutputs(**outputs), metrics=DistillMetrics(**metrics))
+
+
+def store_teacher_logits(ctx: StageContext, records: list[dict],
+                         on_shard: Callable[[int, int, bool], None] | None = None) -> "tl.BuildResult":
+    """The teacher's top-k log-probabilities on the sequences the ``kd`` variants will train on
+    (:mod:`hubsdd.teacher_logits`), built resumably in the work folder, linked into ``teacher_logits/``."""
+    import os
+    import shutil
+
+    from ..models import default_device, load_model, load_tokenizer, model_dtype
+
+    section: DistillSection = ctx.section
+    settings = section.teacher_logits
+    base = ctx.recipe.base
+    model_dir = ctx.input("base").path("model_dir")
+    tokenizer = load_tokenizer(model_dir, trust_remote_code=base.trust_remote_code)
+    groups = tl.sequence_groups(records, settings.data, tokenizer, section.shard_size)
+
+    def teacher() -> Any:
+        return load_model(model_dir, dtype=model_dtype(ctx.recipe), trust_remote_code=base.trust_remote_code,
+                          allow_pickle=base.allow_pickle, device=default_device(ctx.recipe))
+
+    with progress.task("teacher log-probabilities", total=len(groups), unit="shard") as bar:
+        def advance(k: int, total: int, resumed: bool) -> None:
+            bar.advance(1)
+            if on_shard is not None:
+                on_shard(k, total, resumed)
+
+        built = tl.build(groups, model_loader=teacher, settings=settings, teacher=tl.teacher_identity(ctx.input("base")),
+                         tokenizer=tl.tokenizer_identity(tokenizer), tokenizer_label=tl.tokenizer_name(tokenizer),
+                         work_dir=ctx.work_dir / tl.DIR, on_shard=advance,
+                         pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+    dest = ctx.out_dir / tl.DIR
+    dest.mkdir(parents=True, exist_ok=True)
+    for src in sorted(built.dir.iterdir()):
+        if src.is_file() and not src.name.startswith("."):
+            try:  # hard links: the work folder is removed when the stage succeeds
+                os.link(src, dest / src.name)
+            except OSError:
+                shutil.copy2(src, dest / src.name)
+    log.info("distill: teacher log-probabilities (top %d) at %d positions, %d of %d shards resumed",
+             settings.top_k, built.positions, built.shards_resumed, built.shards)
+    return built
