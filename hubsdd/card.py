@@ -252,8 +252,10 @@ def _recovery_phrase(release: str, results: dict[str, StageResult]) -> str:
 
     def one(name: str) -> str:
         v = variants.get(name)
-        distilled, kd = v is not None and v.data == "distilled", v is not None and v.loss == "kd"
-        if kd:
+        distilled = v is not None and v.data in ("distilled", "accepted")
+        if v is not None and v.loss == "gkd":
+            return "on-policy distillation from the base model (it scored the model's own responses)"
+        if v is not None and v.loss == "kd":
             return "logit distillation from the base model" + (" on self-distilled data" if distilled else "")
         return SDD_LINK if distilled else "fine-tuning on the original data"
 
