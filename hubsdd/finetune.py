@@ -109,7 +109,8 @@ def training_dataset(parquet: Path, data: str, *, messages: bool = False) -> tup
         records.append({"messages": prompt + completion} if messages else {"prompt": prompt, "completion": completion})
     if not records:
         raise DataError(f"finetune: no usable rows in {parquet} for `data: {data}`",
-                        fix="check the distill stage's output (empty instructions or responses)")
+                        fix="no rewrite was accepted: use `data: distilled` (rejected rows fall back to the original)"
+                        if data == "accepted" else "check the distill stage's output (empty instructions or responses)")
     return Dataset.from_list(records), dropped
 
 
