@@ -88,16 +88,30 @@ def render_section(name: str, **context: Any) -> str:
 # --------------------------------------------------------------------------- release choice
 
 
+def release_decision(recipe: Any, results: dict[str, StageResult]) -> dict | None:
+    """How ``publish.release: auto`` chooses (:mod:`hubsdd.release_choice`): on the dev items when
+    evaluate scored them, else by the default order (``rule: default``); None when the recipe names
+    the release."""
+    from . import release_choice as rc
+
+    if recipe.publish.release != "auto":
+        return None
+    variants = list(results["finetune"].typed.outputs.variants) if "finetune" in results else []
+    ev = results["evaluate"].typed.metrics if "evaluate" in results else None
+    if ev is not None and ev.dev is not None:
+        fidelity = {m: f.model_dump() for m, f in (ev.fidelity or {}).items()}
+        return rc.choose(ev.dev.evidence.model_dump(), fidelity)
+    return {"release": rc.default_choice(variants, "merge" in results), "rule": "default",
+            "statement": "no dev items were evaluated (`evaluate.dev`), so the default order chose: the merge, "
+                         "else `sdd`, else the first variant, else the pruned model"}
+
+
 def release_choice(recipe: Any, results: dict[str, StageResult]) -> str:
     """Which checkpoint is published: 'merge', a variant name, or 'pruned'."""
     wanted = recipe.publish.release
     variants = list(results["finetune"].typed.outputs.variants) if "finetune" in results else []
     if wanted == "auto":
-        if "merge" in results:
-            return "merge"
-        if "sdd" in variants:
-            return "sdd"
-        return variants[0] if variants else "pruned"
+        return release_decision(recipe, results)["release"]
     available = ["pruned"] + variants + (["merge"] if "merge" in results else [])
     if wanted not in available:
         raise StageError(
@@ -252,8 +266,10 @@ def _recovery_phrase(release: str, results: dict[str, StageResult]) -> str:
 
     def one(name: str) -> str:
         v = variants.get(name)
-        distilled, kd = v is not None and v.data == "distilled", v is not None and v.loss == "kd"
-        if kd:
+        distilled = v is not None and v.data in ("distilled", "accepted")
+        if v is not None and v.loss == "gkd":
+            return "on-policy distillation from the base model (it scored the model's own responses)"
+        if v is not None and v.loss == "kd":
             return "logit distillation from the base model" + (" on self-distilled data" if distilled else "")
         return SDD_LINK if distilled else "fine-tuning on the original data"
 
@@ -274,7 +290,7 @@ def _headline(results: dict[str, StageResult], release: str) -> bool:
 
 
 def render_model_card(recipe: Any, results: dict[str, StageResult], release: str, files: dict[str, str],
-                      fingerprint: str) -> Any:
+                      fingerprint: str, decision: dict | None = None) -> Any:
     """The model card (a huggingface_hub.ModelCard) of a run's finished stages."""
     from huggingface_hub import ModelCard
 
@@ -289,6 +305,8 @@ def render_model_card(recipe: Any, results: dict[str, StageResult], release: str
         headline=_headline(results, release), ft=results["finetune"].typed if "finetune" in results else None,
         mg=results["merge"].typed if "merge" in results else None,
     ) if "evaluate" in results else ""
+    if decision is not None and evaluation:
+        evaluation = (evaluation + "\n\n" + render_section("sections/release.md.j2", choice=decision)).strip()
     versions = {}
     for res in results.values():
         versions.update(res.data.get("versions", {}))
@@ -395,7 +413,8 @@ def assemble_release(recipe: Any, results: dict[str, StageResult], out_dir: Path
     """Write the model release (and the dataset release) folders; return what was written."""
     from .models import model_files
 
-    release = release_choice(recipe, results)
+    decision = release_decision(recipe, results)
+    release = decision["release"] if decision else release_choice(recipe, results)
     model_out = out_dir / "model"
     model_out.mkdir(parents=True, exist_ok=True)
     if "prune" in results:
@@ -416,10 +435,10 @@ def assemble_release(recipe: Any, results: dict[str, StageResult], out_dir: Path
             if src.exists():
                 _link(src, model_out / _plot_in_release(name, key))
     files = release_file_hashes(model_out)
-    card = render_model_card(recipe, results, release, files, fingerprint)
+    card = render_model_card(recipe, results, release, files, fingerprint, decision)
     card.save(model_out / "README.md")
 
-    written = {"model_dir": "model", "release": release}
+    written = {"model_dir": "model", "release": release, "release_rule": decision}
     if "distill" in results:
         data_out = out_dir / "dataset"
         data_files = ["data/train.parquet"]

@@ -14,8 +14,12 @@ Recovery methods: a variant's ``data`` is ``distilled`` (the teacher's rewrites)
 and its ``loss`` is ``ce`` (cross-entropy on the response tokens, TRL's ``SFTTrainer``) or ``kd``
 (logit distillation from the unpruned base model on the same tokens: TRL's ``GKDTrainer`` with
 ``lmbda=0``, i.e. on the fixed dataset, forward KL by default, the Minitron recipe for
-depth-pruned models). ``sft``/``sdd``/``kd``/``sdd-kd`` are the four combinations. Each variant
-may set its own learning rate; everything else (examples, steps, LoRA, seed) is shared.
+depth-pruned models). ``sft``/``sdd``/``kd``/``sdd-kd`` are the four combinations. ``loss: gkd``
+is on-policy distillation: on a ``finetune.gkd.lmbda`` share of the batches the student samples the
+responses itself and the base model scores them (``GKDTrainer`` with ``lmbda > 0``). ``data:
+accepted`` trains on the accepted rewrites only (rejected rows dropped rather than falling back to
+the original). Each variant may set its own learning rate; everything else (examples, steps, LoRA,
+seed) is shared.
 
 Resume: each variant is trained in the run's cache under a key of what decides its weights
 (:func:`variant_key`) and leaves ``model/`` and then ``result.json`` (written last); a finished
@@ -77,7 +81,7 @@ PLOT_FILE = "loss_curve.png"
 def training_dataset(parquet: Path, data: str, *, messages: bool = False) -> tuple["Dataset", int]:
     """The distilled parquet as a conversational prompt/completion dataset (``messages``: one
     ``messages`` list per row, the format TRL's distillation collator reads); also how many rows
-    were dropped for an empty response."""
+    were dropped for an empty response (``data: accepted``: or a rejected rewrite)."""
     import pyarrow.parquet as pq
     from datasets import Dataset
 
@@ -87,7 +91,8 @@ def training_dataset(parquet: Path, data: str, *, messages: bool = False) -> tup
     except (OSError, ValueError) as exc:
         raise DataError(f"finetune: cannot read the distilled data {parquet}: {exc}",
                         fix="rerun the distill stage: `hubsdd run <recipe> --force distill`") from None
-    missing = [c for c in ("instruction", column) if c not in table.column_names]
+    missing = [c for c in ("instruction", column, *(["verdict"] if data == "accepted" else []))
+               if c not in table.column_names]
     if missing:
         raise DataError(f"finetune: {parquet} lacks column(s) {missing} (has {table.column_names})",
                         fix="rerun the distill stage with this version of hubsdd")
@@ -101,7 +106,8 @@ def training_dataset(parquet: Path, data: str, *, messages: bool = False) -> tup
         records.append({"messages": prompt + completion} if messages else {"prompt": prompt, "completion": completion})
     if not records:
         raise DataError(f"finetune: no usable rows in {parquet} for `data: {data}`",
-                        fix="check the distill stage's output (empty instructions or responses)")
+                        fix="no rewrite was accepted: use `data: distilled` (rejected rows fall back to the original)"
+                        if data == "accepted" else "check the distill stage's output (empty instructions or responses)")
     return Dataset.from_list(records), dropped
 
 
@@ -128,7 +134,8 @@ def variant_key(ctx: StageContext, name: str) -> str:
     section: FinetuneSection = ctx.section
     variant = section.variants[name]
     # How often to checkpoint and how long processes wait for each other do not change the weights.
-    shared = section.model_dump(mode="json", exclude={"variants", "checkpoint_steps", "ddp_timeout"})
+    # The on-policy settings decide only gkd variants (so adding them kept every other variant's key).
+    shared = section.model_dump(mode="json", exclude={"variants", "checkpoint_steps", "ddp_timeout", "gkd"})
     dtype = model_dtype(ctx.recipe)  # by default the device's: bfloat16 weights train differently
     payload = {
         "hubsdd": __version__,
@@ -144,6 +151,8 @@ def variant_key(ctx: StageContext, name: str) -> str:
     }
     if teacher_logits_dir(ctx, name) is not None:  # only then: the keys of live-teacher variants stay
         payload["teacher_logits"] = "cache"
+    if variant.loss == "gkd":
+        payload["gkd"] = section.gkd.model_dump(mode="json")
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
 
@@ -206,8 +215,8 @@ def train_variant(ctx: StageContext, name: str, *, is_main: bool = True) -> dict
     base = ctx.recipe.base
     device, dtype = default_device(ctx.recipe), model_dtype(ctx.recipe)
     bf16 = mixed_bf16(section, dtype)
-    kd = variant.loss == "kd"
-    cache_dir = teacher_logits_dir(ctx, name)
+    kd = variant.loss in ("kd", "gkd")  # both distil from the base model's logits
+    cache_dir = teacher_logits_dir(ctx, name)  # kd only; gkd scores the student's own samples live
     live_kd = kd and cache_dir is None
     learning_rate = variant.learning_rate or section.learning_rate
     model_dir = ctx.input("prune").path("model_dir")
@@ -246,7 +255,8 @@ def train_variant(ctx: StageContext, name: str, *, is_main: bool = True) -> dict
     started = time.time()
     trainer = trainer_class(
         model=model,
-        args=trainer_config(section, trainer_dir, learning_rate=learning_rate, kd=live_kd, device=device, bf16=bf16),
+        args=trainer_config(section, trainer_dir, learning_rate=learning_rate, kd=live_kd, device=device, bf16=bf16,
+                            on_policy=section.gkd if variant.loss == "gkd" else None),
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=lora_config(section) if section.method == "lora" else None,
@@ -302,6 +312,7 @@ def train_variant(ctx: StageContext, name: str, *, is_main: bool = True) -> dict
             "seconds": round(seconds, 3),
             "processes": training_processes(),
             "tokens_per_second": _tokens_per_second(trainer, seconds),
+            **({"on_policy_batches": getattr(trainer, "on_policy_batches", 0)} if variant.loss == "gkd" else {}),
         },
         "log_history": history,
     }
@@ -445,6 +456,7 @@ def run_finetune(ctx: StageContext) -> StageOutput:
         "plots": {"loss_curve": PLOT_FILE},
         "method": section.method,
         "kd": section.kd.model_dump(mode="json") if any(v.loss == "kd" for v in section.variants.values()) else None,
+        "gkd": section.gkd.model_dump(mode="json") if any(v.loss == "gkd" for v in section.variants.values()) else None,
         "base_model_dir": str(ctx.input("prune").path("model_dir")),
         "data": str(ctx.input("distill").path("data")),
     }

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .recipe_sections import ColumnMap, DataSource, GenerationSettings, KDSettings
+from .recipe_sections import ColumnMap, DataSource, GenerationSettings, GKDSettings, KDSettings
 
 if TYPE_CHECKING:
     from .stage_records import StageResult
@@ -151,8 +151,8 @@ class DistillMetrics(Record):
 
 class VariantOutput(Record):
     model_dir: str
-    data: Literal["distilled", "original"]
-    loss: Literal["ce", "kd"]
+    data: Literal["distilled", "original", "accepted"]
+    loss: Literal["ce", "kd", "gkd"]
     learning_rate: float
     train_log: str
 
@@ -167,12 +167,13 @@ class FinetuneOutputs(Record):
     plots: FinetunePlots
     method: Literal["lora", "full"]
     kd: KDSettings | None = None
+    gkd: GKDSettings | None = None
     base_model_dir: str
     data: str
 
 
 class VariantMetrics(Record):
-    loss: Literal["ce", "kd"]
+    loss: Literal["ce", "kd", "gkd"]
     teacher_logits: str | None = None  # kd: "live", or "cache (top k)"
     learning_rate: float
     train_loss_first: float | None = None
@@ -189,6 +190,7 @@ class VariantMetrics(Record):
     seconds: float
     processes: int = 1  # data-parallel training processes (accelerate launch --num_processes)
     tokens_per_second: float | None = None  # trained tokens (prompt and answer) per second, all processes
+    on_policy_batches: int | None = None  # gkd: batches whose responses the student generated
 
 
 class FinetuneMetrics(Record):
@@ -227,6 +229,8 @@ class MergeMetrics(Record):
 class CardOutputs(Record):
     model_dir: str
     release: str
+    # how `publish.release: auto` chose (hubsdd.release_choice); None when the recipe named the release
+    release_rule: dict | None = None
     dataset_dir: str | None = None
 
 

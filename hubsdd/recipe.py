@@ -18,10 +18,11 @@ import yaml
 from pydantic import Field, field_validator, model_validator
 
 from .recipe_file import check_package_path, load_recipe, parse_recipe, resolve_path, shown, where  # noqa: F401
+from .recipe_publish import CardSection, PublishSection  # noqa: F401
 from .recipe_sections import (  # noqa: F401  (the sections are part of this module's API)
-    HUB_ID_RE, SEED_MAX, BaseSection, CalibrationData, CardSection, ColumnMap, DataSource, DistillSection,
-    EvaluateSection, FidelitySettings, FinetuneSection, GenerationSettings, KDSettings, LoraSettings, MergeSection,
-    PruneSection, PublishSection, Section, SpeculativeSettings, TeacherLogitsSettings, VariantSection,
+    HUB_ID_RE, SEED_MAX, BaseSection, CalibrationData, ColumnMap, DataSource, DistillSection,
+    EvaluateSection, FidelitySettings, FinetuneSection, GenerationSettings, GKDSettings, KDSettings, LoraSettings,
+    MergeSection, PruneSection, Section, SpeculativeSettings, TeacherLogitsSettings, VariantSection,
 )
 
 
@@ -54,9 +55,9 @@ class Recipe(Section):
     @model_validator(mode="after")
     def _cross_section(self) -> "Recipe":
         if self.finetune is not None:
-            needs_distilled = any(v.data == "distilled" for v in self.finetune.variants.values())
+            needs_distilled = [v.data for v in self.finetune.variants.values() if v.data != "original"]
             if needs_distilled and self.distill is None:
-                raise ValueError("finetune: a variant uses `data: distilled` but there is no `distill` section")
+                raise ValueError(f"finetune: a variant uses `data: {needs_distilled[0]}` but there is no `distill` section")
             if self.distill is None:
                 raise ValueError("finetune: needs a `distill` section for its training data")
             if self.finetune.kd.teacher_logits == "cache":

@@ -321,13 +321,17 @@ class LoraSettings(Section):
 
 
 class VariantSection(Section):
-    data: Literal["distilled", "original"] = Field(
-        ..., description="distilled: the teacher's rewrites (SDD); original: the source responses (SFT)."
+    data: Literal["distilled", "original", "accepted"] = Field(
+        ..., description="distilled: the teacher's rewrites, the original response where a rewrite was "
+        "rejected (SDD, the paper's fallback); original: the source responses (SFT); accepted: only the rows "
+        "whose rewrite was accepted (rejected rows dropped, no fallback)."
     )
-    loss: Literal["ce", "kd"] = Field(
+    loss: Literal["ce", "kd", "gkd"] = Field(
         "ce",
         description="ce: cross-entropy on the response tokens; kd: logit distillation from the unpruned "
-        "base model (KL to its next-token distribution on the same tokens, TRL's GKDTrainer with lmbda=0). "
+        "base model (KL to its next-token distribution on the same tokens, TRL's GKDTrainer with lmbda=0); "
+        "gkd: on-policy distillation, the student writes the responses of a `finetune.gkd.lmbda` share of "
+        "the batches and the base model scores them (GKDTrainer with lmbda > 0). "
         "The four methods: sft = original + ce, sdd = distilled + ce, kd = original + kd, "
         "sdd-kd = distilled + kd.",
     )
@@ -358,6 +362,18 @@ class KDSettings(Section):
         return data
 
 
+class GKDSettings(Section):
+    """How ``loss: gkd`` variants (on-policy distillation, Agarwal et al. 2024) are trained."""
+
+    lmbda: float = Field(
+        0.5, gt=0, le=1, description="Share of batches whose responses the student generates (sampled); the "
+        "others use the dataset's responses. 1 = fully on-policy.")
+    beta: float = Field(0.0, ge=0, le=1, description="Generalized JSD interpolation, as `kd.beta`.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the student's responses "
+                               "(the loss reads the logits at temperature 1).")
+    max_new_tokens: int = Field(128, ge=1, description="Longest response the student writes.")
+
+
 class FinetuneSection(Section):
     variants: dict[str, VariantSection] = Field(
         default_factory=lambda: {
@@ -369,6 +385,7 @@ class FinetuneSection(Section):
                                             "before saving) or full fine-tuning.")
     lora: LoraSettings = LoraSettings()
     kd: KDSettings = KDSettings()
+    gkd: GKDSettings = GKDSettings()
     learning_rate: float = Field(1e-4, gt=0)
     epochs: float = Field(1.0, gt=0)
     max_steps: int = Field(-1, description="Overrides epochs when > 0.")
@@ -464,87 +481,19 @@ class EvaluateSection(Section):
     )
     seed: int = Field(1234, ge=0, le=SEED_MAX, description="Which items are sampled (the same for every model).")
     batch_size: int = Field(8, ge=1)
+    dev: int | None = Field(
+        None, ge=1, description="Also score every model on this many *dev* items per task, the next ones of the "
+        "seeded order after the test items (needs `limit`; a task with none left is left out): what "
+        "`publish.release: auto` chooses on, so the test figures the card reports stay unbiased."
+    )
     models: list[str] | None = Field(
         None, description="Which models to evaluate: base, pruned, variant names, merge. Default: all."
     )
     speculative: SpeculativeSettings | None = SpeculativeSettings()
     fidelity: FidelitySettings | None = FidelitySettings()
 
-
-# --------------------------------------------------------------------------- card / publish
-
-
-class CardSection(Section):
-    model_name: str | None = Field(None, description="The card's title and model-index name; default: the "
-                                   "model repository's name.")
-    language: list[str] = Field(default_factory=lambda: ["en"])
-    tags: list[str] = Field(default_factory=list)
-    license: str | None = Field(None, description="Overrides the license inherited from the base model.")
-    description: str | None = Field(None, description="A paragraph under the title (markdown; HTML is "
-                                    "shown as text).")
-
-    @field_validator("model_name")
-    @classmethod
-    def _model_name(cls, v: str | None) -> str | None:
-        if v is not None and not v.strip():
-            raise ValueError("an empty name; leave it out to use the repository's name")
-        return _check_text(v, limit=96, one_line=True)
-
-    @field_validator("language")
-    @classmethod
-    def _languages(cls, v: list[str]) -> list[str]:
-        bad = [x for x in v if not LANGUAGE_RE.match(x)]
-        if bad:
-            raise ValueError(f"{shown(bad, 120)} are not language codes (ISO 639, e.g. en, fr, zh-Hant)")
-        return v
-
-    @field_validator("tags")
-    @classmethod
-    def _tags(cls, v: list[str]) -> list[str]:
-        bad = [x for x in v if not TAG_RE.match(x)]
-        if bad:
-            raise ValueError(f"{shown(bad, 120)}: a tag is a letter or digit, then letters, digits and . _ - : + / "
-                             "(at most 80)")
-        return v
-
-    @field_validator("license")
-    @classmethod
-    def _license(cls, v: str | None) -> str | None:
-        return _check_license(v)
-
-    @field_validator("description")
-    @classmethod
-    def _description(cls, v: str | None) -> str | None:
-        return _check_text(v, limit=5000, one_line=False)
-
-
-class PublishSection(Section):
-    model_repo: str | None = None
-    dataset_repo: str | None = None
-    release: str = Field(
-        "auto",
-        description="Which checkpoint to publish: auto (merge, else sdd, else the first variant, "
-        "else pruned), pruned, merge, or a variant name.",
-    )
-    private: bool = False
-    create_pr: bool = False
-    revision: str | None = None
-    max_shard_size: str = "2GB"
-    commit_message: str | None = None
-    push_dataset: bool = True
-    signing: "SigningSection" = Field(default_factory=lambda: SigningSection())
-
-    @field_validator("commit_message")
-    @classmethod
-    def _commit_message(cls, v: str | None) -> str | None:
-        return _check_text(v, limit=500, one_line=True)
-
-    @field_validator("model_repo", "dataset_repo")
-    @classmethod
-    def _hub_ids(cls, v: str | None) -> str | None:
-        return _check_hub_id(v)
-
-
-from .recipe_signing import SigningSection  # noqa: E402 - it builds on Section, defined above
-
-PublishSection.model_rebuild()
+    @model_validator(mode="after")
+    def _dev_needs_limit(self) -> "EvaluateSection":
+        if self.dev is not None and self.limit is None:
+            raise ValueError("`dev` items come after the `limit` test items of each task: set `limit` too")
+        return self

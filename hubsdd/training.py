@@ -14,17 +14,19 @@ from typing import Any
 
 from . import trainer_checkpoints
 from .errors import StageError
-from .recipe import FinetuneSection
+from .recipe import FinetuneSection, GKDSettings
 
 log = logging.getLogger("hubsdd.finetune")
 
 
 def trainer_config(section: FinetuneSection, output_dir: Path, *, learning_rate: float | None = None,
-                   kd: bool = False, device: str | None = None, bf16: bool | None = None) -> Any:
+                   kd: bool = False, device: str | None = None, bf16: bool | None = None,
+                   on_policy: GKDSettings | None = None) -> Any:
     """TRL's SFTConfig for a cross-entropy variant, or GKDConfig (which extends it) for a KD one:
-    the same arguments either way, so the methods differ only in their loss. ``device``: the run's
-    (default: :func:`hubsdd.models.default_device`); ``bf16``: mixed precision (default: the
-    recipe's ``bf16``, else off)."""
+    the same arguments either way, so the methods differ only in their loss. ``on_policy`` (with
+    ``kd``): the ``gkd`` settings, for on-policy distillation. ``device``: the run's (default:
+    :func:`hubsdd.models.default_device`); ``bf16``: mixed precision (default: the recipe's
+    ``bf16``, else off)."""
     from trl import SFTConfig
 
     from .models import default_device
@@ -43,6 +45,12 @@ def trainer_config(section: FinetuneSection, output_dir: Path, *, learning_rate:
         # (its `temperature` only affects sampling, which lmbda=0 never does). Dropout stays as
         # configured, as for the CE variants.
         extra = dict(lmbda=0.0, beta=section.kd.beta, temperature=1.0, seq_kd=False, disable_dropout=False)
+        if on_policy is not None:
+            # lmbda > 0: that share of the batches gets responses the student samples (at
+            # `temperature`, up to `max_new_tokens`), scored by the teacher; the loss still reads
+            # both models' logits at temperature 1.
+            extra.update(lmbda=on_policy.lmbda, beta=on_policy.beta, temperature=on_policy.temperature,
+                         max_new_tokens=on_policy.max_new_tokens)
     # TRL defaults checkpointing to True; the recipe decides. transformers >= 5.2x renamed the argument.
     names = config_class.__dataclass_fields__
     checkpointing = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
@@ -166,9 +174,24 @@ def trainer_classes() -> tuple[type, type]:
             return (loss, outputs) if return_outputs else loss
 
     class ResponseGKDTrainer(GKDTrainer):
+        on_policy_batches = 0  # batches whose responses the student generated (lmbda > 0)
+        _on_policy = False
+
+        def generate_on_policy_outputs(self, model: Any, inputs: dict, generation_config: Any) -> Any:  # type: ignore[override]
+            # TRL calls this (on self) for the lmbda share of batches; counted, and the loss of such a
+            # batch is normalised by its own response tokens (see compute_loss).
+            self.on_policy_batches += 1
+            self._on_policy = True
+            return GKDTrainer.generate_on_policy_outputs(model, inputs, generation_config)
+
         def compute_loss(self, model: Any, inputs: dict, return_outputs: bool = False,
                          num_items_in_batch: Any = None) -> Any:
-            keep, _ = completion_positions(inputs["labels"])
+            keep, targets = completion_positions(inputs["labels"])
+            if self._on_policy:
+                # The Trainer counted the dataset's response tokens before the student replaced them:
+                # normalise by the generated ones (each micro-batch weighs 1 / accumulation steps).
+                self._on_policy = False
+                num_items_in_batch = torch.as_tensor(max(targets.numel(), 1) * self.args.gradient_accumulation_steps)
             kwargs = dict(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], logits_to_keep=keep,
                           use_cache=False)
             student = model(**kwargs)

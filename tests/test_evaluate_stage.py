@@ -19,7 +19,7 @@ from hubsdd.evaluate.speculative import encode_prompts, speculative_prompts
 from hubsdd.recipe import parse_recipe
 from hubsdd.runner import SPECS, StageResult, run_stage
 
-SEED, LIMIT, TASKS = 3, 5, ["arc_easy", "winogrande"]
+SEED, LIMIT, DEV, TASKS = 3, 5, 3, ["arc_easy", "winogrande"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -58,6 +58,7 @@ evaluate:
   tasks: {TASKS}
   num_fewshot: {{arc_easy: 0, winogrande: 0}}
   limit: {LIMIT}
+  dev: {DEV}
   seed: {SEED}
   batch_size: 8
   speculative: {{prompts: 2, max_new_tokens: 8, num_assistant_tokens: 3}}
@@ -93,6 +94,21 @@ def test_same_items_for_every_model(evaluated: StageResult) -> None:
     ids = [json.loads(evaluated.resolve(p).read_text())["tasks"]["arc_easy"]["item_ids"]
            for p in evaluated.outputs["results"].values()]
     assert ids[0] == ids[1] == ids[2]
+
+
+def test_dev_items_follow_the_test_items_and_have_their_own_evidence(evaluated: StageResult) -> None:
+    dev = evaluated.metrics["dev"]
+    assert dev["offset"] == LIMIT and dev["items"] == {"arc_easy": DEV, "winogrande": DEV} and dev["left_out"] == []
+    assert set(dev["evidence"]["models"]) == {"base", "pruned", "sdd"}
+    assert any(p["a"] == "sdd" and p["b"] == "pruned" for p in dev["evidence"]["paired"])
+    assert evaluated.outputs["dev_results"] == {m: f"dev/{m}.json" for m in ("base", "pruned", "sdd")}
+    for task in TASKS:
+        test_ids = json.loads(evaluated.resolve("results/sdd.json").read_text())["tasks"][task]["item_ids"]
+        dev_ids = json.loads(evaluated.resolve("dev/sdd.json").read_text())["tasks"][task]["item_ids"]
+        assert len(dev_ids) == DEV and not set(dev_ids) & set(test_ids)
+        # the next items of the same seeded order: what `offset: LIMIT, limit: DEV` selects
+        with_offset = prepare_offline_tasks([task], {task: 0}, DEV, SEED, evaluated.dir.parent / "x", LIMIT)
+        assert with_offset[task].items == dev_ids
 
 
 def test_stage_metrics_schema(evaluated: StageResult) -> None:

@@ -414,3 +414,57 @@ def test_data_parallel_processes_are_part_of_a_variants_identity(tmp_path: Path,
     config = trainer_config(ctx.section, tmp_path / "t", device="cpu")
     assert config.ddp_find_unused_parameters is False
     assert config.include_num_input_tokens_seen == "non_padding"
+
+
+def test_gkd_trains_on_the_students_own_responses(tmp_path: Path) -> None:
+    """loss: gkd with lmbda 1: every batch's responses are sampled from the student (TRL's on-policy
+    path, counted), and the student still moves towards its teacher."""
+    from hubsdd.finetune import run_finetune
+
+    teacher = save_tiny(tmp_path / "teacher", layers=4, seed=1)
+    student = save_tiny(tmp_path / "student", layers=2, seed=2)
+    ctx = finetune_ctx(tmp_path, """\
+  variants: {gkd: {data: original, loss: gkd}}
+  gkd: {lmbda: 1.0, max_new_tokens: 8}
+  method: full
+  learning_rate: 0.01
+  max_steps: 6
+  batch_size: 3
+""", student, teacher=teacher)
+    out = run_finetune(ctx)
+    m = out.metrics.variants["gkd"]
+    assert m.loss == "gkd" and m.steps == 6
+    assert m.on_policy_batches == 6, "the on-policy generation path did not run on every batch"
+    assert out.outputs.gkd.lmbda == 1.0 and out.outputs.kd is None
+    before = response_kl(student, teacher)
+    after = response_kl(ctx.out_dir / "gkd" / "model", teacher)
+    assert after < before, f"KL to the teacher {before:.4f} -> {after:.4f}"
+    assert_plain_checkpoint(ctx.out_dir / "gkd" / "model", layers=2)
+
+
+def test_gkd_settings_decide_only_gkd_variants(tmp_path: Path) -> None:
+    from hubsdd.finetune import variant_key
+
+    pruned = tmp_path / "pruned"
+    keys = {}
+    for lmbda in (0.5, 1.0):
+        ctx = finetune_ctx(tmp_path, f"""\
+  variants: {{sft: {{data: original}}, gkd: {{data: original, loss: gkd}}}}
+  gkd: {{lmbda: {lmbda}}}
+""", pruned)
+        keys[lmbda] = {n: variant_key(ctx, n) for n in ("sft", "gkd")}
+    assert keys[0.5]["sft"] == keys[1.0]["sft"]
+    assert keys[0.5]["gkd"] != keys[1.0]["gkd"]
+
+
+def test_accepted_data_drops_rejected_rewrites_instead_of_falling_back(tmp_path: Path) -> None:
+    from hubsdd.finetune import training_dataset
+
+    rows = [{"instruction": "q1", "original": "o1", "selected": "rewrite 1", "verdict": "accepted"},
+            {"instruction": "q2", "original": "o2", "selected": "o2", "verdict": "rejected"},
+            {"instruction": "q3", "original": "o3", "selected": "rewrite 3", "verdict": "accepted"}]
+    parquet = write_distilled(tmp_path / "train.parquet", rows)
+    accepted, dropped = training_dataset(parquet, "accepted")
+    assert [r["completion"][0]["content"] for r in accepted] == ["rewrite 1", "rewrite 3"] and dropped == 1
+    fallback, dropped = training_dataset(parquet, "distilled")
+    assert [r["completion"][0]["content"] for r in fallback] == ["rewrite 1", "o2", "rewrite 3"] and dropped == 0

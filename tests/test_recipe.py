@@ -148,7 +148,7 @@ def test_variants_name_their_loss_and_learning_rate():
 
 def test_bad_loss_and_kd_settings_name_their_path():
     [p] = problems(FINETUNE.replace("loss: kd}", "loss: kl}", 1))
-    assert p.startswith("finetune.variants.kd.loss (line 14):") and "'ce' or 'kd'" in p
+    assert p.startswith("finetune.variants.kd.loss (line 14):") and "'ce', 'kd' or 'gkd'" in p
     [p] = problems(FINETUNE.replace("beta: 0.0", "beta: 1.5"))
     assert p.startswith("finetune.kd.beta (line 16):")
     [p] = problems(FINETUNE.replace("learning_rate: 3.0e-4", "learning_rate: -1"))
@@ -174,6 +174,22 @@ def test_teacher_logits_settings_name_their_path():
     [p] = problems(stored.replace("top_k: 32", "top_k: 32, data: [distilled]").replace(
         "kd: {beta: 0.0}", "kd: {beta: 0.0, teacher_logits: cache}"))
     assert "on the original responses" in p
+
+
+def test_gkd_settings_and_accepted_data_validate():
+    r = parse_recipe(FINETUNE.replace("loss: kd}", "loss: gkd}", 1).replace("beta: 0.0", "beta: 0.0}\n  gkd: {lmbda: 1.0"))
+    assert r.finetune.variants["kd"].loss == "gkd" and r.finetune.gkd.lmbda == 1.0
+    [p] = problems(FINETUNE.replace("beta: 0.0", "beta: 0.0}\n  gkd: {lmbda: 0"))
+    assert p.startswith("finetune.gkd.lmbda (line 17):")
+    r = parse_recipe(FINETUNE.replace("data: distilled", "data: accepted", 1))
+    assert "accepted" in {v.data for v in r.finetune.variants.values()}
+
+
+def test_evaluate_dev_needs_a_limit():
+    r = parse_recipe(MINIMAL + "evaluate: {limit: 100, dev: 50}\n")
+    assert r.evaluate.dev == 50
+    [p] = problems(MINIMAL + "evaluate: {dev: 50}\n")
+    assert p.startswith("evaluate (line 8):") and "set `limit` too" in p
 
 
 def test_evaluate_offset_and_fidelity_validate():

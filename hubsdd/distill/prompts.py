@@ -61,15 +61,18 @@ def user_message(instruction: str, input: str | None) -> str:
 
 
 # The column a fine-tuning variant's `data` reads.
-DATA_COLUMNS = {"distilled": "selected", "original": "original"}
+DATA_COLUMNS = {"distilled": "selected", "original": "original", "accepted": "selected"}
 
 
 def chat_example(row: dict, data: str) -> tuple[list[dict], list[dict]] | None:
     """A distilled row as the conversational prompt/completion a student trains on for ``data``
-    (``distilled`` or ``original``), or None when its instruction or response is empty. Shared by the
-    finetune stage and the teacher log-probabilities, which must see the same sequences."""
+    (``distilled``, ``original``, or ``accepted``: accepted rewrites only, no fallback to the
+    original), or None when its instruction or response is empty or, for ``accepted``, the rewrite
+    was rejected. Shared by the finetune stage and the teacher log-probabilities, which must see the
+    same sequences."""
     response = row.get(DATA_COLUMNS[data]) or ""
-    if not response.strip() or not (row.get("instruction") or "").strip():
+    rejected = data == "accepted" and row.get("verdict") != "accepted"
+    if rejected or not response.strip() or not (row.get("instruction") or "").strip():
         return None
     return ([{"role": "user", "content": user_message(row["instruction"], row.get("input"))}],
             [{"role": "assistant", "content": response}])

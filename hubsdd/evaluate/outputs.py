@@ -18,6 +18,7 @@ class EvaluatePlots(Record):
 class EvaluateOutputs(Record):
     results: dict[str, str]  # model -> its lm-eval results JSON, relative to the stage folder
     plots: EvaluatePlots
+    dev_results: dict[str, str] | None = None  # the same on the dev items (evaluate.dev)
 
 
 class TaskScore(Record):
@@ -83,6 +84,15 @@ class Evidence(Record):
     paired: list[PairedDifference] = Field(default_factory=list)
 
 
+class DevEvidence(Record):
+    """The models on the dev items (``evaluate.dev``): what ``publish.release: auto`` chooses on."""
+
+    offset: int  # the dev items start here in each task's seeded order (after the test items)
+    items: dict[str, int]
+    left_out: list[str] = Field(default_factory=list)  # tasks whose items the test set took entirely
+    evidence: Evidence
+
+
 class Fidelity(Record):
     top1_agreement: float | None
     kl: float | None
@@ -127,6 +137,7 @@ class EvaluateMetrics(Record):
     evidence: Evidence | None = None
     fidelity: dict[str, Fidelity] | None = None
     offset: int = 0
+    dev: DevEvidence | None = None
 
 
 register("evaluate", EvaluateOutputs, EvaluateMetrics)

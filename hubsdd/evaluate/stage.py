@@ -8,6 +8,11 @@ and exactly what was evaluated, so no model is evaluated twice. Then: averages a
 (top-1 agreement, KL, greedy draft acceptance, :mod:`.fidelity`) on the base model's
 continuations of held-out prompts taken from the evaluated items, speculative decoding with each
 pruned model as the base's draft (:mod:`.speculative`), and the per-task figure (:mod:`.plots`).
+
+With ``evaluate.dev``, every model is also scored on *dev* items (the next ones of the same seeded
+order after the test items) with their own paired evidence (``metrics.dev``): what
+``publish.release: auto`` chooses on (:mod:`hubsdd.release_choice`), so that the test figures the
+card reports are not those the release was picked by.
 """
 
 from __future__ import annotations
@@ -21,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import worklog
-from ..errors import StageError
+from ..errors import DataError, StageError
 from ..files import atomic_write_json
-from ..models import fast_cpu_linears, model_content_id
+from ..models import default_device, fast_cpu_linears, model_content_id
 from ..runner import StageContext, StageOutput, checkpoint_dirs
 from . import evidence
 from .harness import evaluate_model, summarize
@@ -141,39 +146,24 @@ def measure_fidelity(ctx: StageContext, settings: Any, prepared: dict[str, Prepa
     return {n: out[n] for n in models if n in out}
 
 
-def run_evaluate(ctx: StageContext) -> StageOutput:
-    """Entry of the ``evaluate`` stage."""
-    from ..models import default_device, set_threads
-
+def score_models(ctx: StageContext, models: dict[str, Path], content: dict[str, str],
+                 prepared: dict[str, PreparedTask], *, hub: bool, task_dir: Path,
+                 folder: str) -> tuple[dict[str, dict], dict[str, str]]:
+    """Every model's lm-eval record on ``prepared`` (from the run's cache when evaluated before),
+    each written to ``<stage>/<folder>/<model>.json``; the records and those paths."""
     section = ctx.section
-    set_threads()
-    device = default_device(ctx.recipe)
-    models = models_to_evaluate(ctx)
-    if not models:
-        raise StageError("nothing to evaluate: no model stage has run", fix="run the base and prune stages first")
-    hub, names, shots = resolve_tasks(section)
-    task_dir = ctx.work_dir / "tasks"
-    if hub:
-        prepared = prepare_hub_tasks(names, shots, section.limit, section.seed, section.offset)
-    else:
-        prepared = prepare_offline_tasks(names, shots, section.limit, section.seed, task_dir, section.offset)
     version = lm_eval_version()
-
-    # Per-model results are kept in the run's cache, keyed by the model's content and exactly what
-    # was evaluated: they survive a kill, and a model evaluated before (by another recipe sharing
-    # the run directory, or before a variant was added) is not evaluated again.
+    names = list(prepared)
     cache = ctx.run_dir / ".cache" / "evaluate"
     spec = evaluation_spec(prepared, hub=hub, seed=section.seed, batch_size=section.batch_size)
-    content = {name: model_content_id(path) for name, path in models.items()}
     records: dict[str, dict] = {}
-    scores: dict[str, dict[str, dict]] = {}
-    seconds: dict[str, float] = {}
-    results_out: dict[str, str] = {}
+    paths: dict[str, str] = {}
+    device = default_device(ctx.recipe)
     for name, path in models.items():
         cached = cache / f"{_key({'model': content[name], 'spec': spec})}.json"
         record = _read_json(cached)
         if record is None:
-            log.info("evaluate: %s (%s) on %s", name, path, ", ".join(names))
+            log.info("evaluate: %s (%s) on %s%s", name, path, ", ".join(names), " (dev items)" if folder != "results" else "")
             started = time.time()
             model, tok = _load(name, path, ctx, device)
             raw = evaluate_model(model, tok, prepared, hub=hub, task_dir=task_dir, seed=section.seed,
@@ -204,11 +194,79 @@ def run_evaluate(ctx: StageContext) -> StageOutput:
             worklog.finished(f"evaluate model {name} {cached.stem[:12]}")
         record = {"model": name, "model_dir": str(path), **record}
         records[name] = record
-        atomic_write_json(ctx.out_dir / "results" / f"{name}.json", record)
-        results_out[name] = f"results/{name}.json"
+        atomic_write_json(ctx.out_dir / folder / f"{name}.json", record)
+        paths[name] = f"{folder}/{name}.json"
+    return records, paths
+
+
+def dev_tasks(section: Any, names: list[str], shots: dict[str, int], hub: bool,
+              task_dir: Path) -> tuple[dict[str, PreparedTask], list[str]]:
+    """The dev items of each task: ``dev`` items after the ``offset + limit`` test items of the
+    seeded order; the tasks with no item left are returned apart (left out of the dev set)."""
+    offset = section.offset + section.limit
+    prepared: dict[str, PreparedTask] = {}
+    left_out: list[str] = []
+    for name in names:
+        try:
+            one = (prepare_hub_tasks([name], shots, section.dev, section.seed, offset) if hub else
+                   prepare_offline_tasks([name], shots, section.dev, section.seed, task_dir, offset))
+        except DataError:  # the test items took every item of this task
+            left_out.append(name)
+            continue
+        prepared.update({t: p for t, p in one.items() if p.items})
+        left_out += [t for t, p in one.items() if not p.items]
+    return prepared, left_out
+
+
+def score_dev(ctx: StageContext, models: dict[str, Path], content: dict[str, str], *, hub: bool,
+              names: list[str], shots: dict[str, int]) -> tuple[dict, dict[str, str]]:
+    """Every model on the dev items, and their paired evidence (``metrics.dev``)."""
+    section = ctx.section
+    prepared, left_out = dev_tasks(section, names, shots, hub, ctx.work_dir / "dev-tasks")
+    if not prepared:
+        raise StageError(f"evaluate.dev: no task has items left after the {section.limit} test items "
+                         f"(offset {section.offset}): {', '.join(left_out)}",
+                         fix="lower evaluate.limit, or leave `dev` out and name `publish.release` yourself")
+    records, paths = score_models(ctx, models, content, prepared, hub=hub, task_dir=ctx.work_dir / "dev-tasks",
+                                  folder="dev")
+    per_item = {m: {t: r["tasks"][t]["item_scores"] for t in prepared} for m, r in records.items()}
+    first = next(iter(records.values()))
+    chance = {t: first["tasks"][t]["item_chance"] for t in prepared}
+    dev = {"offset": section.offset + section.limit, "items": {t: len(p.items) for t, p in prepared.items()},
+           "left_out": left_out, "evidence": evidence.build(per_item, chance)}
+    return dev, paths
+
+
+def run_evaluate(ctx: StageContext) -> StageOutput:
+    """Entry of the ``evaluate`` stage."""
+    from ..models import set_threads
+
+    section = ctx.section
+    set_threads()
+    device = default_device(ctx.recipe)
+    models = models_to_evaluate(ctx)
+    if not models:
+        raise StageError("nothing to evaluate: no model stage has run", fix="run the base and prune stages first")
+    hub, names, shots = resolve_tasks(section)
+    task_dir = ctx.work_dir / "tasks"
+    if hub:
+        prepared = prepare_hub_tasks(names, shots, section.limit, section.seed, section.offset)
+    else:
+        prepared = prepare_offline_tasks(names, shots, section.limit, section.seed, task_dir, section.offset)
+    version = lm_eval_version()
+
+    # Per-model results are kept in the run's cache, keyed by the model's content and exactly what
+    # was evaluated: they survive a kill, and a model evaluated before (by another recipe sharing
+    # the run directory, or before a variant was added) is not evaluated again.
+    content = {name: model_content_id(path) for name, path in models.items()}
+    records, results_out = score_models(ctx, models, content, prepared, hub=hub, task_dir=task_dir, folder="results")
+    scores: dict[str, dict[str, dict]] = {}
+    seconds: dict[str, float] = {}
+    for name, record in records.items():
         scores[name] = {t: {"metric": record["tasks"][t]["metric"], "value": record["tasks"][t]["value"],
                             "stderr": stderr_of(record["tasks"][t])} for t in names}
         seconds[name] = record["seconds"]
+    dev, dev_out = score_dev(ctx, models, content, hub=hub, names=names, shots=shots) if section.dev else (None, None)
 
     averages = {m: average_score(s) for m, s in scores.items()}
     retained = retention(scores, averages)
@@ -257,7 +315,9 @@ def run_evaluate(ctx: StageContext) -> StageOutput:
         "fidelity": fidelity_out,
         "offset": section.offset,
     }
+    if dev is not None:
+        metrics["dev"] = dev
     return StageOutput(
-        outputs=EvaluateOutputs(results=results_out, plots={"task_bars": "task_bars.png"}),
+        outputs=EvaluateOutputs(results=results_out, plots={"task_bars": "task_bars.png"}, dev_results=dev_out),
         metrics=EvaluateMetrics(**metrics),
     )

@@ -1,0 +1,317 @@
+"""Where self-data distillation pays: sft, sdd, kd and sdd-kd along the axis that makes SFT forget.
+
+    python bench/regimes.py             # every point; resumable across sessions; hours on 2 cores
+    python bench/regimes.py --points d1024-e1-r16      # one point
+    python bench/regimes.py --smoke     # the same machinery on a tiny random model (CI)
+
+``bench/quality.py`` found, at 256 GSM8K examples and 32 LoRA r=16 steps, that SFT forgot nothing,
+so SDD (whose point is to protect what the model knew) had nothing to protect. This drives the same
+recipe machinery (``bench/recipe_bench.py``; the base, pruning and evaluation settings of
+``bench/quality-4.yaml``, the sweep settings of ``bench/quality-sweep.yaml``, one run directory)
+over regime points of rising training intensity: more data (1,024 GSM8K problems), more passes
+(3 epochs), more capacity (LoRA r=64 on all linear layers, then full fine-tuning). At each point:
+
+1. a learning-rate sweep of every method on *dev* items (offset past the test items), the same
+   examples and budget for every method; each method's best rate on the dev average is used;
+2. pruned and the four methods at their rates on the *test* items of six tasks, fidelity to the
+   base; at one point also ``sdd-accepted`` (accepted rewrites only, rejected rows dropped) against
+   ``sdd`` (rejected rows fall back to the original answer);
+3. **learning**: the mean loss per response token of held-out GSM8K reference solutions (problems
+   after the largest point's examples in the same shuffled order: never trained on at any point)
+   under each model (:func:`hubsdd.evaluate.learning.reference_loss`), cached by model content.
+
+**Forgetting** = variant - pruned on the six-task average (paired 95% interval): negative is
+forgetting. Outputs: ``bench/results/regimes.json`` and ``bench/results/regimes.png`` (forgetting
+and learning against training intensity, one line per method, with intervals). Stage seconds and
+the machine's fp32 GFLOPS are printed and recorded. The top-k teacher-logit cache (``kd_cache``)
+is measured by its own work; until then its figures are null.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+# this checkout's hubsdd (and its bench helpers), whatever the environment has installed
+sys.path[:0] = [str(BENCH), str(ROOT)]
+
+from recipe_bench import (  # noqa: E402
+    METHODS, Ledger, check_disjoint, collect, load_dict, pct, run_recipe, sweep_choice, with_learning_rates,
+)
+
+SPECS = {"sft": {"data": "original"}, "sdd": {"data": "distilled"}, "kd": {"data": "original", "loss": "kd"},
+         "sdd-kd": {"data": "distilled", "loss": "kd"}}
+RATES = {"lora": [1e-4, 3e-4, 1e-3], "full": [1e-5, 3e-5, 1e-4]}
+PAIRS = [("sdd", "sft"), ("kd", "sft"), ("sdd-kd", "kd"), ("sft", "pruned"), ("sdd", "pruned"), ("kd", "pruned"),
+         ("sdd-kd", "pruned"), ("sdd-accepted", "sdd")]
+HELD_OUT = 128  # held-out GSM8K problems for the learning figure
+
+
+@dataclass(frozen=True)
+class Point:
+    name: str
+    examples: int
+    epochs: float
+    method: str  # lora-r16 | lora-r64 | full
+
+
+# In order of training intensity; the first is bench/quality.py's 4-block setting (reused from its cache).
+POINTS = [Point("q256-e1-r16", 256, 1, "lora-r16"), Point("d1024-e1-r16", 1024, 1, "lora-r16"),
+          Point("d1024-e3-r16", 1024, 3, "lora-r16"), Point("d1024-e3-r64", 1024, 3, "lora-r64"),
+          Point("d1024-e3-full", 1024, 3, "full")]
+ACCEPTED_AT = "d1024-e1-r16"
+SMOKE_POINTS = [Point("s6-e1-r16", 6, 1, "lora-r16"), Point("s6-e2-full", 6, 2, "full")]
+
+
+def key(method: str, lr: float) -> str:
+    return f"{method}-lr{lr:.0e}".replace("e-0", "e-")  # sft-lr1e-4, as quality-sweep.yaml names them
+
+
+def at_point(d: dict, point: Point, smoke: bool) -> dict:
+    d = copy.deepcopy(d)
+    d["distill"]["data"]["limit"] = point.examples
+    ft = d["finetune"]
+    ft["epochs"] = point.epochs
+    ft["method"] = "full" if point.method == "full" else "lora"
+    r = 4 if smoke else int(point.method.split("-r")[1]) if point.method.startswith("lora") else None
+    if r:
+        ft["lora"] = {**ft["lora"], "r": r, "alpha": 2 * r}
+    if smoke:
+        ft["max_steps"] = int(point.epochs)  # one step per epoch: the budget still differs between points
+        ft["warmup_ratio"] = 0.0  # a warm-up of a 1-step run would train at rate 0
+    return d
+
+
+def sweep_recipe(base: dict, point: Point, smoke: bool) -> dict:
+    d = at_point(base, point, smoke)
+    rates = RATES["full" if point.method == "full" else "lora"][-2:] if smoke else \
+        RATES["full" if point.method == "full" else "lora"]
+    d["finetune"]["variants"] = {key(m, lr): {**SPECS[m], "learning_rate": lr} for m in METHODS for lr in rates}
+    d["card"]["model_name"] = f"regimes-{point.name}-sweep"
+    return d
+
+
+def test_recipe(base: dict, point: Point, best: dict[str, float], smoke: bool, accepted: int) -> dict:
+    d = at_point(base, point, smoke)
+    d.pop("merge", None)
+    variants = {m: {**SPECS[m], "learning_rate": best[m]} for m in METHODS}
+    if accepted and (point.name == ACCEPTED_AT or (smoke and point == SMOKE_POINTS[0])):
+        variants["sdd-accepted"] = {"data": "accepted", "learning_rate": best["sdd"]}
+    d["finetune"]["variants"] = variants
+    d, _ = with_learning_rates(d, best)
+    d["card"]["model_name"] = f"regimes-{point.name}"
+    return d
+
+
+# --------------------------------------------------------------------------- learning
+
+
+def held_out(d: dict, start: int, n: int) -> list[tuple[str, str]]:
+    """GSM8K problems ``start..start+n`` of the distill data's shuffled order: never trained on."""
+    from hubsdd.data import get_value, load_rows
+    from hubsdd.recipe import DataSource
+
+    src = {k: v for k, v in d["distill"]["data"].items() if k != "limit"}
+    rows = load_rows(DataSource(**src), ROOT / "bench")
+    cols = d["distill"]["columns"]
+    out = [(str(get_value(r, cols["instruction"])), str(get_value(r, cols["response"]))) for r in rows[start:start + n]]
+    if len(out) < n:
+        raise SystemExit(f"only {len(out)} held-out problems after the first {start} (wanted {n})")
+    return out
+
+
+def learning(models: dict[str, Path], examples: list[tuple[str, str]], cache: Path) -> dict[str, dict]:
+    """Each model's reference loss on the held-out problems (cached by model content), with a 95%
+    bootstrap interval over problems."""
+    import numpy as np
+
+    from hubsdd.evaluate.learning import reference_loss
+    from hubsdd.files import atomic_write_json
+    from hubsdd.models import load_model, load_tokenizer, model_content_id
+
+    digest = hashlib.sha256(json.dumps(examples).encode()).hexdigest()[:16]
+    out = {}
+    for name, path in models.items():
+        file = cache / f"{model_content_id(path)[:32]}-{digest}.json"
+        try:
+            found = json.loads(file.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            model, tok = load_model(path), load_tokenizer(path)
+            found = reference_loss(model, tok, examples, max_length=512, batch_size=8)
+            atomic_write_json(file, found)
+            del model
+        per = np.array(found["per_example"], dtype=float)
+        idx = np.random.default_rng(20241009).integers(0, len(per), size=(2000, len(per)))
+        ratios = per[idx, 0].sum(axis=1) / np.maximum(per[idx, 1].sum(axis=1), 1)
+        out[name] = {"learning_loss": round(found["loss"], 5),
+                     "learning_loss_ci95": [round(float(x), 5) for x in np.percentile(ratios, [2.5, 97.5])]}
+    return out
+
+
+# --------------------------------------------------------------------------- one point
+
+
+def run_point(point: Point, recipes: dict, runs_dir: Path, ledger: Ledger, smoke: bool, n_held: int) -> dict:
+    from hubsdd.runner import checkpoint_dirs
+
+    print(f"== {point.name}: {point.examples} examples, {point.epochs:g} epochs, {point.method}", flush=True)
+    sweep_d = sweep_recipe(recipes["sweep"], point, smoke)
+    sweep = run_recipe(f"{point.name}/sweep", sweep_d, runs_dir, ledger)
+    best, rows = sweep_choice(sweep)
+    print("   best rates: " + ", ".join(f"{k} {v:g}" for k, v in best.items()), flush=True)
+    accepted = sweep["distill"].metrics.get("accepted", 0)  # a tiny random teacher gets none right
+    test_d = test_recipe(recipes["test"], point, best, smoke, accepted)
+    res = run_recipe(f"{point.name}/test", test_d, runs_dir, ledger)
+    models, paired, items = collect(res, PAIRS)
+    start = max(p.examples for p in (SMOKE_POINTS if smoke else POINTS))
+    examples = held_out(test_d, start, n_held)
+    dirs = {m: p for m, p in checkpoint_dirs(res).items() if m in models}
+    for m, fig in learning(dirs, examples, runs_dir / ".cache" / "regimes-learning").items():
+        models[m].update(fig)
+    trained = set(_train_questions(res))
+    overlap = check_disjoint({"sweep": sweep, "test": res}, {"sweep": sweep_d, "test": test_d})
+    overlap["held_out_in_training"] = sum(1 for q, _ in examples if q in trained)
+    if overlap["held_out_in_training"]:
+        raise SystemExit(f"{point.name}: held-out problems were trained on: {overlap}")
+    for m in models:
+        if m not in ("base", "pruned") and f"{m}-pruned" in paired:
+            p = paired[f"{m}-pruned"]
+            models[m]["forgetting"] = {"diff": p["diff"], "ci95": p["ci95"]}
+    short = {k.replace("sdd-kd-", "sdd_kd-").replace("sdd-accepted-", "sdd_accepted-"):
+             {"diff": v["diff"], "ci95": v["ci95"], "significant": v["significant"]} for k, v in paired.items()}
+    acc = res["distill"].metrics
+    return {"name": point.name, "examples": point.examples, "epochs": point.epochs, "method": point.method,
+            "models": models, "paired": short, "learning_rates": best, "sweep": rows, "items": items,
+            "held_out_problems": len(examples), "disjoint": overlap,
+            "distill": {"rows": acc.get("rows"), "accepted": acc.get("accepted")},
+            "steps": {v: m["steps"] for v, m in res["finetune"].metrics["variants"].items()}}
+
+
+def _train_questions(results: dict) -> list[str]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(results["distill"].path("data"), columns=["instruction"]).column("instruction").to_pylist()
+
+
+# --------------------------------------------------------------------------- plot
+
+
+def plot(points: list[dict], path: Path) -> None:
+    from hubsdd.figures import figure
+
+    xs = list(range(len(points)))
+    with figure(path, figsize=(11, 4.2), dpi=110, ncols=2) as (_, (left, right)):
+        for i, m in enumerate(METHODS):
+            got = [(x, p["models"][m]) for x, p in zip(xs, points) if m in p["models"]]
+            off = (i - 1.5) * 0.06
+            f = [(x + off, mm["forgetting"]) for x, mm in got if mm.get("forgetting")]
+            if f:
+                left.errorbar([x for x, _ in f], [d["diff"] for _, d in f],
+                              yerr=[[d["diff"] - d["ci95"][0] for _, d in f], [d["ci95"][1] - d["diff"] for _, d in f]],
+                              marker="o", capsize=3, label=m)
+            ll = [(x + off, mm) for x, mm in got if mm.get("learning_loss") is not None]
+            if ll:
+                right.errorbar([x for x, _ in ll], [mm["learning_loss"] for _, mm in ll],
+                               yerr=[[mm["learning_loss"] - mm["learning_loss_ci95"][0] for _, mm in ll],
+                                     [mm["learning_loss_ci95"][1] - mm["learning_loss"] for _, mm in ll]],
+                               marker="o", capsize=3, label=m)
+        pruned = [p["models"]["pruned"].get("learning_loss") for p in points]
+        right.plot(xs, pruned, "k--", label="pruned (no training)")
+        left.axhline(0, color="k", lw=0.8)
+        for ax, title, ylabel in ((left, "Forgetting: six-task average − pruned", "points (paired 95% CI)"),
+                                  (right, "Learning: loss of held-out GSM8K solutions", "nats per response token")):
+            ax.set_xticks(xs, [p["name"] for p in points], rotation=20, fontsize=8)
+            ax.set_xlabel("training intensity →")
+            ax.set_title(title, fontsize=10)
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="a tiny random model, a few items, a step per epoch (CI)")
+    parser.add_argument("--runs-dir", type=Path, default=None, help="default: runs/ (runs/regimes-smoke for --smoke)")
+    parser.add_argument("--out", type=Path, default=None, help="default: bench/results/regimes.json")
+    parser.add_argument("--points", default=None, help="comma-separated point names (default: all)")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from cpu_linear import measure_gflops
+    from hubsdd.models import set_threads
+
+    set_threads()
+    runs_dir = (args.runs_dir or ROOT / ("runs/regimes-smoke" if args.smoke else "runs")).resolve()
+    out_path = args.out or (BENCH / "results" / ("regimes-smoke.json" if args.smoke else "regimes.json"))
+    gflops = measure_gflops()
+    print(f"fp32 linears on this machine: {gflops['best']:.0f} GFLOPS, {torch.get_num_threads()} threads", flush=True)
+    ledger = Ledger(runs_dir / "regimes-ledger.json")
+    invoked = time.time()
+    recipes = {"sweep": load_dict(BENCH / "quality-sweep.yaml"), "test": load_dict(BENCH / "quality-4.yaml")}
+    points = SMOKE_POINTS if args.smoke else POINTS
+    if args.points:
+        wanted = args.points.split(",")
+        unknown = [w for w in wanted if w not in {p.name for p in points}]
+        if unknown:
+            parser.error(f"unknown points {unknown}; known: {', '.join(p.name for p in points)}")
+        points = [p for p in points if p.name in wanted]
+    if args.smoke:
+        from quality import smoke
+
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        recipes = {"sweep": smoke(recipes["sweep"], runs_dir, "sweep"), "test": smoke(recipes["test"], runs_dir, "4")}
+    n_held = 4 if args.smoke else HELD_OUT
+    results = []
+    for point in points:
+        started = time.time()
+        results.append(run_point(point, recipes, runs_dir, ledger, args.smoke, n_held))
+        print(f"   {point.name} done in {time.time() - started:.0f} s (stage time so far {ledger.seconds / 60:.1f} min "
+              f"at {gflops['best']:.0f} GFLOPS)", flush=True)
+    argv_used = sys.argv[1:] if argv is None else argv
+    out = {
+        "points": results,
+        "kd_cache": {"speedup": None, "peak_memory_ratio": None, "quality": None,
+                     "status": "not measured here: the top-k teacher-logit cache is separate work"},
+        "wall_seconds": round(ledger.seconds, 1),
+        "wall_seconds_this_invocation": round(time.time() - invoked, 1),
+        "gflops": gflops["best"], "gflops_detail": gflops,
+        "command": "python bench/regimes.py" + "".join(" " + shlex.quote(a) for a in argv_used),
+        "smoke": args.smoke, "torch_threads": torch.get_num_threads(),
+        "notes": {"forgetting": "variant - pruned on the six-task average, points; negative = forgot",
+                  "learning_loss": "nats per response token of held-out GSM8K reference solutions",
+                  "sdd_accepted-sdd": f"at {ACCEPTED_AT}: accepted rewrites only vs rejected rows falling back; "
+                                      "fewer rows, so fewer steps at the same epochs"},
+    }
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(out, indent=1) + "\n")
+    plot(results, out_path.with_suffix(".png"))
+    for p in results:
+        line = ", ".join(f"{k} {v['diff']:+.1f} ({v['ci95'][0]:+.1f}..{v['ci95'][1]:+.1f})"
+                         for k, v in p["paired"].items() if v["diff"] is not None)
+        print(f"{p['name']}: {line}")
+        print("   learning loss: " + ", ".join(f"{m} {mm['learning_loss']:.3f}" for m, mm in p["models"].items()
+                                               if mm.get("learning_loss") is not None))
+    print(f"\nwrote {out_path} and {out_path.with_suffix('.png')}; stage time {ledger.seconds / 60:.1f} min at "
+          f"{gflops['best']:.0f} GFLOPS")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

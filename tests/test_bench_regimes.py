@@ -1,0 +1,55 @@
+"""bench/regimes.py --smoke: the regime study's whole path on a tiny model, so it cannot rot."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PAIRED = {"sdd-sft", "kd-sft", "sdd_kd-kd", "sft-pruned", "sdd-pruned", "kd-pruned"}
+
+
+def regimes(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = {"HUBSDD_THREADS": "1", "PATH": str(Path(sys.executable).parent), "HOME": str(tmp_path),
+           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.run([sys.executable, "bench/regimes.py", "--smoke", "--runs-dir", str(tmp_path / "runs"),
+                           "--out", str(tmp_path / "regimes.json"), *extra],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+
+
+@pytest.mark.slow
+def test_smoke_run_writes_the_schema_and_the_plot_and_resumes_without_redoing_work(tmp_path: Path) -> None:
+    done = regimes(tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads((tmp_path / "regimes.json").read_text())
+    assert [p["name"] for p in out["points"]] == ["s6-e1-r16", "s6-e2-full"]
+    assert [p["method"] for p in out["points"]] == ["lora-r16", "full"]
+    for p in out["points"]:
+        assert {"pruned", "sft", "sdd", "kd", "sdd-kd"} <= set(p["models"])
+        for name in ("pruned", "sft", "sdd", "kd", "sdd-kd"):
+            m = p["models"][name]
+            assert {"average", "average_ci95", "kl", "top1_agreement", "learning_loss"} <= set(m), name
+            lo, hi = m["learning_loss_ci95"]
+            assert lo <= m["learning_loss"] <= hi and m["learning_loss"] > 0
+        assert p["models"]["sft"]["forgetting"] == {"diff": p["paired"]["sft-pruned"]["diff"],
+                                                    "ci95": p["paired"]["sft-pruned"]["ci95"]}
+        assert PAIRED <= set(p["paired"]) and all(len(p["paired"][k]["ci95"]) == 2 for k in PAIRED)
+        assert set(p["learning_rates"]) == {"sft", "sdd", "kd", "sdd-kd"}
+        assert p["disjoint"]["overlapping_items"] == 0 and p["disjoint"]["held_out_in_training"] == 0
+    # more epochs at the second point: twice the steps of the first
+    assert out["points"][1]["steps"]["sft"] == 2 * out["points"][0]["steps"]["sft"]
+    assert set(out["kd_cache"]) >= {"speedup", "peak_memory_ratio", "quality"}
+    assert out["wall_seconds"] > 0 and out["gflops"] > 0
+    assert (tmp_path / "regimes.png").read_bytes()[:4] == b"\x89PNG"
+
+    cache = tmp_path / "runs" / "quality" / ".cache"
+    before = {p: p.stat().st_mtime_ns for p in cache.rglob("*.json")}
+    again = regimes(tmp_path, "--points", "s6-e1-r16")
+    assert again.returncode == 0, again.stderr[-3000:]
+    after = {p: p.stat().st_mtime_ns for p in cache.rglob("*.json")}
+    assert after == before, "a resumed run trained, evaluated or measured again"
+    assert json.loads((tmp_path / "regimes.json").read_text())["points"][0]["models"] == out["points"][0]["models"]
