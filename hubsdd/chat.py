@@ -32,3 +32,10 @@ def chat_prompt_ids(tokenizer: "PreTrainedTokenizerBase", conversation: Messages
 
 def chat_prompts_ids(tokenizer: "PreTrainedTokenizerBase", conversations: Sequence[Messages | str]) -> list[list[int]]:
     return [chat_prompt_ids(tokenizer, c) for c in conversations]
+
+
+def user_message(instruction: str, input: str | None) -> str:
+    """The user turn a fine-tuned model sees: the instruction, then the input if there is one.
+
+    Shared by the distill and finetune stages so that student training prompts are built one way."""
+    return f"{instruction}\n\n{input}" if input else instruction

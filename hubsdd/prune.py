@@ -34,7 +34,7 @@ from .errors import DataError
 from .figures import figure
 from .models import fast_cpu_linears
 from .outputs import PruneMetrics, PruneOutputs
-from .runner import StageContext, StageOutput
+from .stage_io import StageContext, StageOutput
 from .surgery import check_prunable, decoder_layers, remove_layers
 
 __all__ = ["BlockScores", "ScoreAccumulator", "check_prunable", "decoder_layers", "remove_layers", "run_prune",

@@ -11,6 +11,7 @@ import importlib.resources
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..chat import user_message  # noqa: F401  (distill builds the same user turn)
 from ..errors import StageError
 
 BUILTIN_TEMPLATES = {"general": "distill_general.md.j2", "math": "distill_math.md.j2"}
@@ -51,10 +52,3 @@ def load_template(value: str, base_dir: Path | None = None) -> PromptTemplate:
         raise StageError(f"distill.template: {value!r} is neither 'general', 'math' nor a readable file ({exc})",
                          fix="use 'general' or 'math', or a path (relative to the recipe) to a Jinja template") from None
     return PromptTemplate(Path(value).name, text)
-
-
-def user_message(instruction: str, input: str | None) -> str:
-    """The user turn a fine-tuned model sees: the instruction, then the input if there is one.
-
-    Shared with the finetune stage so that student training prompts are built one way."""
-    return f"{instruction}\n\n{input}" if input else instruction

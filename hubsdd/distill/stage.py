@@ -29,7 +29,7 @@ from ..data import get_value, load_rows, resolve_dataset_revision
 from ..errors import DataError
 from ..recipe import DistillSection
 from ..outputs import DistillMetrics, DistillOutputs
-from ..runner import StageContext, StageOutput
+from ..stage_io import StageContext, StageOutput
 from .backends import GenerationBackend, make_backend
 from .checkers import REASONS, REJECTION_PHRASES, select
 from .prompts import load_template

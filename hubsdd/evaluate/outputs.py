@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from ..outputs import Record, register
+from ..records import Record
 
 
 class EvaluatePlots(Record):
@@ -128,5 +128,3 @@ class EvaluateMetrics(Record):
     fidelity: dict[str, Fidelity] | None = None
     offset: int = 0
 
-
-register("evaluate", EvaluateOutputs, EvaluateMetrics)

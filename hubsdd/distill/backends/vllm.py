@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ...chat import Messages, chat_prompts_ids
+from ...devices import visible_gpus
 from ...errors import StageError
 from ...recipe import GenerationSettings
-from . import Generation, stop_token_ids
+from .engine import Generation, stop_token_ids
 
 log = logging.getLogger("hubsdd.distill")
 
@@ -62,16 +63,6 @@ def teacher_generation_config(model_dir: Path, trust_remote_code: bool) -> Any:
         return GenerationConfig.from_pretrained(model_dir)
     except OSError:
         return GenerationConfig.from_model_config(AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code))
-
-
-def visible_gpus() -> list[str]:
-    """The GPUs this process may use: ``CUDA_VISIBLE_DEVICES`` when set, else every device torch counts."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return [d.strip() for d in visible.split(",") if d.strip()]
-    import torch
-
-    return [str(i) for i in range(torch.cuda.device_count())]
 
 
 class _Engine:
