@@ -68,7 +68,7 @@ class BestBlock(Record):
 
 
 class PruneMetrics(Record):
-    method: Literal["angular", "bi"]
+    method: str  # a block scorer's name (hubsdd.plugins.BLOCK_SCORERS)
     token_position: Literal["last", "all"]
     block_size: int
     removed_layers: list[int]
@@ -87,7 +87,9 @@ class PruneMetrics(Record):
     calibration_samples: int
     calibration_tokens: int
     scoring_seconds: float
-    forward_passes: int
+    forward_passes: int  # the shared scoring pass's plus the scorer's own
+    layer_scores: list[float] | None = None  # the scorer's score per layer, when it has one
+    method_description: str | None = None  # how the scorer chose, one sentence (for the card)
 
 
 # --------------------------------------------------------------------------- distill
