@@ -60,6 +60,7 @@ LAYERS: dict[str, tuple[str, str | None]] = {
     "hubsdd.merge": ("stages", "merge"),
     "hubsdd.evaluate": ("stages", "evaluate"),
     "hubsdd.card": ("stages", "card"),
+    "hubsdd.templates": ("stages", "card"),  # the card's Jinja templates (a package only to ship them)
     # pipeline
     "hubsdd.runner": ("pipeline", None),
     "hubsdd.stage_records": ("pipeline", None),
