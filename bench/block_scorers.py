@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     scores = score_blocks(model, cal_batches, "last")
     shared = time.perf_counter() - started
-    print(f"shared scoring pass: {shared:.1f} s ({len(cal_batches)} forward passes, {tokens} tokens)")
+    print(f"shared scoring pass: {shared:.1f} s ({len(cal_batches)} forward passes, {tokens} tokens)", flush=True)
 
     rows = []
     for name in BLOCK_SCORERS.names():
