@@ -4,9 +4,8 @@
     results = run(load_recipe("recipes/smollm2-135m-demo.yaml"), until="prune")
 """
 
-__version__ = "0.2.0"
-
-from .recipe import Recipe, load_recipe, parse_recipe  # noqa: E402
-from .runner import run  # noqa: E402
+from .recipe import Recipe, load_recipe, parse_recipe
+from .runner import run
+from .version import __version__
 
 __all__ = ["Recipe", "load_recipe", "parse_recipe", "run", "__version__"]

@@ -23,11 +23,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from .version import __version__
 from .errors import StageError
 from .files import sha256_file
 from .outputs import CardMetrics, CardOutputs
-from .runner import SPECS, StageContext, StageOutput, StageResult, checkpoint_dirs, load_results, run_lock, run_stage
+from .stage_io import StageContext, StageOutput, StageResult, checkpoint_dirs
 
 log = logging.getLogger("hubsdd.card")
 
@@ -458,23 +458,3 @@ def run_card(ctx: StageContext) -> StageOutput:
     """Entry of the ``card`` stage."""
     written = assemble_release(ctx.recipe, ctx.inputs, ctx.out_dir, ctx.fingerprint)
     return StageOutput(outputs=CardOutputs(**written), metrics=CardMetrics(stages=list(ctx.inputs)))
-
-
-def rerender(run_dir: Path) -> Path:
-    """``hubsdd card runs/<name>``: render the cards again from a finished run's stage.json files."""
-    from .recipe import load_recipe
-
-    run_dir = Path(run_dir)
-    recipe_file = run_dir / "recipe.yaml"
-    if not recipe_file.exists():
-        raise StageError(f"{run_dir} is not a hubsdd run directory (no recipe.yaml)",
-                         fix="pass runs/<recipe name>, created by `hubsdd run`")
-    recipe = load_recipe(recipe_file)
-    results = load_results(run_dir)
-    card = results.pop("card", None)
-    if card is None:
-        raise StageError(f"{run_dir} has no finished card stage", fix="run `hubsdd run <recipe>` first")
-    # The same staging and atomic install as a run: a failure leaves the previous release in place.
-    with run_lock(run_dir):
-        done = run_stage(SPECS["card"], recipe, results, card.fingerprint, run_dir=run_dir)
-    return done.path("model_dir") / "README.md"

@@ -159,7 +159,7 @@ def run_cmd(
 @app.command()
 def card(run_dir: Path = typer.Argument(..., help="A run directory, runs/<name>.")) -> None:
     """Re-render the model and dataset cards of a finished run."""
-    from .card import rerender
+    from .runner import rerender_card as rerender
 
     path = rerender(run_dir)
     _echo(f"wrote {path}", result=True)

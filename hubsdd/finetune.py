@@ -52,18 +52,17 @@ import math
 import os
 import shutil
 import time
-from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import progress, trainer_checkpoints, worklog
-from .distill.prompts import DATA_COLUMNS, chat_example
+from .chat import DATA_COLUMNS, chat_example
 from .errors import DataError, StageError
 from .figures import figure
 from .recipe import FinetuneSection
 from .files import atomic_write_json
 from .outputs import FinetuneMetrics, FinetuneOutputs
-from .runner import StageContext, StageOutput
+from .stage_io import StageContext, StageOutput
 from .training import lora_config, refuse_sharded_training, trainer_classes, trainer_config
 
 if TYPE_CHECKING:
@@ -127,7 +126,7 @@ def variant_key(ctx: StageContext, name: str) -> str:
     variants are added, removed or renamed, or by another recipe sharing the run directory."""
     import hashlib
 
-    from . import __version__
+    from .version import __version__
     from .models import model_dtype
     from .recipe import canonical_json
 
@@ -466,45 +465,7 @@ def run_finetune(ctx: StageContext) -> StageOutput:
 # --------------------------------------------------------------------------- accelerate launch
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``accelerate launch -m hubsdd.finetune RECIPE``: train the variants on every process, then
-    install the finetune stage from the main one (see the module docstring)."""
-    import argparse
+if __name__ == "__main__":  # `accelerate launch -m hubsdd.finetune RECIPE`: the entry is pipeline code (hubsdd.launch)
+    from .launch import main
 
-    from accelerate import PartialState
-
-    from .models import default_device
-    from .recipe import load_recipe
-    from .runner import expected_fingerprints, load_results, run, stage_work_dir
-
-    parser = argparse.ArgumentParser(prog="python -m hubsdd.finetune", description=main.__doc__)
-    parser.add_argument("recipe", help="recipe YAML whose prune and distill stages have finished")
-    args = parser.parse_args(argv)
-    recipe = load_recipe(args.recipe)
-    if recipe.finetune is None:
-        raise StageError(f"{args.recipe} has no `finetune` section", fix="add one, e.g. `finetune: {}`")
-    refuse_sharded_training()
-    # The process group is created here, before the Trainer could set its timeout: every process
-    # waits (up to this) while the main one merges and saves each variant. On the CPU the
-    # processes talk over gloo (accelerate picks NCCL only for GPUs).
-    state = PartialState(cpu=default_device(recipe) == "cpu", timeout=timedelta(seconds=recipe.finetune.ddp_timeout))
-    fps = expected_fingerprints(recipe)
-    results = load_results(recipe.run_dir)
-    stale = [n for n in ("base", "prune", "distill") if n not in results or results[n].fingerprint != fps[n]]
-    if stale:
-        raise StageError(f"stages {stale} have not finished for this recipe",
-                         fix=f"run `hubsdd run {args.recipe} --until distill` first (one process)")
-    fp = fps["finetune"]
-    # Variants are trained into the run's cache (variant_dir), where the stage finds them done.
-    ctx = StageContext(recipe=recipe, name="finetune", run_dir=recipe.run_dir, out_dir=recipe.run_dir / ".unused",
-                       work_dir=stage_work_dir(recipe.run_dir, "finetune", fp),
-                       inputs={n: results[n] for n in ("base", "prune", "distill")}, fingerprint=fp)
-    train_all(ctx, is_main=state.is_main_process)
-    state.wait_for_everyone()
-    if state.is_main_process:
-        run(recipe, until="finetune")
-    return 0
-
-
-if __name__ == "__main__":
     raise SystemExit(main())

@@ -29,7 +29,7 @@ import yaml
 from .errors import ModelLoadError, StageError
 from .files import atomic_write_text
 from .outputs import MergeMetrics, MergeOutputs
-from .runner import StageContext, StageOutput, checkpoint_dirs
+from .stage_io import StageContext, StageOutput, checkpoint_dirs
 
 log = logging.getLogger("hubsdd.merge")
 

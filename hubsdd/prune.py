@@ -9,6 +9,10 @@ Scoring (one forward pass per calibration batch, ``output_hidden_states=True``):
 * **bi** (Block Influence, ShortGPT, Men et al. 2024): BI_i = 1 - cos(h_i, h_{i+1}); the n layers
   of lowest BI are removed, contiguous or not.
 
+Both are recorded whatever ``prune.method`` is; the method (a block scorer, :mod:`hubsdd.scorers`:
+``angular``, ``bi``, ``perplexity`` or one an installed package adds through the entry-point group
+``hubsdd.block_scorers``) chooses the layers from them, or from passes of its own.
+
 Hugging Face models return the final hidden state *after* the final norm as the last entry of
 ``hidden_states``; the distance to the raw output of the last layer is what the method wants, so
 that one is captured with a forward hook instead.
@@ -34,7 +38,9 @@ from .errors import DataError
 from .figures import figure
 from .models import fast_cpu_linears
 from .outputs import PruneMetrics, PruneOutputs
-from .runner import StageContext, StageOutput
+from .plugins import BLOCK_SCORERS
+from .scorers import BlockChoice, ScoringInput
+from .stage_io import StageContext, StageOutput
 from .surgery import check_prunable, decoder_layers, remove_layers
 
 __all__ = ["BlockScores", "ScoreAccumulator", "check_prunable", "decoder_layers", "remove_layers", "run_prune",
@@ -148,17 +154,26 @@ def score_blocks(model: "PreTrainedModel", batches: Iterable[dict], token_positi
     return acc.result()
 
 
-def select_layers(scores: BlockScores, blocks: int, method: str) -> list[int]:
+def select_layers(scores: BlockScores, blocks: int, method: str, model: "PreTrainedModel | None" = None,
+                  batches: list[dict] | None = None) -> list[int]:
+    """The layers the block scorer ``method`` removes (:data:`hubsdd.plugins.BLOCK_SCORERS`)."""
+    return choose_layers(scores, blocks, method, model, batches or []).layers
+
+
+def choose_layers(scores: BlockScores, blocks: int, method: str, model: "PreTrainedModel | None",
+                  batches: list[dict]) -> BlockChoice:
     if blocks >= scores.num_layers:
         raise DataError(
             f"prune.blocks: cannot remove {blocks} of {scores.num_layers} layers",
             fix=f"use a number below {scores.num_layers}",
         )
-    if method == "angular":
-        start, _ = scores.best_block(blocks)
-        return list(range(start, start + blocks))
-    order = np.argsort(scores.block_influence, kind="stable")
-    return sorted(int(i) for i in order[:blocks])
+    choice = BLOCK_SCORERS.load(method)(ScoringInput(model=model, batches=batches, blocks=blocks, scores=scores))
+    layers = sorted(int(i) for i in choice.layers)
+    if len(set(layers)) != blocks or not all(0 <= i < scores.num_layers for i in layers):
+        raise DataError(f"prune.method: the block scorer {method!r} chose layers {layers}, not {blocks} distinct "
+                        f"layers of 0..{scores.num_layers - 1}", fix="report it to the scorer's authors")
+    choice.layers = layers
+    return choice
 
 
 # --------------------------------------------------------------------------- surgery
@@ -293,12 +308,14 @@ def run_prune(ctx: StageContext) -> StageOutput:
     batches = batches_for(tokenizer, texts, section.calibration.max_length, section.calibration.batch_size)
     started = time.perf_counter()
     scores = score_blocks(model, batches, section.token_position)
-    scoring_seconds = time.perf_counter() - started
 
+    choice = None
     if section.layers is not None:
         removed = sorted(set(section.layers))
     else:
-        removed = select_layers(scores, section.blocks, section.method)
+        choice = choose_layers(scores, section.blocks, section.method, model, batches)
+        removed = choice.layers
+    scoring_seconds = time.perf_counter() - started
     params_before = count_parameters(model)
     flops_before = forward_flops_per_token(model)
     remove_layers(model, removed)
@@ -334,7 +351,9 @@ def run_prune(ctx: StageContext) -> StageOutput:
         "calibration_samples": scores.samples,
         "calibration_tokens": scores.tokens,
         "scoring_seconds": round(scoring_seconds, 3),
-        "forward_passes": len(batches),
+        "forward_passes": len(batches) + (choice.forward_passes if choice else 0),
+        "layer_scores": choice.layer_scores if choice else None,
+        "method_description": choice.description or None if choice else None,
     }
     outputs = {
         "model_dir": "model",

@@ -2,8 +2,8 @@
 
 Every section exists from the start, including those whose stages come later, so a recipe written
 today stays valid. Unknown keys are errors (``extra="forbid"``). Validators raise ``ValueError`` so
-pydantic reports the YAML path; :mod:`hubsdd.recipe_file` reads the file (``load_recipe``, imported from here),
-adds line numbers and turns everything into one :class:`~hubsdd.errors.RecipeError`.
+pydantic reports the YAML path; :mod:`hubsdd.recipe_file` reads the file into plain data with line
+numbers, :func:`parse_recipe` validates it and turns every problem into one :class:`~hubsdd.errors.RecipeError`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, field_validator, model_validator
 
-from .recipe_file import check_package_path, load_recipe, parse_recipe, resolve_path, shown, where  # noqa: F401
+from .errors import RecipeError
+from .recipe_file import (  # noqa: F401  (check_package_path, shown: part of this module's API)
+    check_package_path, problems_from_validation, read_recipe_file, read_recipe_text, resolve_path, shown, where,
+)
 from .recipe_publish import CardSection, PublishSection  # noqa: F401
 from .recipe_sections import (  # noqa: F401  (the sections are part of this module's API)
     HUB_ID_RE, SEED_MAX, BaseSection, CalibrationData, ColumnMap, DataSource, DistillSection,
@@ -125,6 +128,30 @@ class Recipe(Section):
 
 def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def parse_recipe(text: str, source: str = "<recipe>", source_path: Path | None = None) -> Recipe:
+    """Validate recipe text. Raises RecipeError with one ``path.to.field (line N): ...`` line per problem."""
+    from pydantic import ValidationError
+
+    data, lines = read_recipe_text(text, source)
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(source, problems_from_validation(exc, lines, Recipe)) from None
+    recipe._source_path = source_path
+    recipe._source_text = text
+    recipe._lines = lines
+    return recipe
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a recipe file. Raises RecipeError naming the file, YAML path and line."""
+    path = Path(path)
+    return parse_recipe(read_recipe_file(path), str(path), path.resolve())
 
 
 # --------------------------------------------------------------------------- reference

@@ -1,4 +1,5 @@
-"""Reading a recipe file: bytes to plain data with the line of every YAML path, then a Recipe.
+"""Reading a recipe file: bytes to plain data with the line of every YAML path (:mod:`hubsdd.recipe`
+validates it into a Recipe), and pydantic's errors as ``path (line N): ...`` problems.
 
 YAML is a larger language than a recipe needs: a few lines of aliases can expand to billions of
 values, nesting can exhaust the parser's stack, tags run constructors that fail on odd input, and a
@@ -15,16 +16,13 @@ from __future__ import annotations
 import re
 import typing
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 from yaml.constructor import ConstructorError
 from yaml.nodes import MappingNode, Node, ScalarNode
 
 from .errors import RecipeError
-
-if TYPE_CHECKING:
-    from .recipe import Recipe
 
 MAX_BYTES = 1 << 20  # a recipe is a few KB; this bounds the pure-Python parser's time
 MAX_DEPTH = 48  # mappings and lists nested deeper than this are refused (recipes nest ~4 deep)
@@ -379,12 +377,9 @@ def problems_from_validation(err: Any, lines: dict[YamlPath, int], root: Any) ->
 # --------------------------------------------------------------------------- loading
 
 
-def parse_recipe(text: str, source: str = "<recipe>", source_path: Path | None = None) -> "Recipe":
-    """Validate recipe text. Raises RecipeError with one ``path.to.field (line N): ...`` line per problem."""
-    from pydantic import ValidationError
-
-    from .recipe import Recipe
-
+def read_recipe_text(text: str, source: str = "<recipe>") -> tuple[dict, dict[YamlPath, int]]:
+    """Recipe text as plain data (a mapping of sections) and the line of every YAML path; what the
+    data means is :class:`hubsdd.recipe.Recipe`'s to validate. Raises RecipeError naming ``source``."""
     try:
         data, lines = read_yaml(text)
     except YamlProblems as exc:
@@ -393,18 +388,11 @@ def parse_recipe(text: str, source: str = "<recipe>", source_path: Path | None =
         raise RecipeError(source, ["the file is empty"], fix="start from `hubsdd init` or recipes/smollm2-135m-demo.yaml")
     if not isinstance(data, dict):
         raise RecipeError(source, [f"(top level): expected a mapping of sections, got {type(data).__name__}"])
-    try:
-        recipe = Recipe.model_validate(data)
-    except ValidationError as exc:
-        raise RecipeError(source, problems_from_validation(exc, lines, Recipe)) from None
-    recipe._source_path = source_path
-    recipe._source_text = text
-    recipe._lines = lines
-    return recipe
+    return data, lines
 
 
-def load_recipe(path: str | Path) -> "Recipe":
-    """Read and validate a recipe file. Raises RecipeError naming the file, YAML path and line."""
+def read_recipe_file(path: str | Path) -> str:
+    """A recipe file's text (bounded, UTF-8 checked). Raises RecipeError naming the file."""
     path = Path(path)
     try:
         with open(path, "rb") as fh:
@@ -414,10 +402,9 @@ def load_recipe(path: str | Path) -> "Recipe":
     except OSError as exc:
         raise RecipeError(str(path), [f"cannot read the file: {exc.strerror or exc}"]) from None
     try:
-        text = decode(raw)
+        return decode(raw)
     except YamlProblems as exc:
         raise RecipeError(str(path), exc.problems, fix=exc.fix) from None
-    return parse_recipe(text, str(path), path.resolve())
 
 
 # --------------------------------------------------------------------------- paths in a recipe

@@ -188,10 +188,12 @@ class CalibrationData(DataSource):
 
 
 class PruneSection(Section):
-    method: Literal["angular", "bi"] = Field(
+    method: str = Field(
         "angular",
-        description="angular: drop the contiguous block with the smallest angular distance "
-        "(Gromov et al. 2024); bi: drop the layers of lowest Block Influence (ShortGPT).",
+        description="The block scorer: angular (the contiguous block with the smallest angular distance, "
+        "Gromov et al. 2024), bi (the layers of lowest Block Influence, ShortGPT), perplexity (the contiguous "
+        "run whose layers, each removed alone, leave the lowest calibration perplexity; Shortened LLaMA), or "
+        "one an installed package adds (entry-point group `hubsdd.block_scorers`).",
     )
     blocks: int = Field(..., ge=1, description="Number of decoder layers to remove.")
     token_position: Literal["last", "all"] = Field(
@@ -200,6 +202,13 @@ class PruneSection(Section):
     layers: list[int] | None = Field(
         None, description="Remove exactly these layers instead of scoring (scores still recorded)."
     )
+
+    @field_validator("method")
+    @classmethod
+    def _known_scorer(cls, v: str) -> str:
+        from .plugins import BLOCK_SCORERS
+
+        return BLOCK_SCORERS.check(v)
 
     @model_validator(mode="after")
     def _layers_match(self) -> "PruneSection":

@@ -29,13 +29,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import __version__, worklog
+from . import worklog
+from .version import __version__
 from .files import atomic_write_json, atomic_write_text, remove_stale_temporaries
 from .errors import OutOfMemoryError, StageError
+from .stage_io import StageContext, StageOutput, StageResult, checkpoint_dirs  # noqa: F401  (the runner's API too)
 from .stage_records import (  # noqa: F401  (part of the runner's API)
-    STAGE_FILE, StageResult, record_digest, stage_files, check_cached_stages, damaged_files, disk_errors, read_stage,
+    STAGE_FILE, record_digest, stage_files, check_cached_stages, damaged_files, disk_errors, read_stage,
     run_lock,
 )
+from .models import stage_device_scope
 from .recipe import Recipe, canonical_json
 
 log = logging.getLogger("hubsdd")
@@ -43,55 +46,6 @@ log = logging.getLogger("hubsdd")
 
 
 # --------------------------------------------------------------------------- stages
-
-
-def checkpoint_dirs(results: dict[str, StageResult]) -> dict[str, Path]:
-    """Every model checkpoint the finished stages made, by the name recipes and cards use for it:
-    ``base``, ``pruned``, each fine-tuned variant, ``merge`` (in that order)."""
-    found: dict[str, Path] = {}
-    if "base" in results:
-        found["base"] = results["base"].path("model_dir")
-    if "prune" in results:
-        found["pruned"] = results["prune"].path("model_dir")
-    if "finetune" in results:
-        ft = results["finetune"]
-        for name, info in (ft.outputs.get("variants") or {}).items():
-            found[name] = ft.resolve(info["model_dir"])
-    if "merge" in results:
-        found["merge"] = results["merge"].path("model_dir")
-    return found
-
-
-@dataclass
-class StageOutput:
-    """What a stage entry returns: ``outputs`` (paths relative to out_dir, ids) and ``metrics``, the
-    stage's models from :mod:`hubsdd.outputs`."""
-
-    outputs: Any = field(default_factory=dict)
-    metrics: Any = field(default_factory=dict)
-
-
-@dataclass
-class StageContext:
-    recipe: Recipe
-    name: str
-    run_dir: Path
-    out_dir: Path
-    work_dir: Path
-    inputs: dict[str, StageResult]
-    fingerprint: str
-
-    @property
-    def section(self) -> Any:
-        return getattr(self.recipe, self.name)
-
-    def input(self, name: str) -> StageResult:
-        if name not in self.inputs:
-            raise StageError(
-                f"stage {self.name!r} needs the output of stage {name!r}, which has not run",
-                fix=f"run `hubsdd run <recipe> --until {name}` first",
-            )
-        return self.inputs[name]
 
 
 @dataclass(frozen=True)
@@ -131,7 +85,7 @@ def _card_extra(recipe: Recipe) -> Any:
 
 
 STAGES: tuple[StageSpec, ...] = (
-    StageSpec("base", (), "hubsdd.models:prepare_base", extra=_base_identity,
+    StageSpec("base", (), "hubsdd.base:prepare_base", extra=_base_identity,
               describe="resolve and snapshot the base model"),
     StageSpec("prune", ("base",), "hubsdd.prune:run_prune", describe="score blocks, remove layers"),
     StageSpec("distill", ("base",), "hubsdd.distill.stage:run_distill",
@@ -258,8 +212,6 @@ def run_stage(spec: StageSpec, recipe: Recipe, results: dict[str, StageResult], 
         inputs={i: results[i] for i in spec.inputs if i in results}, fingerprint=fp,
     )
     started = time.time()
-    # Lazy: hubsdd.models imports this module.
-    from .models import stage_device_scope
 
     try:
         with stage_device_scope(recipe) as usage:
@@ -386,3 +338,23 @@ def run(recipe: Recipe | str | Path, until: str | None = None, force: tuple[str,
             results[spec.name] = run_stage(spec, recipe, results, fp)
             notify(spec.name, "done", results[spec.name].data["seconds"])
         return results
+
+
+def rerender_card(run_dir: Path) -> Path:
+    """``hubsdd card runs/<name>``: render the cards again from a finished run's stage.json files."""
+    from .recipe import load_recipe
+
+    run_dir = Path(run_dir)
+    recipe_file = run_dir / "recipe.yaml"
+    if not recipe_file.exists():
+        raise StageError(f"{run_dir} is not a hubsdd run directory (no recipe.yaml)",
+                         fix="pass runs/<recipe name>, created by `hubsdd run`")
+    recipe = load_recipe(recipe_file)
+    results = load_results(run_dir)
+    card = results.pop("card", None)
+    if card is None:
+        raise StageError(f"{run_dir} has no finished card stage", fix="run `hubsdd run <recipe>` first")
+    # The same staging and atomic install as a run: a failure leaves the previous release in place.
+    with run_lock(run_dir):
+        done = run_stage(SPECS["card"], recipe, results, card.fingerprint, run_dir=run_dir)
+    return done.path("model_dir") / "README.md"

@@ -12,57 +12,14 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
 from .errors import StageError
 from .recipe import canonical_json
-
-if TYPE_CHECKING:
-    from .outputs import Typed
+from .stage_io import StageResult
 
 STAGE_FILE = "stage.json"
-
-
-@dataclass
-class StageResult:
-    """A finished stage as later stages see it: its folder and its stage.json."""
-
-    name: str
-    dir: Path
-    data: dict
-
-    @property
-    def fingerprint(self) -> str:
-        return self.data["fingerprint"]
-
-    @property
-    def typed(self) -> "Typed":
-        """``outputs`` and ``metrics`` as the stage's models (:mod:`hubsdd.outputs`), validated."""
-        from .outputs import record
-
-        return record(self)
-
-    @property
-    def outputs(self) -> dict:
-        return self.data.get("outputs", {})
-
-    @property
-    def metrics(self) -> dict:
-        return self.data.get("metrics", {})
-
-    def path(self, key: str) -> Path:
-        """An output path: stage outputs store paths relative to the stage folder (or absolute)."""
-        value = self.outputs.get(key)
-        if value is None:
-            raise StageError(f"stage {self.name!r} recorded no output {key!r}", fix=f"rerun it: remove {self.dir}")
-        return self.resolve(value)
-
-    def resolve(self, value: str) -> Path:
-        """A path recorded anywhere in ``outputs`` (nested too): relative to the stage folder."""
-        p = Path(value)
-        return p if p.is_absolute() else self.dir / p
 
 
 def record_digest(data: dict) -> str:

@@ -100,7 +100,7 @@ def sequence_groups(records: list[dict], data: Iterable[str], tokenizer: Any,
                     shard_size: int) -> list[list[tuple[list[int], int]]]:
     """The sequences the ``kd`` variants of ``data`` train on, per shard of ``shard_size`` rows of
     the distilled dataset, each stored once per shard (a rejected rewrite equals the original)."""
-    from .distill.prompts import chat_example
+    from .chat import chat_example
 
     groups = []
     for lo in range(0, len(records), shard_size):

@@ -6,7 +6,7 @@ from pathlib import Path
 from huggingface_hub import ModelCard
 
 from hubsdd import runner
-from hubsdd.card import rerender
+from hubsdd.runner import rerender_card as rerender
 from hubsdd.recipe import parse_recipe
 
 

@@ -157,7 +157,7 @@ finetune: {{ddp_timeout: 4321}}
     code = f"""\
 import torch, torch.distributed as dist
 from hubsdd.errors import StageError
-from hubsdd.finetune import main
+from hubsdd.launch import main
 try:
     main([{str(tmp_path / 'r.yaml')!r}])
 except StageError as exc:

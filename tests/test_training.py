@@ -40,7 +40,8 @@ def test_a_process_that_sees_several_gpus_trains_on_one(tmp_path: Path, monkeypa
 @pytest.mark.parametrize("env", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
 def test_sharded_training_is_refused_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                      env: str) -> None:
-    from hubsdd.finetune import main, train_variant
+    from hubsdd.finetune import train_variant
+    from hubsdd.launch import main
     from test_finetune import accelerate_recipe, finetune_ctx
 
     monkeypatch.setenv(env, "true")

@@ -11,6 +11,7 @@ import importlib.resources
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..chat import DATA_COLUMNS, chat_example, user_message  # noqa: F401  (the same user turn and examples)
 from ..errors import StageError
 
 BUILTIN_TEMPLATES = {"general": "distill_general.md.j2", "math": "distill_math.md.j2"}
@@ -52,27 +53,3 @@ def load_template(value: str, base_dir: Path | None = None) -> PromptTemplate:
                          fix="use 'general' or 'math', or a path (relative to the recipe) to a Jinja template") from None
     return PromptTemplate(Path(value).name, text)
 
-
-def user_message(instruction: str, input: str | None) -> str:
-    """The user turn a fine-tuned model sees: the instruction, then the input if there is one.
-
-    Shared with the finetune stage so that student training prompts are built one way."""
-    return f"{instruction}\n\n{input}" if input else instruction
-
-
-# The column a fine-tuning variant's `data` reads.
-DATA_COLUMNS = {"distilled": "selected", "original": "original", "accepted": "selected"}
-
-
-def chat_example(row: dict, data: str) -> tuple[list[dict], list[dict]] | None:
-    """A distilled row as the conversational prompt/completion a student trains on for ``data``
-    (``distilled``, ``original``, or ``accepted``: accepted rewrites only, no fallback to the
-    original), or None when its instruction or response is empty or, for ``accepted``, the rewrite
-    was rejected. Shared by the finetune stage and the teacher log-probabilities, which must see the
-    same sequences."""
-    response = row.get(DATA_COLUMNS[data]) or ""
-    rejected = data == "accepted" and row.get("verdict") != "accepted"
-    if rejected or not response.strip() or not (row.get("instruction") or "").strip():
-        return None
-    return ([{"role": "user", "content": user_message(row["instruction"], row.get("input"))}],
-            [{"role": "assistant", "content": response}])

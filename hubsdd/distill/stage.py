@@ -30,7 +30,7 @@ from ..data import get_value, load_rows, resolve_dataset_revision
 from ..errors import DataError
 from ..recipe import DistillSection
 from ..outputs import DistillMetrics, DistillOutputs
-from ..runner import StageContext, StageOutput
+from ..stage_io import StageContext, StageOutput
 from ..device_profile import distill_sizes
 from ..models import default_device
 from .backends import GenerationBackend, make_backend

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 def encode(tokenizer: Any, instruction: str, response: str, max_length: int) -> tuple[list[int], int]:
     """Token ids of prompt + response (as the finetune stage trains on them) and the prompt's length."""
-    from ..distill.prompts import user_message
+    from ..chat import user_message
 
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": user_message(instruction, None)}],
                                            add_generation_prompt=True, tokenize=False)

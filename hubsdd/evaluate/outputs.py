@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from ..outputs import Record, register
+from ..records import Record
 
 
 class EvaluatePlots(Record):
@@ -139,5 +139,3 @@ class EvaluateMetrics(Record):
     offset: int = 0
     dev: DevEvidence | None = None
 
-
-register("evaluate", EvaluateOutputs, EvaluateMetrics)

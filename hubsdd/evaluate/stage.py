@@ -29,7 +29,7 @@ from .. import worklog
 from ..errors import DataError, StageError
 from ..files import atomic_write_json
 from ..models import default_device, fast_cpu_linears, model_content_id
-from ..runner import StageContext, StageOutput, checkpoint_dirs
+from ..stage_io import StageContext, StageOutput, checkpoint_dirs
 from . import evidence
 from .harness import evaluate_model, summarize
 from .hub_tasks import prepare_hub_tasks
@@ -72,7 +72,7 @@ def _load(name: str, path: Path, ctx: StageContext, device: str) -> tuple[Any, A
 
 
 def _key(obj: Any) -> str:
-    from .. import __version__
+    from ..version import __version__
     from ..recipe import canonical_json
 
     return hashlib.sha256(canonical_json({"hubsdd": __version__, **obj}).encode()).hexdigest()[:32]

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import __version__, progress
+from .. import progress
+from ..version import __version__
 from ..errors import AuthError, HubError, RepoConflictError
 from ..files import git_blob_sha1
 from ..hub_errors import endpoint, hub_errors

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from ..version import __version__
 from ..errors import HubError, StageError, VerificationError
 from ..files import sha256_file
 from ..hub_errors import endpoint, hub_errors

@@ -12,7 +12,7 @@ from ...chat import Messages, chat_prompt_ids
 from ...errors import StageError
 from ...models import fast_cpu_linears
 from ...recipe import GenerationSettings
-from . import Generation, stop_token_ids
+from .engine import Generation, stop_token_ids
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase

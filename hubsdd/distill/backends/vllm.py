@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ...chat import Messages, chat_prompts_ids
+from ...devices import device_memory_used, visible_gpus
 from ...errors import StageError
 from ...recipe import GenerationSettings
-from . import Generation, stop_token_ids
+from .engine import Generation, stop_token_ids
 
 log = logging.getLogger("hubsdd.distill")
 
@@ -62,39 +63,6 @@ def teacher_generation_config(model_dir: Path, trust_remote_code: bool) -> Any:
         return GenerationConfig.from_pretrained(model_dir)
     except OSError:
         return GenerationConfig.from_model_config(AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code))
-
-
-def device_memory_used() -> int | None:
-    """Bytes in use on GPU 0 by every process (vLLM's engines are other processes, which
-    ``torch.cuda.max_memory_allocated`` does not see): NVML when installed, else torch's
-    ``mem_get_info`` if this process already has a CUDA context; None otherwise."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        try:
-            return int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(0)).used)
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:  # noqa: BLE001 -- no NVML library or no driver: fall back
-        pass
-    import sys
-
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_initialized():
-        free, total = torch.cuda.mem_get_info()
-        return int(total - free)
-    return None
-
-
-def visible_gpus() -> list[str]:
-    """The GPUs this process may use: ``CUDA_VISIBLE_DEVICES`` when set, else every device torch counts."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return [d.strip() for d in visible.split(",") if d.strip()]
-    import torch
-
-    return [str(i) for i in range(torch.cuda.device_count())]
 
 
 class _Engine:

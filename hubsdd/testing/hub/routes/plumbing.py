@@ -20,7 +20,6 @@ from ..faults import ConnectionDropped, Fault
 from ..protocol import HubHTTPError, header_value
 
 if TYPE_CHECKING:
-    from ..server import HubHTTPServer, HubServer
     from ..storage import HubStorage
 
 log = logging.getLogger("hubsdd.testing.hub")
@@ -29,12 +28,18 @@ log = logging.getLogger("hubsdd.testing.hub")
 class RequestPlumbing(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: the client pools connections
     server_version = "hubsdd-hub-server/1.0"
-    server: "HubHTTPServer"
+    server: Any  # the HubHTTPServer (.server imports the routes, so they do not import it)
 
-    # Set per request by _dispatch (and by the router for the path's parts).
+    # Set per request by _dispatch, and by the route table's match for the path's parts.
     query: dict[str, str]
     segments: list[str]
     scope: str | None
+    repo_type: str
+    repo_id: str
+    rev: str | None
+    file_path: str
+    ref_name: str
+    oid: str
 
     def log_message(self, fmt: str, *args: Any) -> None:  # quiet: tests read logs only on failure
         log.debug("%s %s", self.address_string(), fmt % args)
@@ -55,14 +60,15 @@ class RequestPlumbing(BaseHTTPRequestHandler):
         self._dispatch("DELETE")
 
     @property
-    def hub(self) -> "HubServer":
+    def hub(self) -> Any:
+        """The :class:`~hubsdd.testing.hub.server.HubServer`: tokens, faults, counters, signing."""
         return self.server.hub
 
     @property
     def storage(self) -> "HubStorage":
         return self.server.hub.storage
 
-    # -- routing, provided by the router
+    # -- routing, provided by the route table (.router)
 
     def _route(self, method: str) -> tuple[str, Callable[[], None]]:
         raise NotImplementedError

@@ -1,114 +1,174 @@
-"""The routing table: which URL and method go to which route, under which request *kind*.
+"""The routing table: which method and path go to which handler, under which request *kind*.
+
+One row per route: ``Route(methods, pattern, kind, handler)``. A pattern is the path's segments
+(split on ``/`` before unquoting, so a quoted ``refs%2Fpr%2F1`` stays one segment):
+
+* a literal segment (``api``), or a prefix ending in ``*`` (``xet-*``);
+* ``{type}``: ``models``, ``datasets`` or ``spaces`` (sets the repository type); ``{prefix}``:
+  ``datasets`` or ``spaces`` before a repository id outside ``/api`` (none means a model);
+  ``{rawtype}``: the type as the LFS upload URL spells it (``model``);
+* ``{ns}`` and ``{name}`` (or ``{name}.git``): the repository id, checked;
+* ``{rev}``: a revision, one segment or an unquoted ``refs/pr/N`` / ``refs/heads/x`` (three);
+* ``{oid}``: one segment; ``{path*}`` / ``{ref*}`` / ``{rest*}``: the remaining segments (``+``: at
+  least one).
 
 The kind names the route in the request counters (:attr:`HubServer.counts`) and is what fault
-injection targets (:meth:`HubServer.fail_next`). Each concern's routes live in their own module
-(:mod:`.auth`, :mod:`.repos`, :mod:`.lfs`, :mod:`.commits`, :mod:`.files`); this class composes them.
+injection targets (:meth:`HubServer.fail_next`). Handlers are plain functions of the request
+(:mod:`.auth`, :mod:`.repos`, :mod:`.lfs`, :mod:`.commits`, :mod:`.files`); the request object
+(:class:`.plumbing.RequestPlumbing`) carries the HTTP plumbing and what the match set. The first
+matching row wins. This table replaced two nested if-chains (``_route``/``_route_repo_api``) and a
+ring of nine mixin classes; werkzeug's ``routing.Map`` would have needed a converter for
+revisions that span segments and a new dependency, for no fewer lines.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from ..protocol import PLURAL_TO_TYPE, HubHTTPError, check_repo_id, repo_not_found
-from .commits import CommitRoutes
-from .files import FileRoutes
-from .lfs import LfsRoutes
+from . import auth, commits, files, lfs, repos
+from .plumbing import RequestPlumbing
+
+REF_KINDS = ("pr", "heads", "tags", "convert")
+READ = ("GET", "HEAD")
 
 
-class HubRequestHandler(CommitRoutes, LfsRoutes, FileRoutes):
-    """The handler both listening ports use (the CDN port serves only :meth:`_cdn`)."""
+def _not_hosted(req: RequestPlumbing) -> None:
+    """A repository id without a namespace (a legacy id such as ``gpt2``): not hosted here."""
+    raise repo_not_found()
+
+
+def _no_xet(req: RequestPlumbing) -> None:
+    # Without HF_HUB_DISABLE_XET=1 a client with hf_xet installed asks for Xet storage, which this
+    # server does not speak: say so instead of a bare 404.
+    raise HubHTTPError(501, "this test Hub speaks the LFS protocol only: set HF_HUB_DISABLE_XET=1 in the client's "
+                            "environment")
+
+
+@dataclass(frozen=True)
+class Route:
+    methods: tuple[str, ...]  # empty: any method
+    pattern: str
+    kind: str
+    handler: Callable[[RequestPlumbing], None]
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+    def match(self, method: str, segments: list[str]) -> dict[str, Any] | None:
+        if self.methods and method not in self.methods:
+            return None
+        params: dict[str, Any] = dict(self.defaults)
+        i = 0
+        for token in self.pattern.split("/"):
+            if token.endswith(("*}", "+}")):
+                rest = segments[i:]
+                if token.endswith("+}") and not rest:
+                    return None
+                params[token[1:-2]] = rest
+                return params
+            if i >= len(segments):
+                return None
+            seg = segments[i]
+            if token == "{rev}":
+                if len(segments) - i >= 3 and seg == "refs" and segments[i + 1] in REF_KINDS:
+                    params["rev"], i = "/".join(segments[i:i + 3]), i + 3
+                else:
+                    params["rev"], i = seg, i + 1
+                continue
+            if token == "{type}":
+                if seg not in PLURAL_TO_TYPE:
+                    return None
+                params["repo_type"] = PLURAL_TO_TYPE[seg]
+            elif token == "{prefix}":
+                if seg not in ("datasets", "spaces"):
+                    return None
+                params["repo_type"] = PLURAL_TO_TYPE[seg]
+            elif token == "{name}.git":
+                if not seg.endswith(".git"):
+                    return None
+                params["name"] = seg[:-4]
+            elif token.startswith("{"):
+                params[token[1:-1]] = seg
+            elif token.endswith("*"):
+                if not seg.startswith(token[:-1]):
+                    return None
+            elif seg != token:
+                return None
+            i += 1
+        return params if i == len(segments) else None
+
+
+REPO_API = "api/{type}/{ns}/{name}"
+
+ROUTES: tuple[Route, ...] = (
+    Route(("POST",), "oauth/token", "oauth_token", auth.oauth_token),
+    Route(("GET",), "api/whoami-v2", "whoami", auth.whoami),
+    Route(("POST",), "api/validate-yaml", "validate_yaml", repos.validate_yaml),
+    Route(("POST",), "api/repos/create", "create_repo", repos.create_repo),
+    Route(("DELETE",), "api/repos/delete", "delete_repo", repos.delete_repo),
+    Route(("GET",), "api/{type}/{legacy}", "unknown", _not_hosted),
+    Route(("GET",), REPO_API, "repo_info", repos.repo_info, {"rev": None}),
+    Route(("GET",), f"{REPO_API}/revision/{{rev}}/{{rest*}}", "repo_info", repos.repo_info),
+    Route(("GET",), f"{REPO_API}/tree/{{rev}}/{{path*}}", "tree", repos.tree),
+    Route(("POST",), f"{REPO_API}/paths-info/{{rev}}/{{rest*}}", "paths_info", repos.paths_info),
+    Route(("POST",), f"{REPO_API}/preupload/{{rev}}/{{rest*}}", "preupload", lfs.preupload),
+    Route(("POST",), f"{REPO_API}/commit/{{rev}}/{{rest*}}", "commit", commits.commit),
+    Route(("GET",), f"{REPO_API}/commits", "commits", commits.commits, {"rev": "main"}),
+    Route(("GET",), f"{REPO_API}/commits/{{rev}}/{{rest*}}", "commits", commits.commits),
+    Route(("GET",), f"{REPO_API}/refs/{{rest*}}", "refs", commits.refs),
+    Route(("POST",), f"{REPO_API}/branch/{{ref+}}", "create_branch", commits.create_branch),
+    Route(("DELETE",), f"{REPO_API}/branch/{{ref+}}", "delete_branch", commits.delete_branch),
+    Route(("POST",), f"{REPO_API}/tag/{{rev}}/{{rest*}}", "create_tag", commits.create_tag),
+    Route(("DELETE",), f"{REPO_API}/tag/{{rev}}/{{rest*}}", "delete_tag", commits.delete_tag),
+    Route(("PUT",), f"{REPO_API}/settings/{{rest*}}", "settings", repos.settings),
+    Route((), f"{REPO_API}/xet-*/{{rest*}}", "unknown", _no_xet),
+    Route(("POST",), "{prefix}/{ns}/{name}.git/info/lfs/objects/batch", "lfs_batch", lfs.lfs_batch),
+    Route(("POST",), "{ns}/{name}.git/info/lfs/objects/batch", "lfs_batch", lfs.lfs_batch, {"repo_type": "model"}),
+    Route(("POST",), "{prefix}/{ns}/{name}.git/info/lfs/objects/verify", "lfs_verify", lfs.lfs_verify),
+    Route(("POST",), "{ns}/{name}.git/info/lfs/objects/verify", "lfs_verify", lfs.lfs_verify, {"repo_type": "model"}),
+    Route(("PUT",), "_lfs/upload/{rawtype}/{ns}/{name}/{oid}", "lfs_upload", lfs.lfs_upload),
+    Route(READ, "{prefix}/{ns}/{name}/resolve/{rev}/{path+}", "resolve", files.resolve),
+    Route(READ, "{ns}/{name}/resolve/{rev}/{path+}", "resolve", files.resolve, {"repo_type": "model"}),
+    Route((), "{prefix}/{legacy}/resolve/{rest+}", "unknown", _not_hosted),
+    Route((), "{legacy}/resolve/{rest+}", "unknown", _not_hosted),
+)
+
+
+def route(method: str, segments: list[str]) -> tuple[Route, dict[str, Any]] | None:
+    """The first row of :data:`ROUTES` matching, with what it matched."""
+    for row in ROUTES:
+        params = row.match(method, segments)
+        if params is not None:
+            return row, params
+    return None
+
+
+class HubRequestHandler(RequestPlumbing):
+    """The handler both listening ports use: the CDN port serves only :func:`.files.cdn`."""
 
     def _route(self, method: str) -> tuple[str, Callable[[], None]]:
-        s = self.segments
-        n = len(s)
-        if s == ["oauth", "token"] and method == "POST":
-            return "oauth_token", self._oauth_token
-        if s[:1] == ["api"]:
-            if s == ["api", "whoami-v2"] and method == "GET":
-                return "whoami", self._whoami
-            if s == ["api", "validate-yaml"] and method == "POST":
-                return "validate_yaml", self._validate_yaml
-            if s == ["api", "repos", "create"] and method == "POST":
-                return "create_repo", self._create_repo
-            if s == ["api", "repos", "delete"] and method == "DELETE":
-                return "delete_repo", self._delete_repo
-            if n == 3 and s[1] in PLURAL_TO_TYPE and method == "GET":
-                raise repo_not_found()  # a namespace-less (legacy) id: not hosted here
-            if n >= 4 and s[1] in PLURAL_TO_TYPE:
-                self.repo_type = PLURAL_TO_TYPE[s[1]]
-                self.repo_id = check_repo_id(s[2], s[3])
-                rest = s[4:]
-                return self._route_repo_api(method, rest)
-        # /{datasets/}{ns}/{name}.git/info/lfs/objects/{batch,verify}
-        off = 1 if s[:1] and s[0] in ("datasets", "spaces") else 0
-        self.repo_type = PLURAL_TO_TYPE[s[0]] if off else "model"
-        if n == off + 6 and s[off + 1].endswith(".git") and s[off + 2:off + 5] == ["info", "lfs", "objects"]:
-            self.repo_id = check_repo_id(s[off], s[off + 1][:-4])
-            if s[off + 5] == "batch" and method == "POST":
-                return "lfs_batch", self._lfs_batch
-            if s[off + 5] == "verify" and method == "POST":
-                return "lfs_verify", self._lfs_verify
-        if s[:2] == ["_lfs", "upload"] and n == 6 and method == "PUT":
-            self.repo_type = s[2]
-            self.repo_id = check_repo_id(s[3], s[4])
-            self.oid = s[5]
-            return "lfs_upload", self._lfs_upload
-        if n >= off + 3 and s[off + 1] == "resolve" and s[off + 2] != "resolve":
-            # A repository id without a namespace ("gpt2"): legacy ids are not hosted here.
-            raise repo_not_found()
-        if n >= off + 5 and s[off + 2] == "resolve" and method in ("GET", "HEAD"):
-            self.repo_id = check_repo_id(s[off], s[off + 1])
-            self.rev, rest = self._take_revision(s[off + 3:])
-            self.file_path = "/".join(rest)
-            return "resolve", self._resolve
-        raise HubHTTPError(404, f"No route for {method} {urlsplit(self.path).path} on this test Hub")
+        found = route(method, self.segments)
+        if found is None:
+            raise HubHTTPError(404, f"No route for {method} {urlsplit(self.path).path} on this test Hub")
+        row, params = found
+        if row.kind == "unknown":  # an answer, not a route: raised here, as no route is counted
+            row.handler(self)
+        if "rawtype" in params:
+            self.repo_type = params["rawtype"]
+        elif "repo_type" in params:
+            self.repo_type = params["repo_type"]
+        if "ns" in params:
+            self.repo_id = check_repo_id(params["ns"], params["name"])
+        if "rev" in params:
+            self.rev = params["rev"]
+        if "path" in params:
+            self.file_path = "/".join(params["path"]).strip("/") if row.kind == "tree" else "/".join(params["path"])
+        if "ref" in params:
+            self.ref_name = "/".join(params["ref"])
+        if "oid" in params:
+            self.oid = params["oid"]
+        return row.kind, lambda: row.handler(self)
 
-    def _route_repo_api(self, method: str, rest: list[str]) -> tuple[str, Callable[[], None]]:
-        head = rest[0] if rest else None
-        if head is None and method == "GET":
-            self.rev = None
-            return "repo_info", self._repo_info
-        if head == "revision" and method == "GET" and len(rest) >= 2:
-            self.rev, _ = self._take_revision(rest[1:])
-            return "repo_info", self._repo_info
-        if head == "tree" and method == "GET" and len(rest) >= 2:
-            self.rev, sub = self._take_revision(rest[1:])
-            self.file_path = "/".join(sub).strip("/")
-            return "tree", self._tree
-        if head == "paths-info" and method == "POST" and len(rest) >= 2:
-            self.rev, _ = self._take_revision(rest[1:])
-            return "paths_info", self._paths_info
-        if head == "preupload" and method == "POST" and len(rest) >= 2:
-            self.rev, _ = self._take_revision(rest[1:])
-            return "preupload", self._preupload
-        if head == "commit" and method == "POST" and len(rest) >= 2:
-            self.rev, _ = self._take_revision(rest[1:])
-            return "commit", self._commit
-        if head == "commits" and method == "GET":
-            self.rev, _ = self._take_revision(rest[1:]) if len(rest) >= 2 else ("main", [])
-            return "commits", self._commits
-        if head == "refs" and method == "GET":
-            return "refs", self._refs
-        if head == "branch" and len(rest) >= 2 and method in ("POST", "DELETE"):
-            self.ref_name = "/".join(rest[1:])
-            return ("create_branch", self._create_branch) if method == "POST" else ("delete_branch", self._delete_branch)
-        if head == "tag" and len(rest) >= 2 and method in ("POST", "DELETE"):
-            self.rev, _ = self._take_revision(rest[1:])
-            return ("create_tag", self._create_tag) if method == "POST" else ("delete_tag", self._delete_tag)
-        if head == "settings" and method == "PUT":
-            return "settings", self._settings
-        if head and head.startswith("xet-"):
-            # Without HF_HUB_DISABLE_XET=1 a client with hf_xet installed asks for Xet storage,
-            # which this server does not speak: say so instead of a bare 404.
-            raise HubHTTPError(501, "this test Hub speaks the LFS protocol only: set HF_HUB_DISABLE_XET=1 "
-                                    "in the client's environment")
-        raise HubHTTPError(404, f"No route for {method} /api/{self.repo_type}s/{self.repo_id}/{'/'.join(rest)}")
-
-    @staticmethod
-    def _take_revision(segs: list[str]) -> tuple[str, list[str]]:
-        """The revision and the remaining segments. Quoted revisions arrive as one segment; an
-        unquoted ``refs/pr/N`` or ``refs/heads/x`` (from hand-written URLs) spans three."""
-        if len(segs) >= 3 and segs[0] == "refs" and segs[1] in ("pr", "heads", "tags", "convert"):
-            return "/".join(segs[:3]), segs[3:]
-        return segs[0], segs[1:]
+    def _cdn(self) -> None:
+        files.cdn(self)
