@@ -18,6 +18,7 @@ import yaml
 from pydantic import Field, field_validator, model_validator
 
 from .recipe_file import check_package_path, load_recipe, parse_recipe, resolve_path, shown, where  # noqa: F401
+from .recipe_distributed import DistributedSettings  # noqa: F401
 from .recipe_publish import CardSection, PublishSection  # noqa: F401
 from .recipe_sections import (  # noqa: F401  (the sections are part of this module's API)
     HUB_ID_RE, SEED_MAX, BaseSection, CalibrationData, ColumnMap, DataSource, DistillSection,
