@@ -37,9 +37,10 @@ Multi-GPU (data parallel, one process per GPU) goes through ``accelerate``::
 ``python -m hubsdd.finetune`` trains the variants on every rank (DDP, handled by the Trainer;
 ``batch_size`` is per GPU, the effective batch is ``batch_size x gradient_accumulation_steps x
 GPUs``), the main process saves them into the stage's work folder, then installs the finished stage
-exactly as ``hubsdd run --until finetune`` would. DDP keeps a full copy of the model per GPU: LoRA on
-an 8B model fits an 80 GB GPU; full fine-tuning of large models needs FSDP/DeepSpeed, which hubsdd
-refuses (:func:`refuse_sharded_training`). A single process that sees several GPUs trains on one
+exactly as ``hubsdd run --until finetune`` would. DDP keeps a full copy of the model per GPU;
+``finetune.distributed.strategy: fsdp`` shards it (``hubsdd launch-command`` prints the command,
+:mod:`hubsdd.launch`), and :func:`hubsdd.training.whole_model` gathers it onto the main process for
+the LoRA merge and the save. DeepSpeed is refused (:func:`refuse_sharded_training`). A single process that sees several GPUs trains on one
 (:func:`hubsdd.training.one_gpu_per_process`).
 """
 
