@@ -131,6 +131,29 @@ def plan(recipe: Path = typer.Argument(..., help="Recipe YAML file.")) -> None:
         _echo(f"  dataset -> {pub.dataset_repo or '(publish.dataset_repo not set)'}")
 
 
+@app.command("launch-command")
+def launch_command(recipe: Path = typer.Argument(..., help="Recipe YAML file.")) -> None:
+    """Print the commands that train the finetune stage over the GPUs and machines of
+    `finetune.distributed` (accelerate launch; one command per machine)."""
+    from .errors import StageError
+    from .launch_commands import base_config, decoder_layer_class, launch_commands
+    from .recipe import load_recipe
+
+    r = load_recipe(recipe)
+    if r.finetune is None:
+        raise StageError(f"{recipe} has no `finetune` section", fix="add one, e.g. `finetune: {}`")
+    config = base_config(r)
+    commands = launch_commands(r, recipe, layer_class=decoder_layer_class(config) if config else None)
+    if commands[0].startswith("hubsdd run"):  # one process: no launcher
+        _echo(commands[0], result=True)
+        return
+    _echo(f"hubsdd run {recipe} --until distill", result=True)
+    for rank, command in enumerate(commands):
+        where = f"   # on machine {rank} of {len(commands)}" if len(commands) > 1 else ""
+        _echo(command + where, result=True)
+    _echo(f"hubsdd run {recipe}", result=True)
+
+
 @app.command("run")
 def run_cmd(
     recipe: Path = typer.Argument(..., help="Recipe YAML file."),

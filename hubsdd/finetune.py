@@ -37,9 +37,10 @@ Multi-GPU (data parallel, one process per GPU) goes through ``accelerate``::
 ``python -m hubsdd.finetune`` trains the variants on every rank (DDP, handled by the Trainer;
 ``batch_size`` is per GPU, the effective batch is ``batch_size x gradient_accumulation_steps x
 GPUs``), the main process saves them into the stage's work folder, then installs the finished stage
-exactly as ``hubsdd run --until finetune`` would. DDP keeps a full copy of the model per GPU: LoRA on
-an 8B model fits an 80 GB GPU; full fine-tuning of large models needs FSDP/DeepSpeed, which hubsdd
-refuses (:func:`refuse_sharded_training`). A single process that sees several GPUs trains on one
+exactly as ``hubsdd run --until finetune`` would. DDP keeps a full copy of the model per GPU;
+``finetune.distributed.strategy: fsdp`` shards it (``hubsdd launch-command`` prints the command,
+:mod:`hubsdd.launch_commands`), and :func:`hubsdd.training.whole_model` gathers it onto the main process for
+the LoRA merge and the save. DeepSpeed is refused (:func:`refuse_sharded_training`). A single process that sees several GPUs trains on one
 (:func:`hubsdd.training.one_gpu_per_process`).
 """
 
@@ -63,7 +64,7 @@ from .recipe import FinetuneSection
 from .files import atomic_write_json
 from .outputs import FinetuneMetrics, FinetuneOutputs
 from .stage_io import StageContext, StageOutput
-from .training import lora_config, refuse_sharded_training, trainer_classes, trainer_config
+from .training import fsdp_enabled, lora_config, refuse_sharded_training, trainer_classes, trainer_config, whole_model
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -130,11 +131,11 @@ def variant_key(ctx: StageContext, name: str) -> str:
     from .models import model_dtype
     from .recipe import canonical_json
 
-    section: FinetuneSection = ctx.section
+    section: FinetuneSection = sized_section(ctx)
     variant = section.variants[name]
     # How often to checkpoint and how long processes wait for each other do not change the weights.
     # The on-policy settings decide only gkd variants (so adding them kept every other variant's key).
-    shared = section.model_dump(mode="json", exclude={"variants", "checkpoint_steps", "ddp_timeout", "gkd"})
+    shared = section.model_dump(mode="json", exclude={"variants", "checkpoint_steps", "ddp_timeout", "gkd", "distributed"})
     dtype = model_dtype(ctx.recipe)  # by default the device's: bfloat16 weights train differently
     payload = {
         "hubsdd": __version__,
@@ -150,9 +151,21 @@ def variant_key(ctx: StageContext, name: str) -> str:
     }
     if teacher_logits_dir(ctx, name) is not None:  # only then: the keys of live-teacher variants stay
         payload["teacher_logits"] = "cache"
+    if fsdp_enabled():  # only then: the keys of data-parallel variants stay
+        payload["strategy"] = "fsdp"
     if variant.loss == "gkd":
         payload["gkd"] = section.gkd.model_dump(mode="json")
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+
+
+def sized_section(ctx: StageContext) -> FinetuneSection:
+    """The finetune section with the batch this run trains with: on a GPU, a ``batch_size`` the
+    recipe leaves unset is sized to the device (:func:`hubsdd.device_profile.finetune_sizes`)."""
+    from .device_profile import finetune_sizes
+    from .models import default_device
+
+    return finetune_sizes(ctx.section, default_device(ctx.recipe), ctx.input("prune").path("model_dir"),
+                          sharded_over=training_processes() if fsdp_enabled() else 1)
 
 
 def training_processes() -> int:
@@ -192,7 +205,7 @@ def train_variant(ctx: StageContext, name: str, *, is_main: bool = True) -> dict
     """Train one variant into :func:`variant_dir` and return its result (metrics + log).
 
     Returns the stored result without training when this variant (same key) was trained before."""
-    section: FinetuneSection = ctx.section
+    section: FinetuneSection = sized_section(ctx)
     variant = section.variants[name]
     key = variant_key(ctx, name)
     vdir = variant_dir(ctx, name)
@@ -209,7 +222,7 @@ def train_variant(ctx: StageContext, name: str, *, is_main: bool = True) -> dict
     from .models import (default_device, fast_cpu_frozen_linears, fast_cpu_linears, free_memory, load_model,
                          load_tokenizer, model_dtype, save_model, set_threads)
 
-    refuse_sharded_training()
+    refuse_sharded_training(live_teacher=variant.loss in ("kd", "gkd") and teacher_logits_dir(ctx, name) is None)
     set_threads()
     base = ctx.recipe.base
     device, dtype = default_device(ctx.recipe), model_dtype(ctx.recipe)
@@ -268,7 +281,7 @@ def train_variant(ctx: StageContext, name: str, *, is_main: bool = True) -> dict
 
         trainer.remove_callback(PrinterCallback)
         trainer.remove_callback(ProgressCallback)
-    refuse_sharded_training(trainer)
+    refuse_sharded_training(trainer, live_teacher=live_kd)
     trained_rows = rows_kept_by_trainer(trainer, len(dataset), name, section.max_length)
     trainer.add_callback(trainer_checkpoints.completion_callback())
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
@@ -310,14 +323,18 @@ def train_variant(ctx: StageContext, name: str, *, is_main: bool = True) -> dict
             "total_params": int(total),
             "seconds": round(seconds, 3),
             "processes": training_processes(),
+            "batch_size": section.batch_size,
+            "gradient_accumulation_steps": section.gradient_accumulation_steps,
+            **({"strategy": "fsdp"} if fsdp_enabled(trainer) else {}),
             "tokens_per_second": _tokens_per_second(trainer, seconds),
             **({"on_policy_batches": getattr(trainer, "on_policy_batches", 0)} if variant.loss == "gkd" else {}),
         },
         "log_history": history,
     }
     trainer.accelerator.wait_for_everyone()
+    # Under FSDP every process takes part in gathering the weights onto the main one.
+    final = whole_model(trainer, lambda: _unsharded(model_dir, section, dtype, base))
     if is_main:
-        final = trainer.model
         if section.method == "lora":
             final = final.merge_and_unload()
         left = _lora_modules(final)
@@ -342,6 +359,19 @@ def train_variant(ctx: StageContext, name: str, *, is_main: bool = True) -> dict
     del trainer, model, teacher
     free_memory()
     return result
+
+
+def _unsharded(model_dir: Path, section: FinetuneSection, dtype: str, base: Any) -> Any:
+    """The pruned model (with the recipe's LoRA adapters) on the CPU, to load gathered FSDP weights into."""
+    from .models import load_model
+
+    model = load_model(model_dir, dtype=dtype, trust_remote_code=base.trust_remote_code,
+                       allow_pickle=base.allow_pickle)
+    if section.method == "lora":
+        from peft import get_peft_model
+
+        model = get_peft_model(model, lora_config(section))
+    return model
 
 
 def _tokens_per_second(trainer: Any, seconds: float) -> float | None:

@@ -185,6 +185,9 @@ class VariantMetrics(Record):
     total_params: int
     seconds: float
     processes: int = 1  # data-parallel training processes (accelerate launch --num_processes)
+    batch_size: int | None = None  # per process, as trained (on a GPU sized when the recipe leaves it unset)
+    gradient_accumulation_steps: int | None = None
+    strategy: Literal["fsdp"] | None = None  # sharded training (else one whole copy per process)
     tokens_per_second: float | None = None  # trained tokens (prompt and answer) per second, all processes
     on_policy_batches: int | None = None  # gkd: batches whose responses the student generated
 

@@ -21,6 +21,7 @@ from .errors import RecipeError
 from .recipe_file import (  # noqa: F401  (check_package_path, shown: part of this module's API)
     check_package_path, problems_from_validation, read_recipe_file, read_recipe_text, resolve_path, shown, where,
 )
+from .recipe_distributed import DistributedSettings  # noqa: F401
 from .recipe_publish import CardSection, PublishSection  # noqa: F401
 from .recipe_sections import (  # noqa: F401  (the sections are part of this module's API)
     HUB_ID_RE, SEED_MAX, BaseSection, CalibrationData, ColumnMap, DataSource, DistillSection,

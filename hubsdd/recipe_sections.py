@@ -9,44 +9,16 @@ infinities (``Section``), because YAML reads ``yes`` as true and pydantic reads 
 from __future__ import annotations
 
 import re
-import typing
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_serializer, model_validator
+from pydantic import Field, field_validator, model_serializer, model_validator
 
+from .recipe_base import Section, _is_map, _numbers_only  # noqa: F401  (moved there; re-exported)
+from .recipe_distributed import DistributedSettings
 from .recipe_file import check_package_path, shown  # noqa: F401
 
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 SEED_MAX = 2**32 - 1  # numpy's legacy seeding (used by transformers' set_seed) takes 0..2**32-1
-
-
-def _numbers_only(annotation: Any) -> bool:
-    args = [a for a in (typing.get_args(annotation) or (annotation,)) if a is not type(None)]
-    return bool(args) and all(a in (int, float) for a in args)
-
-
-def _is_map(annotation: Any) -> bool:  # dict[str, int], dict[...] | None
-    return typing.get_origin(annotation) is dict or any(_is_map(a) for a in typing.get_args(annotation))
-
-
-class Section(BaseModel):
-    # Infinity and NaN pass `gt`/`le` bounds in surprising ways (`epochs: .inf` is > 0): refuse them.
-    model_config = ConfigDict(extra="forbid", frozen=False, protected_namespaces=(), allow_inf_nan=False)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _plain_numbers(cls, value: Any, info: ValidationInfo) -> Any:
-        # pydantic reads True as 1; YAML reads yes/no/on/off as booleans, so `blocks: yes` would remove one layer.
-        annotation = cls.model_fields[info.field_name].annotation if info.field_name in cls.model_fields else None
-        if isinstance(value, bool) and _numbers_only(annotation):
-            raise ValueError(f"expected a number, got {str(value).lower()} (YAML reads true/false, yes/no and "
-                             "on/off as booleans)")
-        # No setting needs more than 64 bits; a 5000-digit integer cannot even be printed in a message.
-        items = value if isinstance(value, list) else list(value.values()) if isinstance(value, dict) and \
-            _is_map(annotation) else [value]
-        if any(isinstance(v, int) and not -2**63 <= v < 2**64 for v in items):
-            raise ValueError("a number this large (over 64 bits) is not a setting")
-        return value
 
 
 # Strings that reach a card's metadata or body. Free text may be markdown but no control characters;
@@ -414,6 +386,8 @@ class FinetuneSection(Section):
     ddp_timeout: int = Field(
         7200, ge=1, description="Seconds a process of `accelerate launch` waits for the others (the main one "
         "merges and saves each variant while they wait).")
+    distributed: DistributedSettings = Field(DistributedSettings(), description="How `accelerate launch` spreads "
+                                             "training over GPUs and machines (`hubsdd launch-command`).")
 
     @field_validator("variants")
     @classmethod

@@ -103,21 +103,57 @@ def one_gpu_per_process(config: Any) -> None:
         config._n_gpu = 1
 
 
-def refuse_sharded_training(trainer: Any = None) -> None:
-    """FSDP and DeepSpeed shard the model over the processes; the LoRA merge and the save that end
-    each variant need it whole in one process (``merge_and_unload`` fails on sharded weights, after
-    the whole training). Refuse before training, naming the fix."""
-    for env, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
-        sharded = os.environ.get(env, "false").strip().lower() in ("1", "true", "yes")
-        if trainer is not None:
-            sharded = sharded or bool(getattr(trainer, f"is_{name.lower()}_enabled", False))
-        if sharded:
-            raise StageError(
-                f"finetune: accelerate is configured for {name} ({env}), which hubsdd does not support: "
-                "merging the LoRA adapters and saving each variant need the whole model in one process",
-                fix="train data-parallel instead: `accelerate launch --num_processes N -m hubsdd.finetune "
-                    "recipe.yaml` with an accelerate config that uses neither FSDP nor DeepSpeed "
-                    "(`accelerate config`, or unset ACCELERATE_USE_FSDP / ACCELERATE_USE_DEEPSPEED)")
+def fsdp_enabled(trainer: Any = None) -> bool:
+    """Whether this process trains under accelerate's FSDP plugin (``accelerate launch --use_fsdp``).
+    Note: accelerate 1.15 applies FSDP only to GPU processes; on the CPU it trains DDP instead."""
+    if trainer is not None:
+        return bool(getattr(trainer, "is_fsdp_enabled", False))
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").strip().lower() in ("1", "true", "yes")
+
+
+def refuse_sharded_training(trainer: Any = None, *, live_teacher: bool = False) -> None:
+    """DeepSpeed is refused (its ZeRO-3 weights are not gathered here for the LoRA merge and the
+    save); FSDP is supported (:func:`whole_model` gathers the weights onto the main process) except
+    with a live KD teacher, which accelerate would shard as well: untested, so refused, naming the fix."""
+    sharded = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").strip().lower() in ("1", "true", "yes")
+    if trainer is not None:
+        sharded = sharded or bool(getattr(trainer, "is_deepspeed_enabled", False))
+    if sharded:
+        raise StageError(
+            "finetune: accelerate is configured for DeepSpeed (ACCELERATE_USE_DEEPSPEED), which hubsdd does not "
+            "support: merging the LoRA adapters and saving each variant need the whole model in one process",
+            fix="use FSDP instead (`finetune.distributed.strategy: fsdp`, then `hubsdd launch-command recipe.yaml`), "
+                "or train data-parallel (strategy: ddp)")
+    if live_teacher and fsdp_enabled(trainer):
+        raise StageError(
+            "finetune: a `loss: kd`/`gkd` variant with a live teacher under FSDP is not supported (the teacher "
+            "would be sharded with the student; untested)",
+            fix="store the teacher's log-probabilities (distill.teacher_logits, finetune.kd.teacher_logits: cache) "
+                "for kd, or use `finetune.distributed.strategy: ddp`")
+
+
+def whole_model(trainer: Any, rebuild: Any) -> Any:
+    """The trained model whole on the main process (None on the others), LoRA adapters not yet
+    merged. Without FSDP: ``trainer.model``. Under FSDP every process must call this: the shards
+    are gathered (a full state dict, in CPU memory, on rank 0) and loaded into ``rebuild()``, an
+    unsharded model of the same structure (the pruned model with the same adapters)."""
+    import torch.distributed as dist
+
+    model = trainer.model
+    if not fsdp_enabled(trainer):
+        return model
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if dist.is_initialized() and dist.get_rank() != 0:
+        return None
+    whole = rebuild()
+    missing, unexpected = whole.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied to the embeddings
+    if missing or unexpected:
+        raise StageError(f"finetune: the gathered FSDP state dict does not fit the model: missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]}", fix="report this; it is a bug in hubsdd")
+    return whole
 
 
 def lora_config(section: FinetuneSection) -> Any:

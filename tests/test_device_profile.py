@@ -45,3 +45,49 @@ def test_only_what_the_recipe_leaves_unset_is_sized(tmp_path: Path) -> None:
     assert (settings.batch_size, size) == (8, 64)
     vllm = _section(generation={"backend": "vllm"})
     assert distill_sizes(vllm, "cuda", tmp_path, device_bytes=141 * GIB)[0] is vllm.generation
+
+
+LLAMA_8B_26 = {**LLAMA_8B, "num_hidden_layers": 26, "intermediate_size": 14336, "vocab_size": 128256}
+
+
+def _finetune(**fields):
+    from hubsdd.recipe_sections import FinetuneSection
+
+    return FinetuneSection.model_validate(fields)
+
+
+def _pruned_8b(tmp_path: Path) -> Path:
+    (tmp_path / "config.json").write_text(json.dumps(LLAMA_8B_26))
+    with open(tmp_path / "model.safetensors", "wb") as f:  # 6.72B parameters in bf16, sparse
+        f.truncate(2 * 6_720_000_000)
+    return tmp_path
+
+
+def test_finetune_batch_folds_accumulation_and_keeps_the_effective_batch(tmp_path: Path) -> None:
+    from hubsdd.device_profile import finetune_sizes, training_bytes
+
+    model = _pruned_8b(tmp_path)
+    unset = _finetune(gradient_accumulation_steps=8, max_length=512)
+    h200 = finetune_sizes(unset, "cuda", model, device_bytes=141 * GIB)
+    a80 = finetune_sizes(unset, "cuda", model, device_bytes=80 * GIB)
+    assert h200.batch_size * h200.gradient_accumulation_steps == 32 == a80.batch_size * a80.gradient_accumulation_steps
+    assert (a80.batch_size, a80.gradient_accumulation_steps) == (16, 2)
+    assert (h200.batch_size, h200.gradient_accumulation_steps) == (32, 1)
+    # what is chosen fits 85% of the device and twice as much would not
+    assert training_bytes(LLAMA_8B_26, 2 * 6_720_000_000, 0, 16, 512) <= 0.85 * 80 * GIB
+    assert training_bytes(LLAMA_8B_26, 2 * 6_720_000_000, 0, 32, 512) > 0.85 * 80 * GIB
+    # written by the recipe, or on the CPU: as written
+    assert finetune_sizes(_finetune(batch_size=4, gradient_accumulation_steps=8), "cuda", model,
+                          device_bytes=141 * GIB).batch_size == 4
+    assert finetune_sizes(unset, "cpu", model) is unset
+
+
+def test_full_finetuning_of_8b_unfolds_into_accumulation_unless_sharded(tmp_path: Path) -> None:
+    from hubsdd.device_profile import finetune_sizes
+
+    model = _pruned_8b(tmp_path)
+    full = _finetune(method="full", gradient_accumulation_steps=2, max_length=2048)
+    one = finetune_sizes(full, "cuda", model, device_bytes=141 * GIB)
+    assert (one.batch_size, one.gradient_accumulation_steps) == (2, 4)  # weights + AdamW alone take ~88 GiB
+    eight = finetune_sizes(full, "cuda", model, device_bytes=80 * GIB, sharded_over=8)
+    assert eight.batch_size * eight.gradient_accumulation_steps == 8 and eight.batch_size >= 4

@@ -171,3 +171,73 @@ print("world", dist.get_world_size(), "timeout", backend.options._timeout.total_
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "stage error: stages ['base', 'prune', 'distill'] have not finished" in proc.stdout
     assert re.search(r"world 1 timeout 4321\.0", proc.stdout), proc.stdout
+
+
+FSDP_SCRIPT = """\
+import sys, torch, torch.distributed as dist
+from types import SimpleNamespace
+from torch.distributed.fsdp import fully_shard
+from peft import get_peft_model
+from transformers import AutoModelForCausalLM
+from hubsdd.recipe_sections import FinetuneSection
+from hubsdd.training import lora_config, whole_model
+
+model_dir, out, sharded = sys.argv[1], sys.argv[2], sys.argv[3] == "fsdp"
+if sharded:
+    dist.init_process_group("gloo")
+section = FinetuneSection.model_validate({"lora": {"r": 4, "alpha": 8, "dropout": 0.0}})
+
+def rebuild():
+    return get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir), lora_config(section))
+
+torch.manual_seed(0)
+model = rebuild()
+if sharded:
+    for layer in model.base_model.model.model.layers:
+        fully_shard(layer)
+    fully_shard(model)
+opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.05)
+x = torch.arange(2 * 12).reshape(2, 12) % 90 + 5  # every rank the same batch: the same mean gradient
+for _ in range(2):
+    model(input_ids=x, labels=x).loss.backward()
+    opt.step()
+    opt.zero_grad()
+whole = whole_model(SimpleNamespace(model=model, is_fsdp_enabled=sharded), rebuild)
+if whole is not None:
+    whole.merge_and_unload().save_pretrained(out)
+print("rank", dist.get_rank() if sharded else 0, "whole" if whole is not None else "none", flush=True)
+if sharded:
+    dist.destroy_process_group()
+"""
+
+
+def test_fsdp_on_two_cpu_processes_gathers_a_whole_merged_model(tmp_path: Path) -> None:
+    """FSDP2 (torch's fully_shard, per decoder layer) over gloo on two CPU processes: the shards are
+    gathered onto rank 0 by hubsdd.training.whole_model, the LoRA merged, and the saved model reloads
+    with stock transformers and equals one unsharded process's. (accelerate 1.15 itself applies FSDP
+    to GPU processes only: `accelerate launch --use_fsdp` on the CPU silently trains DDP.)"""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    model_dir = save_tiny(tmp_path / "m", layers=2)
+    (tmp_path / "fsdp.py").write_text(FSDP_SCRIPT)
+    env = {**_env(), "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           str(_free_port()), str(tmp_path / "fsdp.py"), str(model_dir), str(tmp_path / "sharded"),
+                           "fsdp"], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-5000:]
+    assert "rank 0 whole" in proc.stdout and "rank 1 none" in proc.stdout
+    one = subprocess.run([sys.executable, str(tmp_path / "fsdp.py"), str(model_dir), str(tmp_path / "one"), "one"],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-5000:]
+
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "sharded")
+    assert reloaded.config.num_hidden_layers == 2 and not any("lora" in n for n, _ in reloaded.named_modules())
+    got, want = load_file(str(tmp_path / "sharded" / "model.safetensors")), load_file(str(tmp_path / "one" / "model.safetensors"))
+    before = load_file(str(model_dir / "model.safetensors"))
+    key = "model.layers.0.self_attn.q_proj.weight"
+    assert got[key].shape == before[key].shape and not torch.equal(got[key], before[key])
+    assert set(got) == set(want)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-5, msg=name)

@@ -38,6 +38,8 @@ LAYERS: dict[str, tuple[str, str | None]] = {
     "hubsdd.devices": ("core", None),
     "hubsdd.device_profile": ("core", None),  # batch sizes from a GPU's memory
     "hubsdd.recipe_publish": ("core", None),
+    "hubsdd.recipe_base": ("core", None),
+    "hubsdd.recipe_distributed": ("core", None),
     "hubsdd.recipe_signing": ("core", None),
     "hubsdd.teacher_logits": ("core", None),  # the stored top-k format: written by distill, read by finetune
     "hubsdd.release_choice": ("core", None),  # the release rule: evaluate records it, the card states it
@@ -70,7 +72,8 @@ LAYERS: dict[str, tuple[str, str | None]] = {
     "hubsdd.runner": ("pipeline", None),
     "hubsdd.stage_records": ("pipeline", None),
     "hubsdd.preflight": ("pipeline", None),
-    "hubsdd.launch": ("pipeline", None),
+    "hubsdd.launch": ("pipeline", None),  # the accelerate entry
+    "hubsdd.launch_commands": ("pipeline", None),  # the accelerate launch command lines
     # hub
     "hubsdd.hub": ("hub", None),  # hub/, hub_errors is core (longer prefix)
     "hubsdd.publishing": ("hub", None),

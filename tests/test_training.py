@@ -37,26 +37,35 @@ def test_a_process_that_sees_several_gpus_trains_on_one(tmp_path: Path, monkeypa
     assert not isinstance(trainer._wrap_model(trainer.model), torch.nn.DataParallel)
 
 
-@pytest.mark.parametrize("env", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
-def test_sharded_training_is_refused_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                     env: str) -> None:
+def test_deepspeed_is_refused_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from hubsdd.finetune import train_variant
     from hubsdd.launch import main
     from test_finetune import accelerate_recipe, finetune_ctx
 
-    monkeypatch.setenv(env, "true")
-    # `accelerate launch` with an FSDP/DeepSpeed config: refused before the process group starts.
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    # `accelerate launch` with a DeepSpeed config: refused before the process group starts.
     recipe = accelerate_recipe(tmp_path)
     model_dir = tmp_path / "m"
-    name = "FSDP" if "FSDP" in env else "DeepSpeed"
-    with pytest.raises(StageError, match=f"configured for {name}") as err:
+    with pytest.raises(StageError, match="configured for DeepSpeed") as err:
         main([str(recipe)])
-    assert "accelerate launch --num_processes N -m hubsdd.finetune" in err.value.fix and env in err.value.fix
+    assert "strategy: fsdp" in err.value.fix and "hubsdd launch-command" in err.value.fix
     # ... and `hubsdd run` in such an environment, before loading anything.
     ctx = finetune_ctx(tmp_path / "stage", "  variants: {sft: {data: original}}\n  max_steps: 1\n", model_dir)
-    with pytest.raises(StageError, match=f"configured for {name}"):
+    with pytest.raises(StageError, match="configured for DeepSpeed"):
         train_variant(ctx, "sft")
     assert not (ctx.run_dir / ".cache").exists()
+
+
+def test_fsdp_is_refused_only_with_a_live_teacher(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hubsdd.training import refuse_sharded_training
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    refuse_sharded_training()  # cross-entropy, or KD from stored log-probabilities: trained under FSDP
+    with pytest.raises(StageError, match="live teacher under FSDP") as err:
+        refuse_sharded_training(live_teacher=True)
+    assert "teacher_logits: cache" in err.value.fix
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "false")
+    refuse_sharded_training(live_teacher=True)
 
 
 def test_the_trainer_runs_where_the_recipe_says(tmp_path: Path) -> None:
