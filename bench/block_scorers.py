@@ -45,13 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     from jinja2 import Template
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from hubsdd.data import load_rows
-    from hubsdd.models import fast_cpu_linears
-    from hubsdd.plugins import BLOCK_SCORERS
-    from hubsdd.prune import batches_for, choose_layers, score_blocks
-    from hubsdd.scorers.perplexity import perplexity, skipped
-    from hubsdd.recipe import load_recipe
-    from hubsdd.surgery import decoder_layers
+    from hubsdd.core.data import load_rows
+    from hubsdd.core.models import fast_cpu_linears
+    from hubsdd.core.plugins import BLOCK_SCORERS
+    from hubsdd.stages.prune.stage import batches_for, choose_layers, score_blocks
+    from hubsdd.stages.prune.scorers.perplexity import perplexity, skipped
+    from hubsdd.core.recipe import load_recipe
+    from hubsdd.stages.prune.surgery import decoder_layers
 
     gflops = measure_gflops(args.threads)
     print(f"fp32 linears on this machine: {gflops['best']:.0f} GFLOPS (MKL {gflops['mkl']:.0f}, oneDNN "

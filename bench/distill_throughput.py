@@ -66,10 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from hubsdd.data import get_value, load_rows
-    from hubsdd.distill.backends.transformers import TransformersBackend
-    from hubsdd.distill.prompts import load_template
-    from hubsdd.recipe import DataSource, GenerationSettings
+    from hubsdd.core.data import get_value, load_rows
+    from hubsdd.stages.distill.backends.transformers import TransformersBackend
+    from hubsdd.stages.distill.prompts import load_template
+    from hubsdd.core.recipe import DataSource, GenerationSettings
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.generate_batch:
         return compare_generate_batch(args, model, load_model, tok, conversations, sizes, command)
 
-    from hubsdd import models
+    from hubsdd.core import models
 
     engines = [("continuous", "oneDNN")] + ([("static", "oneDNN")] if args.static else [])
     if args.mkl:
@@ -155,9 +155,9 @@ def compare_generate_batch(args: argparse.Namespace, model, load_model, tok, con
     from transformers import GenerationConfig
     from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
-    from hubsdd.chat import chat_prompts_ids
-    from hubsdd.distill.backends.transformers import TransformersBackend
-    from hubsdd.recipe import GenerationSettings
+    from hubsdd.core.chat import chat_prompts_ids
+    from hubsdd.stages.distill.backends.transformers import TransformersBackend
+    from hubsdd.core.recipe import GenerationSettings
 
     prompts = chat_prompts_ids(tok, conversations)
     paged_model = load_model()

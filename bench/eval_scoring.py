@@ -43,9 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from cpu_linear import measure_gflops
-    from hubsdd.evaluate.offline import prepare_offline_tasks
-    from hubsdd.evaluate.scoring import packed_lm_class
-    from hubsdd.models import fast_cpu_linears
+    from hubsdd.stages.evaluate.offline import prepare_offline_tasks
+    from hubsdd.stages.evaluate.scoring import packed_lm_class
+    from hubsdd.core.models import fast_cpu_linears
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     torch.set_num_threads(args.threads)

@@ -47,7 +47,7 @@ from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted(ROOT.glob("recipes/*.yaml")) + sorted(ROOT.glob("bench/quality-*.yaml"))
-EXIT_CODES = {0, 2}  # validate: 0 valid, 2 invalid recipe (hubsdd.errors.RecipeError)
+EXIT_CODES = {0, 2}  # validate: 0 valid, 2 invalid recipe (hubsdd.core.errors.RecipeError)
 TIME_LIMIT_S = 20.0  # per case; validate takes milliseconds, so only a hang comes near this
 
 # --------------------------------------------------------------------------- what is thrown at it

@@ -11,7 +11,7 @@ measurement is independent: one that fails is recorded as its error and the othe
   batch 8, 64 and 256 (and 512: the `device: auto` profile's choice for a 135M model on an H200),
   on GSM8K rewrite prompts (the math template), greedy; beside it plain ``model.generate()`` at the
   largest batch, the reference the issue gives. Tokens counted up to each row's end of turn.
-- evaluation: packed log-likelihood scoring (hubsdd.evaluate.scoring) of synthetic multiple-choice
+- evaluation: packed log-likelihood scoring (hubsdd.stages.evaluate.scoring) of synthetic multiple-choice
   requests, as the CPU packs them (one 256-token row a call) and as the GPU profile does.
 - training: full fine-tuning steps of the pruned model (AdamW, bf16), tokens/s.
 MFU = model FLOPs / seconds / peak, with 2 x parameters FLOPs a token for inference and 6 x for
@@ -50,11 +50,11 @@ def teacher(base_dir: Path, device: str, dtype, sizes: list[int], new_tokens: in
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from hubsdd.chat import chat_prompts_ids
-    from hubsdd.data import get_value, load_rows
-    from hubsdd.distill.backends.transformers import TransformersBackend
-    from hubsdd.distill.prompts import load_template
-    from hubsdd.recipe import DataSource, GenerationSettings
+    from hubsdd.core.chat import chat_prompts_ids
+    from hubsdd.core.data import get_value, load_rows
+    from hubsdd.stages.distill.backends.transformers import TransformersBackend
+    from hubsdd.stages.distill.prompts import load_template
+    from hubsdd.core.recipe import DataSource, GenerationSettings
 
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype).to(device).eval()
     tok = AutoTokenizer.from_pretrained(base_dir)
@@ -114,7 +114,7 @@ def evaluation(model_dir: Path, device: str, dtype, items: int, params: int) -> 
     import torch
     from transformers import AutoModelForCausalLM
 
-    from hubsdd.evaluate.scoring import PACK_TOKENS, packing_for, score_packed
+    from hubsdd.stages.evaluate.scoring import PACK_TOKENS, packing_for, score_packed
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
     gen = torch.Generator().manual_seed(0)

@@ -9,7 +9,7 @@ batches of GSM8K problems with their worked answers (prompt/completion, up to ``
 tokens). In one run:
 
 1. the teacher's top-k log-probabilities on the training sequences are stored
-   (:mod:`hubsdd.teacher_logits`, as ``distill.teacher_logits`` does; a one-time cost, timed);
+   (:mod:`hubsdd.core.teacher_logits`, as ``distill.teacher_logits`` does; a one-time cost, timed);
 2. the same KD fine-tuning (same seed, data order, steps, learning rate) is trained twice, each in a
    fresh child process so that its peak memory is its own: with the teacher live (hubsdd's
    ``GKDTrainer``, as ``finetune.kd.teacher_logits: live``) and from the stored log-probabilities
@@ -54,11 +54,11 @@ def arm(mode: str, work: str, cfg: dict) -> dict:
     from transformers import PreTrainedModel, TrainerCallback
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    from hubsdd import teacher_logits as tl
-    from hubsdd.finetune import training_dataset
-    from hubsdd.models import fast_cpu_frozen_linears, fast_cpu_linears, load_model, load_tokenizer
-    from hubsdd.recipe import FinetuneSection
-    from hubsdd.training import cached_kd_trainer_class, lora_config, trainer_classes, trainer_config
+    from hubsdd.core import teacher_logits as tl
+    from hubsdd.stages.finetune.stage import training_dataset
+    from hubsdd.core.models import fast_cpu_frozen_linears, fast_cpu_linears, load_model, load_tokenizer
+    from hubsdd.core.recipe import FinetuneSection
+    from hubsdd.stages.finetune.training import cached_kd_trainer_class, lora_config, trainer_classes, trainer_config
 
     for name in ("transformers", "trl", "peft", "accelerate"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -158,9 +158,9 @@ def build_cache(work: Path, rows: list[dict], args: argparse.Namespace) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from hubsdd import teacher_logits as tl
-    from hubsdd.models import load_model, load_tokenizer
-    from hubsdd.recipe import TeacherLogitsSettings
+    from hubsdd.core import teacher_logits as tl
+    from hubsdd.core.models import load_model, load_tokenizer
+    from hubsdd.core.recipe import TeacherLogitsSettings
 
     pq.write_table(pa.Table.from_pylist(rows), work / "train.parquet")
     tok = load_tokenizer(work / "student")
@@ -178,9 +178,9 @@ def heldout_scores(work: Path, rows: list[dict], max_length: int) -> dict[str, d
     """Per held-out problem: forward KL(teacher || student) per response token, and the response NLL."""
     import torch
 
-    from hubsdd import teacher_logits as tl
-    from hubsdd.distill.prompts import chat_example
-    from hubsdd.models import load_model, load_tokenizer
+    from hubsdd.core import teacher_logits as tl
+    from hubsdd.stages.distill.prompts import chat_example
+    from hubsdd.core.models import load_model, load_tokenizer
 
     tok = load_tokenizer(work / "student")
     models = {name: load_model(work / folder) for name, folder in
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from hubsdd.evaluate.stats import paired_difference
+    from hubsdd.core.stats import paired_difference
 
     torch.set_num_threads(args.threads)
     started = time.time()

@@ -7,7 +7,7 @@ uninterrupted run as the reference, then runs sequences of 1..N kills, each at a
 moment between 0.5 s and the reference's duration after an attempt starts, and lets the last
 attempt finish. Each sequence's final run directory must equal the reference (stage fingerprints,
 released files' sha256 with wall-clock figures masked), hold no staging/temporary files, and have
-done no finished unit of work twice (hubsdd.worklog). Prints kills survived / tried, the kills that
+done no finished unit of work twice (hubsdd.core.worklog). Prints kills survived / tried, the kills that
 landed in each stage, and every problem found.
 """
 

@@ -4,7 +4,7 @@
 
 For every model type in ``MODEL_FOR_CAUSAL_LM_MAPPING_NAMES`` (or the ones named): build it from a
 tiny config (hubsdd.testing.architectures), remove its two middle layers with
-``hubsdd.surgery.remove_layers``, save as safetensors, reload with plain
+``hubsdd.stages.prune.surgery.remove_layers``, save as safetensors, reload with plain
 ``AutoModelForCausalLM.from_pretrained``, and compare logits and 12-token greedy generations
 (cached and uncached, in memory and reloaded) with the unpruned model run with those two layers
 passed through. Prints one line per architecture, then

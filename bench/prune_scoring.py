@@ -32,10 +32,10 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from hubsdd.data import load_rows
-    from hubsdd.models import fast_cpu_linears
-    from hubsdd.prune import batches_for, score_blocks
-    from hubsdd.recipe import load_recipe
+    from hubsdd.core.data import load_rows
+    from hubsdd.core.models import fast_cpu_linears
+    from hubsdd.stages.prune.stage import batches_for, score_blocks
+    from hubsdd.core.recipe import load_recipe
 
     recipe_path = Path(__file__).resolve().parent.parent / "recipes" / "smollm2-135m-demo.yaml"
     recipe = load_recipe(recipe_path)

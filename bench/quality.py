@@ -4,7 +4,7 @@
     python bench/quality.py --smoke    # the same machinery on a tiny random model, in a minute (CI)
 
 It drives the recipe machinery, nothing else: three recipes under ``bench/`` run through
-``hubsdd.run`` (hubsdd.runner) in one run directory, so what one recipe computed another reuses (the base model,
+``hubsdd.run`` (hubsdd.pipeline.runner) in one run directory, so what one recipe computed another reuses (the base model,
 the distilled data, every trained variant and every evaluated model are cached by what decides
 them), and an interrupted run resumes where it stopped, across sessions:
 
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from cpu_linear import measure_gflops
-    from hubsdd.models import set_threads
+    from hubsdd.core.models import set_threads
 
     set_threads()
     runs_dir = (args.runs_dir or ROOT / ("runs/quality-smoke" if args.smoke else "runs")).resolve()

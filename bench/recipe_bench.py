@@ -1,5 +1,5 @@
 """What the benchmarks that drive the recipe machinery share (``bench/quality.py``,
-``bench/regimes.py``): recipes as dicts run through :func:`hubsdd.runner.run` in one run directory
+``bench/regimes.py``): recipes as dicts run through :func:`hubsdd.pipeline.runner.run` in one run directory
 (so every stage, trained variant and evaluated model is computed once, and an interrupted run
 resumes), a ledger of stage seconds across invocations, and the evaluate stage's figures in
 ``quality.json``'s schema with paired 95% intervals.
@@ -33,7 +33,7 @@ def load_dict(path: Path) -> dict:
 
 
 def to_recipe(d: dict, runs_dir: Path) -> Any:
-    from hubsdd.recipe import parse_recipe
+    from hubsdd.core.recipe import parse_recipe
 
     d = dict(d, runs_dir=str(runs_dir))
     return parse_recipe(yaml.safe_dump(d, sort_keys=False), "bench recipe", ROOT / "bench" / "recipe.yaml")
@@ -80,7 +80,7 @@ class Ledger:
 
 
 def run_recipe(label: str, d: dict, runs_dir: Path, ledger: Ledger) -> dict:
-    from hubsdd import runner
+    from hubsdd.pipeline import runner
 
     started = time.time()
 
@@ -132,7 +132,7 @@ def interval(iv: dict | None) -> list[float | None]:
 def collect(results: dict, named_pairs: list[tuple[str, str]] | None = None) -> tuple[dict, dict, dict]:
     """(models, paired, item ids) of one recipe: each model's figures in quality.json's schema,
     the paired differences, and the evaluated item ids per task."""
-    from hubsdd.evaluate import stats
+    from hubsdd.core import stats
 
     m = results["evaluate"].metrics
     evid = m["evidence"]
@@ -192,7 +192,7 @@ def collect(results: dict, named_pairs: list[tuple[str, str]] | None = None) -> 
 def _margin_difference(boot: Any, a: str, b: str) -> Any:
     import numpy as np
 
-    from hubsdd.evaluate import stats
+    from hubsdd.core import stats
 
     floor = boot._avg("__chance__")
     base = boot._avg("base") - floor
@@ -240,7 +240,7 @@ def check_disjoint(results_by_recipe: dict[str, dict], recipes: dict[str, dict])
     """Fail unless training data, evaluation items and fidelity prompts are disjoint."""
     import pyarrow.parquet as pq
 
-    from hubsdd.evaluate.offline import prepare_offline_tasks
+    from hubsdd.stages.evaluate.offline import prepare_offline_tasks
 
     some = next(iter(results_by_recipe.values()))
     train = {_norm(q) for q in pq.read_table(some["distill"].path("data"), columns=["instruction"])

@@ -18,7 +18,7 @@ over regime points of rising training intensity: more data (1,024 GSM8K problems
    ``sdd`` (rejected rows fall back to the original answer);
 3. **learning**: the mean loss per response token of held-out GSM8K reference solutions (problems
    after the largest point's examples in the same shuffled order: never trained on at any point)
-   under each model (:func:`hubsdd.evaluate.learning.reference_loss`), cached by model content.
+   under each model (:func:`hubsdd.stages.evaluate.learning.reference_loss`), cached by model content.
 
 **Forgetting** = variant - pruned on the six-task average (paired 95% interval): negative is
 forgetting. Outputs: ``bench/results/regimes.json`` and ``bench/results/regimes.png`` (forgetting
@@ -121,8 +121,8 @@ def test_recipe(base: dict, point: Point, best: dict[str, float], smoke: bool, a
 
 def held_out(d: dict, start: int, n: int) -> list[tuple[str, str]]:
     """GSM8K problems ``start..start+n`` of the distill data's shuffled order: never trained on."""
-    from hubsdd.data import get_value, load_rows
-    from hubsdd.recipe import DataSource
+    from hubsdd.core.data import get_value, load_rows
+    from hubsdd.core.recipe import DataSource
 
     src = {k: v for k, v in d["distill"]["data"].items() if k != "limit"}
     rows = load_rows(DataSource(**src), ROOT / "bench")
@@ -138,9 +138,9 @@ def learning(models: dict[str, Path], examples: list[tuple[str, str]], cache: Pa
     bootstrap interval over problems."""
     import numpy as np
 
-    from hubsdd.evaluate.learning import reference_loss
-    from hubsdd.files import atomic_write_json
-    from hubsdd.models import load_model, load_tokenizer, model_content_id
+    from hubsdd.stages.evaluate.learning import reference_loss
+    from hubsdd.core.files import atomic_write_json
+    from hubsdd.core.models import load_model, load_tokenizer, model_content_id
 
     digest = hashlib.sha256(json.dumps(examples).encode()).hexdigest()[:16]
     out = {}
@@ -165,7 +165,7 @@ def learning(models: dict[str, Path], examples: list[tuple[str, str]], cache: Pa
 
 
 def run_point(point: Point, recipes: dict, runs_dir: Path, ledger: Ledger, smoke: bool, n_held: int) -> dict:
-    from hubsdd.runner import checkpoint_dirs
+    from hubsdd.pipeline.runner import checkpoint_dirs
 
     print(f"== {point.name}: {point.examples} examples, {point.epochs:g} epochs, {point.method}", flush=True)
     sweep_d = sweep_recipe(recipes["sweep"], point, smoke)
@@ -210,7 +210,7 @@ def _train_questions(results: dict) -> list[str]:
 
 
 def plot(points: list[dict], path: Path) -> None:
-    from hubsdd.figures import figure
+    from hubsdd.core.figures import figure
 
     xs = list(range(len(points)))
     with figure(path, figsize=(11, 4.2), dpi=110, ncols=2) as (_, (left, right)):
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from cpu_linear import measure_gflops
-    from hubsdd.models import set_threads
+    from hubsdd.core.models import set_threads
 
     set_threads()
     runs_dir = (args.runs_dir or ROOT / ("runs/regimes-smoke" if args.smoke else "runs")).resolve()

@@ -7,9 +7,9 @@ benchmark prune it), LoRA r=16 on every linear layer, batches of real GSM8K trai
 (prompt/completion, up to 512 tokens), in one process:
 
 * TRL ``SFTTrainer`` as shipped (logits at every position, its fused vocabulary kernel);
-* hubsdd's trainer (:func:`hubsdd.training.trainer_classes`: the same loss on the response
+* hubsdd's trainer (:func:`hubsdd.stages.finetune.training.trainer_classes`: the same loss on the response
   positions only), on torch's default kernels and with the frozen layers on oneDNN
-  (:func:`hubsdd.models.fast_cpu_frozen_linears`), as ``finetune`` runs;
+  (:func:`hubsdd.core.models.fast_cpu_frozen_linears`), as ``finetune`` runs;
 * the KD variant (TRL ``GKDTrainer`` vs hubsdd's, the 30-layer base as teacher), both on oneDNN.
 
 Seconds per optimizer step, best of ``--steps`` steps after one warm-up step, and the loss of the
@@ -52,10 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     from trl.experimental.gkd import GKDTrainer
 
     from cpu_linear import measure_gflops
-    from hubsdd.finetune import training_dataset
-    from hubsdd.training import lora_config, trainer_classes, trainer_config
-    from hubsdd.models import fast_cpu_frozen_linears, fast_cpu_linears
-    from hubsdd.recipe import FinetuneSection
+    from hubsdd.stages.finetune.stage import training_dataset
+    from hubsdd.stages.finetune.training import lora_config, trainer_classes, trainer_config
+    from hubsdd.core.models import fast_cpu_frozen_linears, fast_cpu_linears
+    from hubsdd.core.recipe import FinetuneSection
 
     for name in ("transformers", "trl", "peft", "accelerate"):
         logging.getLogger(name).setLevel(logging.ERROR)

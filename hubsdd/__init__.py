@@ -4,8 +4,8 @@
     results = run(load_recipe("recipes/smollm2-135m-demo.yaml"), until="prune")
 """
 
-from .recipe import Recipe, load_recipe, parse_recipe
-from .runner import run
-from .version import __version__
+from .core.recipe import Recipe, load_recipe, parse_recipe
+from .pipeline.runner import run
+from .core.version import __version__
 
 __all__ = ["Recipe", "load_recipe", "parse_recipe", "run", "__version__"]

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from hubsdd.evaluate import offline
-from hubsdd.evaluate.tasks import LEADERBOARD_V1, fewshot_holdout, sample_items
+from hubsdd.stages.evaluate import offline
+from hubsdd.stages.evaluate.tasks import LEADERBOARD_V1, fewshot_holdout, sample_items
 
 SEED = 1234
 ROWS = 8  # evaluated rows published per task: offline mode's sample of that size

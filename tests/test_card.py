@@ -5,9 +5,9 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard
 
-from hubsdd import runner
-from hubsdd.runner import rerender_card as rerender
-from hubsdd.recipe import parse_recipe
+from hubsdd.pipeline import runner
+from hubsdd.pipeline.runner import rerender_card as rerender
+from hubsdd.core.recipe import parse_recipe
 
 
 def release_of(tiny_recipe_text, extra=""):
@@ -74,9 +74,9 @@ def test_rerender_rewrites_the_card_from_stage_json(tiny_recipe_text):
 def test_model_index_is_built_from_evaluate_raw_scores() -> None:
     """The card's model-index entries: one per task of the released model, naming the dataset, its
     shots, items and where the data came from, with lm-eval's metric and its value as a fraction."""
-    from hubsdd.card import eval_results_for
-    from hubsdd.evaluate.tasks import PreparedTask
-    from hubsdd.runner import StageResult
+    from hubsdd.stages.card.stage import eval_results_for
+    from hubsdd.stages.evaluate.tasks import PreparedTask
+    from hubsdd.pipeline.runner import StageResult
 
     tasks = {"gsm8k": PreparedTask(name="gsm8k", num_fewshot=5, split="test", items=[3, 9], pool=10,
                                    fewshot_source="x", dataset="x"),

@@ -68,7 +68,7 @@ def test_runtime_errors_are_formatted_too(tmp_path, tiny_recipe_text):
     path = tmp_path / "r.yaml"
     path.write_text(tiny_recipe_text.replace("blocks: 2", "blocks: 9"))
     proc = hubsdd("run", str(path))
-    # A local base's layer count is known before any stage runs (hubsdd.preflight): a recipe error.
+    # A local base's layer count is known before any stage runs (hubsdd.pipeline.preflight): a recipe error.
     assert proc.returncode == 2
     assert "prune.blocks (line 9): the base model has 6 layers" in proc.stderr
     assert "fix:" in proc.stderr and "Traceback" not in proc.stderr

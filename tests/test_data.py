@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from hubsdd.data import get_value, load_rows
-from hubsdd.errors import DataError
-from hubsdd.recipe import DataSource
+from hubsdd.core.data import get_value, load_rows
+from hubsdd.core.errors import DataError
+from hubsdd.core.recipe import DataSource
 from hub_fixtures import CONFIGS_CARD, jsonl, push_dataset
 
 ROWS = [{"question": f"q{i}", "answer": f"a{i}", "n": i} for i in range(10)]
@@ -100,7 +100,7 @@ def test_missing_file_and_package_name_the_field(tmp_path: Path) -> None:
 def test_hub_dataset_with_config_split_and_pinned_revision(datasets_hub) -> None:
     """`datasets.load_dataset` itself, against the test Hub: configs, splits, a pinned commit, and the
     commit sha each load resolves to."""
-    from hubsdd.data import resolve_dataset_revision
+    from hubsdd.core.data import resolve_dataset_revision
 
     v1 = push_dataset("alice/gsm-mini", {
         "README.md": CONFIGS_CARD,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hubsdd.device_profile import distill_sizes, generation_rows, kv_bytes_per_token
-from hubsdd.recipe_sections import DistillSection
+from hubsdd.core.device_profile import distill_sizes, generation_rows, kv_bytes_per_token
+from hubsdd.core.recipe.sections import DistillSection
 
 SMOLLM2 = {"num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "hidden_size": 576}
 LLAMA_8B = {"num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8, "hidden_size": 4096,
@@ -51,7 +51,7 @@ LLAMA_8B_26 = {**LLAMA_8B, "num_hidden_layers": 26, "intermediate_size": 14336, 
 
 
 def _finetune(**fields):
-    from hubsdd.recipe_sections import FinetuneSection
+    from hubsdd.core.recipe.sections import FinetuneSection
 
     return FinetuneSection.model_validate(fields)
 
@@ -64,7 +64,7 @@ def _pruned_8b(tmp_path: Path) -> Path:
 
 
 def test_finetune_batch_folds_accumulation_and_keeps_the_effective_batch(tmp_path: Path) -> None:
-    from hubsdd.device_profile import finetune_sizes, training_bytes
+    from hubsdd.core.device_profile import finetune_sizes, training_bytes
 
     model = _pruned_8b(tmp_path)
     unset = _finetune(gradient_accumulation_steps=8, max_length=512)
@@ -83,7 +83,7 @@ def test_finetune_batch_folds_accumulation_and_keeps_the_effective_batch(tmp_pat
 
 
 def test_full_finetuning_of_8b_unfolds_into_accumulation_unless_sharded(tmp_path: Path) -> None:
-    from hubsdd.device_profile import finetune_sizes
+    from hubsdd.core.device_profile import finetune_sizes
 
     model = _pruned_8b(tmp_path)
     full = _finetune(method="full", gradient_accumulation_steps=2, max_length=2048)

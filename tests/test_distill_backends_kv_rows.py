@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from hubsdd.distill.backends.kv_rows import RowsLayer
+from hubsdd.stages.distill.backends.kv_rows import RowsLayer
 
 
 def kv(rows: int, cols: int, start: float = 0.0) -> torch.Tensor:

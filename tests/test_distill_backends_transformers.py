@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from hubsdd.distill.backends.transformers import TransformersBackend
-from hubsdd.errors import StageError
-from hubsdd.recipe import GenerationSettings
+from hubsdd.stages.distill.backends.transformers import TransformersBackend
+from hubsdd.core.errors import StageError
+from hubsdd.core.recipe import GenerationSettings
 
 
 @pytest.mark.parametrize("model_type", ["llama", "gemma2"])

@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 
 from conftest import INSTRUCTIONS, save_tiny
-from hubsdd.distill.backends import vllm as vllm_backend
-from hubsdd.distill.backends.vllm import VLLMBackend, engine_dtype
-from hubsdd.errors import StageError
-from hubsdd.recipe import GenerationSettings, parse_recipe
-from hubsdd.runner import StageContext, StageResult
+from hubsdd.stages.distill.backends import vllm as vllm_backend
+from hubsdd.stages.distill.backends.vllm import VLLMBackend, engine_dtype
+from hubsdd.core.errors import StageError
+from hubsdd.core.recipe import GenerationSettings, parse_recipe
+from hubsdd.pipeline.runner import StageContext, StageResult
 
 FAKE_VLLM = textwrap.dedent('''
     """A stand-in for vLLM: records what it is given; its engine runs a child process, as vLLM's does."""
@@ -161,10 +161,10 @@ distill:
 
 def test_the_engine_gets_the_teachers_dtype_stop_tokens_and_a_context_sized_to_the_prompts(
         tmp_path: Path, teacher: Path, fake_vllm) -> None:
-    from hubsdd.distill.backends.transformers import TransformersBackend
-    from hubsdd.distill.prompts import load_template
-    from hubsdd.distill.stage import run_distill
-    from hubsdd.models import load_model, load_tokenizer
+    from hubsdd.stages.distill.backends.transformers import TransformersBackend
+    from hubsdd.stages.distill.prompts import load_template
+    from hubsdd.stages.distill.stage import run_distill
+    from hubsdd.core.models import load_model, load_tokenizer
 
     ctx = distill_ctx(tmp_path, teacher, "{backend: vllm, max_new_tokens: 40}")
     out = run_distill(ctx)
@@ -192,10 +192,10 @@ def test_the_engine_gets_the_teachers_dtype_stop_tokens_and_a_context_sized_to_t
 def test_an_unset_dtype_reaches_vllm_as_the_runs_dtype_and_the_batch_as_max_num_seqs(
         tmp_path: Path, teacher: Path, fake_vllm) -> None:
     """`base.dtype` unset: vLLM gets the dtype every other stage loads the model in (float32 on
-    this CPU, bfloat16 on a GPU: hubsdd.models.model_dtype), never None; its max_num_seqs is the
+    this CPU, bfloat16 on a GPU: hubsdd.core.models.model_dtype), never None; its max_num_seqs is the
     recipe's batch size."""
-    from hubsdd.distill.stage import run_distill
-    from hubsdd.models import model_dtype
+    from hubsdd.stages.distill.stage import run_distill
+    from hubsdd.core.models import model_dtype
 
     ctx = distill_ctx(tmp_path, teacher, "{backend: vllm, max_new_tokens: 8, batch_size: 3}", dtype="")
     assert ctx.recipe.base.dtype is None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hubsdd.distill.checkers import REJECTION_PHRASES, extract_choice, extract_number, select
+from hubsdd.stages.distill.checkers import REJECTION_PHRASES, extract_choice, extract_number, select
 
 ORIGINAL = "Janet sells 16 - 3 - 4 = 9 eggs.\nShe makes 9 * 2 = $18.\n#### 18"
 

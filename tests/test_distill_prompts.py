@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from hubsdd.distill.prompts import load_template, user_message
-from hubsdd.errors import StageError
+from hubsdd.stages.distill.prompts import load_template, user_message
+from hubsdd.core.errors import StageError
 
 
 def test_builtin_templates_render_instruction_input_and_reference() -> None:

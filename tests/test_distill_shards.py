@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hubsdd.distill.shards import SHARD_SCHEMA_FIELDS, read_shard, shard_key, write_parquet
-from hubsdd.recipe import GenerationSettings
+from hubsdd.stages.distill.shards import SHARD_SCHEMA_FIELDS, read_shard, shard_key, write_parquet
+from hubsdd.core.recipe import GenerationSettings
 
 ROWS = [{"row": 0, "rewrite": "It is 5.", "tokens": 4, "finish_reason": "stop"},
         {"row": 1, "rewrite": "Ten minus", "tokens": 6, "finish_reason": "length"}]

@@ -10,12 +10,12 @@ from typing import Sequence
 import pytest
 
 from conftest import INSTRUCTIONS, save_tiny
-from hubsdd.distill.backends import Generation
-from hubsdd.distill.backends.transformers import TransformersBackend
-from hubsdd.distill.stage import run_distill
-from hubsdd.errors import DataError
-from hubsdd.recipe import parse_recipe
-from hubsdd.runner import StageContext, StageOutput, StageResult
+from hubsdd.stages.distill.backends import Generation
+from hubsdd.stages.distill.backends.transformers import TransformersBackend
+from hubsdd.stages.distill.stage import run_distill
+from hubsdd.core.errors import DataError
+from hubsdd.core.recipe import parse_recipe
+from hubsdd.pipeline.runner import StageContext, StageOutput, StageResult
 
 
 def make_ctx(tmp_path: Path, *, distill_yaml: str, model_dir: Path | None = None, data: list[dict] | None = None,
@@ -177,7 +177,7 @@ def test_killed_run_resumes_without_regenerating_and_matches_uninterrupted(tmp_p
     first_bytes = shards[0].read_bytes()
     assert not (ctx.out_dir / "data/train.parquet").exists()
 
-    from hubsdd.models import load_model, load_tokenizer
+    from hubsdd.core.models import load_model, load_tokenizer
 
     settings = ctx.recipe.distill.generation
     counting = Counting(TransformersBackend(load_model(model_dir), load_tokenizer(model_dir), settings))
@@ -197,7 +197,7 @@ publish: {model_repo: org/model, dataset_repo: org/data}
 
 def dataset_card(ctx: StageContext, out: StageOutput):
     """The dataset card exactly as the card stage renders it from the distill stage's record."""
-    from hubsdd.card import render_dataset_card
+    from hubsdd.stages.card.stage import render_dataset_card
 
     record = {"stage": "distill", "fingerprint": ctx.fingerprint, "config": ctx.recipe.section_dict("distill"),
               "outputs": out.outputs.model_dump(mode="json"), "metrics": out.metrics.model_dump(mode="json")}
@@ -222,7 +222,7 @@ def test_dataset_card_describes_the_distilled_data(tmp_path: Path) -> None:
 
 
 def test_teacher_logits_are_stored_resumed_and_described(tmp_path: Path) -> None:
-    from hubsdd import teacher_logits as tl
+    from hubsdd.core import teacher_logits as tl
 
     model_dir = save_tiny(tmp_path / "teacher", layers=2, seed=1)
     ctx = make_ctx(tmp_path, model_dir=model_dir, distill_yaml=DISTILL_MATH + PUBLISH.replace(
@@ -247,7 +247,7 @@ def test_teacher_logits_are_stored_resumed_and_described(tmp_path: Path) -> None
                    "positions x 16, float16", tl.FORMAT):
         assert needle in text, needle
     # The release's dataset folder carries them, and the card's file list covers them.
-    from hubsdd.card import assemble_release
+    from hubsdd.stages.card.stage import assemble_release
 
     record = {"stage": "distill", "fingerprint": ctx.fingerprint, "config": ctx.recipe.section_dict("distill"),
               "outputs": out.outputs.model_dump(mode="json"), "metrics": out.metrics.model_dump(mode="json")}

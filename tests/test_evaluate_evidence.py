@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from test_evaluate_stats import items
 
-from hubsdd.evaluate import evidence
+from hubsdd.core import evidence
 
 
 def test_evidence_marks_each_comparison_and_finds_pairs_either_way() -> None:

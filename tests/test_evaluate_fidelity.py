@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import make_tiny_model, make_tokenizer
 
-from hubsdd.evaluate import fidelity, speculative
+from hubsdd.stages.evaluate import fidelity, speculative
 
 PROMPTS = ["What is 2 + 3?", "Name a colour.", "Tell me about the sea and the sky.", "Why?", "Count to five."]
 

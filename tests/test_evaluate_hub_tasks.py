@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from test_evaluate_speculative import load, save_model
 
-from hubsdd.errors import HubError
-from hubsdd.evaluate import hub_tasks
-from hubsdd.evaluate.harness import evaluate_model, summarize
-from hubsdd.evaluate.offline import prepare_offline_tasks
+from hubsdd.core.errors import HubError
+from hubsdd.stages.evaluate import hub_tasks
+from hubsdd.stages.evaluate.harness import evaluate_model, summarize
+from hubsdd.stages.evaluate.offline import prepare_offline_tasks
 
 
 def test_hub_mode_without_network_is_a_hub_error(monkeypatch: pytest.MonkeyPatch) -> None:

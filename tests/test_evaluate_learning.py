@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from conftest import INSTRUCTIONS, make_tokenizer, save_tiny
-from hubsdd.evaluate.learning import encode, reference_loss
+from hubsdd.stages.evaluate.learning import encode, reference_loss
 
 PAIRS = [(r["question"], r["answer"]) for r in INSTRUCTIONS]
 

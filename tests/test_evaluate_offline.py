@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hubsdd.errors import DataError
-from hubsdd.evaluate import offline
-from hubsdd.evaluate.offline import prepare_offline_tasks
+from hubsdd.core.errors import DataError
+from hubsdd.stages.evaluate import offline
+from hubsdd.stages.evaluate.offline import prepare_offline_tasks
 
 # What an offline task may set besides including lm-eval's definition: the data source.
 DATA_SOURCE_KEYS = {"dataset_path", "dataset_name", "dataset_kwargs", "training_split", "validation_split",

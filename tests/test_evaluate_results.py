@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hubsdd.evaluate import results
+from hubsdd.stages.evaluate import results
 
 
 def test_retention_and_average() -> None:

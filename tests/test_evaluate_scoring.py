@@ -8,8 +8,8 @@ import pytest
 import torch
 from conftest import make_tokenizer, needs_smollm2, tiny_config
 
-from hubsdd.evaluate import scoring
-from hubsdd.evaluate.offline import prepare_offline_tasks
+from hubsdd.stages.evaluate import scoring
+from hubsdd.stages.evaluate.offline import prepare_offline_tasks
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -102,7 +102,7 @@ def test_packed_scores_equal_lm_eval_on_smollm2(tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from conftest import SMOLLM2_GGUF
-    from hubsdd.recipe import resolve_path
+    from hubsdd.core.recipe import resolve_path
 
     gguf = resolve_path(SMOLLM2_GGUF, Path.cwd())
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()

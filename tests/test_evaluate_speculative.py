@@ -10,8 +10,8 @@ import pytest
 import torch
 from conftest import make_tokenizer, tiny_config
 
-from hubsdd.evaluate import speculative
-from hubsdd.evaluate.tasks import PreparedTask
+from hubsdd.stages.evaluate import speculative
+from hubsdd.stages.evaluate.tasks import PreparedTask
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -31,7 +31,7 @@ def save_model(folder: Path, layers: int, seed: int) -> Path:
 
 
 def load(folder: Path):
-    from hubsdd.models import load_model, load_tokenizer
+    from hubsdd.core.models import load_model, load_tokenizer
 
     return load_model(folder), load_tokenizer(folder)
 

@@ -14,10 +14,10 @@ import pytest
 import torch
 from test_evaluate_speculative import load, save_model, simulate_assisted
 
-from hubsdd.evaluate.offline import prepare_offline_tasks
-from hubsdd.evaluate.speculative import encode_prompts, speculative_prompts
-from hubsdd.recipe import parse_recipe
-from hubsdd.runner import SPECS, StageResult, run_stage
+from hubsdd.stages.evaluate.offline import prepare_offline_tasks
+from hubsdd.stages.evaluate.speculative import encode_prompts, speculative_prompts
+from hubsdd.core.recipe import parse_recipe
+from hubsdd.pipeline.runner import SPECS, StageResult, run_stage
 
 SEED, LIMIT, DEV, TASKS = 3, 5, 3, ["arc_easy", "winogrande"]
 
@@ -160,7 +160,7 @@ def test_card_model_index_round_trip(evaluated: StageResult) -> None:
     """The card stage's own code turns the stage's entries into a model-index that parses back."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    from hubsdd.card import eval_results_for
+    from hubsdd.stages.card.stage import eval_results_for
 
     results = eval_results_for("sdd", {"evaluate": evaluated}, "tiny-sdd")
     assert {r.dataset_type for r in results} == {"allenai/ai2_arc", "allenai/winogrande"}
@@ -186,8 +186,8 @@ def _render_section(evaluated: StageResult, headline: bool, plots: dict | None =
     """The evaluation section as the card renders it, from the stage's typed record."""
     from types import SimpleNamespace
 
-    from hubsdd.card import render_section
-    from hubsdd.outputs import MergeOutputs, Typed, VariantOutput
+    from hubsdd.stages.card.stage import render_section
+    from hubsdd.core.outputs import MergeOutputs, Typed, VariantOutput
 
     sdd = VariantOutput(model_dir="sdd/model", data="distilled", loss="ce", learning_rate=1e-4, train_log="x")
     ft = Typed(name="finetune", outputs=SimpleNamespace(variants={"sdd": sdd}), metrics=None)

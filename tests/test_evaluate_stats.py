@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from hubsdd.evaluate import stats
+from hubsdd.core import stats
 
 
 def items(scores: list[float]) -> dict[str, float]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from hubsdd.errors import StageError
-from hubsdd.evaluate import tasks
-from hubsdd.recipe import EvaluateSection
+from hubsdd.core.errors import StageError
+from hubsdd.stages.evaluate import tasks
+from hubsdd.core.recipe import EvaluateSection
 
 
 def test_sample_items_and_holdout() -> None:

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from conftest import INSTRUCTIONS, save_tiny
-from hubsdd.recipe import parse_recipe
-from hubsdd.runner import StageContext, StageResult
+from hubsdd.core.recipe import parse_recipe
+from hubsdd.pipeline.runner import StageContext, StageResult
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -67,7 +67,7 @@ def test_lora_lowers_loss_merges_and_resumes(tmp_path: Path, monkeypatch: pytest
     import trl
     from safetensors.torch import load_file
 
-    from hubsdd.finetune import run_finetune, train_variant, variant_dir
+    from hubsdd.stages.finetune.stage import run_finetune, train_variant, variant_dir
 
     pruned = save_tiny(tmp_path / "pruned", layers=3)
     ctx = finetune_ctx(tmp_path, """\
@@ -126,7 +126,7 @@ def test_full_finetuning_trains_every_weight(tmp_path: Path) -> None:
     import torch
     from safetensors.torch import load_file
 
-    from hubsdd.finetune import run_finetune
+    from hubsdd.stages.finetune.stage import run_finetune
 
     pruned = save_tiny(tmp_path / "pruned", layers=2)
     ctx = finetune_ctx(tmp_path, """\
@@ -149,8 +149,8 @@ def test_full_finetuning_trains_every_weight(tmp_path: Path) -> None:
 def test_examples_whose_prompt_fills_max_length_are_reported_not_counted(tmp_path: Path) -> None:
     """TRL drops an example whose prompt alone fills max_length (no response token is left): the
     stage counts the examples trained on, says how many were dropped, and refuses to train on none."""
-    from hubsdd.errors import StageError
-    from hubsdd.finetune import run_finetune
+    from hubsdd.core.errors import StageError
+    from hubsdd.stages.finetune.stage import run_finetune
 
     pruned = save_tiny(tmp_path / "pruned", layers=1)
     yaml_text = """\
@@ -177,9 +177,9 @@ def test_examples_whose_prompt_fills_max_length_are_reported_not_counted(tmp_pat
 
 
 def test_training_section_renders_from_stage_json() -> None:
-    from hubsdd.card import render_section
-    from hubsdd.outputs import Typed
-    from hubsdd.recipe_sections import FinetuneSection
+    from hubsdd.stages.card.stage import render_section
+    from hubsdd.core.outputs import Typed
+    from hubsdd.core.recipe.sections import FinetuneSection
 
     cfg = FinetuneSection.model_validate({
         "method": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": "all-linear"},
@@ -203,7 +203,7 @@ def test_training_section_renders_from_stage_json() -> None:
                        "shards": 1, "shards_resumed": 0, "seconds": 1.0}
 
     def render(precision: str) -> str:
-        from hubsdd.outputs import MODELS
+        from hubsdd.core.outputs import MODELS
 
         def typed(name, outputs, metrics):
             o, m = MODELS[name]
@@ -224,7 +224,7 @@ def test_training_section_renders_from_stage_json() -> None:
 
 
 def accelerate_recipe(tmp_path: Path) -> Path:
-    """A recipe file for `accelerate launch -m hubsdd.finetune` over a 2-layer tiny model."""
+    """A recipe file for `accelerate launch -m hubsdd.pipeline.launch` over a 2-layer tiny model."""
     model_dir = save_tiny(tmp_path / "m", layers=2)
     (tmp_path / "cal.jsonl").write_text('{"text": "x"}\n')
     recipe = tmp_path / "r.yaml"
@@ -240,8 +240,8 @@ finetune: {{}}
 
 
 def test_accelerate_entry_refuses_to_start_before_distill(tmp_path: Path) -> None:
-    from hubsdd.errors import StageError
-    from hubsdd.finetune import main
+    from hubsdd.core.errors import StageError
+    from hubsdd.pipeline.launch import main
 
     recipe = accelerate_recipe(tmp_path)
     with pytest.raises(StageError, match=r"stages \['base', 'prune', 'distill'\] have not finished") as err:
@@ -275,7 +275,7 @@ def response_kl(student_dir: Path, teacher_dir: Path) -> float:
 
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_kd_moves_the_student_towards_its_teacher(tmp_path: Path, method: str) -> None:
-    from hubsdd.finetune import run_finetune
+    from hubsdd.stages.finetune.stage import run_finetune
 
     teacher = save_tiny(tmp_path / "teacher", layers=4, seed=1)
     student = save_tiny(tmp_path / "student", layers=2, seed=2)
@@ -301,7 +301,7 @@ def test_kd_moves_the_student_towards_its_teacher(tmp_path: Path, method: str) -
 def test_a_trained_variant_is_reused_when_variants_change(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import trl
 
-    from hubsdd.finetune import run_finetune
+    from hubsdd.stages.finetune.stage import run_finetune
 
     pruned = save_tiny(tmp_path / "pruned", layers=2)
     common = "  learning_rate: 0.01\n  max_steps: 2\n  batch_size: 2\n"
@@ -338,9 +338,9 @@ def test_response_only_losses_equal_trl_own(tmp_path: Path, kd: bool) -> None:
     from trl.experimental.gkd import GKDTrainer
 
     from conftest import make_tiny_model, make_tokenizer
-    from hubsdd.finetune import training_dataset
-    from hubsdd.recipe import FinetuneSection
-    from hubsdd.training import lora_config, trainer_classes, trainer_config
+    from hubsdd.stages.finetune.stage import training_dataset
+    from hubsdd.core.recipe import FinetuneSection
+    from hubsdd.stages.finetune.training import lora_config, trainer_classes, trainer_config
 
     rows = [{"instruction": r["question"], "input": "", "original": r["answer"], "selected": r["answer"]}
             for r in INSTRUCTIONS]
@@ -374,8 +374,8 @@ def test_no_model_of_a_trained_variant_outlives_it(tmp_path: Path, monkeypatch: 
     the next variant loads its own: on a GPU both would not fit."""
     import weakref
 
-    from hubsdd import models
-    from hubsdd.finetune import run_finetune
+    from hubsdd.core import models
+    from hubsdd.stages.finetune.stage import run_finetune
 
     pruned = save_tiny(tmp_path / "pruned", layers=2)
     ctx = finetune_ctx(tmp_path, "  variants: {a: {data: original}, b: {data: distilled}}\n"
@@ -400,8 +400,8 @@ def test_data_parallel_processes_are_part_of_a_variants_identity(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """N processes train on N x batch_size examples a step: a variant trained under `accelerate
     launch --num_processes 2` is another variant, and DDP is told every parameter gets a gradient."""
-    from hubsdd.finetune import training_processes, variant_key
-    from hubsdd.training import trainer_config
+    from hubsdd.stages.finetune.stage import training_processes, variant_key
+    from hubsdd.stages.finetune.training import trainer_config
 
     pruned = save_tiny(tmp_path / "pruned", layers=2)
     ctx = finetune_ctx(tmp_path, "  variants: {sft: {data: original}}\n  max_steps: 2\n", pruned)
@@ -419,7 +419,7 @@ def test_data_parallel_processes_are_part_of_a_variants_identity(tmp_path: Path,
 def test_gkd_trains_on_the_students_own_responses(tmp_path: Path) -> None:
     """loss: gkd with lmbda 1: every batch's responses are sampled from the student (TRL's on-policy
     path, counted), and the student still moves towards its teacher."""
-    from hubsdd.finetune import run_finetune
+    from hubsdd.stages.finetune.stage import run_finetune
 
     teacher = save_tiny(tmp_path / "teacher", layers=4, seed=1)
     student = save_tiny(tmp_path / "student", layers=2, seed=2)
@@ -443,7 +443,7 @@ def test_gkd_trains_on_the_students_own_responses(tmp_path: Path) -> None:
 
 
 def test_gkd_settings_decide_only_gkd_variants(tmp_path: Path) -> None:
-    from hubsdd.finetune import variant_key
+    from hubsdd.stages.finetune.stage import variant_key
 
     pruned = tmp_path / "pruned"
     keys = {}
@@ -458,7 +458,7 @@ def test_gkd_settings_decide_only_gkd_variants(tmp_path: Path) -> None:
 
 
 def test_accepted_data_drops_rejected_rewrites_instead_of_falling_back(tmp_path: Path) -> None:
-    from hubsdd.finetune import training_dataset
+    from hubsdd.stages.finetune.stage import training_dataset
 
     rows = [{"instruction": "q1", "original": "o1", "selected": "rewrite 1", "verdict": "accepted"},
             {"instruction": "q2", "original": "o2", "selected": "o2", "verdict": "rejected"},

@@ -67,10 +67,10 @@ def test_two_processes_train_as_one_with_the_same_global_batch(tmp_path: Path) -
     import torch
     from safetensors.torch import load_file
 
-    from hubsdd import runner
-    from hubsdd.finetune import train_variant
-    from hubsdd.recipe import load_recipe
-    from hubsdd.runner import StageContext, load_results
+    from hubsdd.pipeline import runner
+    from hubsdd.stages.finetune.stage import train_variant
+    from hubsdd.core.recipe import load_recipe
+    from hubsdd.pipeline.runner import StageContext, load_results
 
     base = save_tiny(tmp_path / "tiny-llama")
     (tmp_path / "cal.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in CALIBRATION_TEXTS))
@@ -83,7 +83,7 @@ def test_two_processes_train_as_one_with_the_same_global_batch(tmp_path: Path) -
         runner.run(recipe, until="distill")
 
         command = readme_cpu_launch()
-        assert command == "accelerate launch --multi_gpu --num_processes 2 -m hubsdd.finetune recipe.yaml"
+        assert command == "accelerate launch --multi_gpu --num_processes 2 -m hubsdd.pipeline.launch recipe.yaml"
         proc = subprocess.run(shlex.split(command), cwd=tmp_path, env=_env(), capture_output=True, text=True,
                               timeout=1200)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
@@ -123,14 +123,14 @@ def test_two_processes_train_as_one_with_the_same_global_batch(tmp_path: Path) -
 
 
 def load_recipe_text(text: str, path: Path):
-    from hubsdd.recipe import load_recipe
+    from hubsdd.core.recipe import load_recipe
 
     path.write_text(text)
     return load_recipe(path)
 
 
 def _key_dir(ctx) -> str:
-    from hubsdd.finetune import variant_key
+    from hubsdd.stages.finetune.stage import variant_key
 
     return variant_key(ctx, "sdd")[:24]
 
@@ -142,7 +142,7 @@ def _free_port() -> int:
 
 
 def test_the_process_group_gets_the_recipe_timeout(tmp_path: Path) -> None:
-    """Created by hubsdd.finetune before the Trainer could set its own, so created with the
+    """Created by hubsdd.stages.finetune.stage before the Trainer could set its own, so created with the
     recipe's `finetune.ddp_timeout`: rank 0 merges and saves while the others wait."""
     model_dir = save_tiny(tmp_path / "m", layers=2)
     (tmp_path / "cal.jsonl").write_text('{"text": "x"}\n')
@@ -156,8 +156,8 @@ finetune: {{ddp_timeout: 4321}}
 """)
     code = f"""\
 import torch, torch.distributed as dist
-from hubsdd.errors import StageError
-from hubsdd.launch import main
+from hubsdd.core.errors import StageError
+from hubsdd.pipeline.launch import main
 try:
     main([{str(tmp_path / 'r.yaml')!r}])
 except StageError as exc:
@@ -179,8 +179,8 @@ from types import SimpleNamespace
 from torch.distributed.fsdp import fully_shard
 from peft import get_peft_model
 from transformers import AutoModelForCausalLM
-from hubsdd.recipe_sections import FinetuneSection
-from hubsdd.training import lora_config, whole_model
+from hubsdd.core.recipe.sections import FinetuneSection
+from hubsdd.stages.finetune.training import lora_config, whole_model
 
 model_dir, out, sharded = sys.argv[1], sys.argv[2], sys.argv[3] == "fsdp"
 if sharded:
@@ -213,7 +213,7 @@ if sharded:
 
 def test_fsdp_on_two_cpu_processes_gathers_a_whole_merged_model(tmp_path: Path) -> None:
     """FSDP2 (torch's fully_shard, per decoder layer) over gloo on two CPU processes: the shards are
-    gathered onto rank 0 by hubsdd.training.whole_model, the LoRA merged, and the saved model reloads
+    gathered onto rank 0 by hubsdd.stages.finetune.training.whole_model, the LoRA merged, and the saved model reloads
     with stock transformers and equals one unsharded process's. (accelerate 1.15 itself applies FSDP
     to GPU processes only: `accelerate launch --use_fsdp` on the CPU silently trains DDP.)"""
     import torch

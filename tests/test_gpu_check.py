@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from hubsdd.recipe import load_recipe, parse_recipe
+from hubsdd.core.recipe import load_recipe, parse_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "gpu_check.sh"
@@ -78,7 +78,7 @@ def test_the_demo_recipe_becomes_a_valid_bf16_cuda_recipe(gpu_check, tmp_path: P
 
 
 def test_the_report_reads_what_a_run_records(gpu_check, tiny_recipe_text: str) -> None:
-    from hubsdd import runner
+    from hubsdd.pipeline import runner
 
     recipe = parse_recipe(tiny_recipe_text)
     runner.run(recipe, until="prune")
@@ -158,12 +158,12 @@ def test_every_carried_pin_has_a_wheel_for_the_gpu_machines_python(gpu_check, tm
 
 def test_the_source_tree_is_the_installed_package(tmp_path: Path) -> None:
     """`python -m hubsdd.cli` from the repository root imports ./hubsdd (PYTHONSAFEPATH off), and its
-    templates are there: the GPU machine's ModuleNotFoundError for hubsdd.templates cannot come back.
+    templates are there: the GPU machine's ModuleNotFoundError for hubsdd.stages.card.templates cannot come back.
     The built wheel holds the same templates."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONSAFEPATH", "PYTHONPATH")}
-    probe = ("import hubsdd, importlib.resources as r; from hubsdd.distill.prompts import load_template; "
-             "print(hubsdd.__file__); print(r.files('hubsdd.templates').joinpath('model_card.md.j2').is_file(), "
-             "r.files('hubsdd.templates').joinpath('sections/training.md.j2').is_file(), "
+    probe = ("import hubsdd, importlib.resources as r; from hubsdd.stages.distill.prompts import load_template; "
+             "print(hubsdd.__file__); print(r.files('hubsdd.stages.card.templates').joinpath('model_card.md.j2').is_file(), "
+             "r.files('hubsdd.stages.card.templates').joinpath('sections/training.md.j2').is_file(), "
              "bool(load_template('math').sha256))")
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stderr
@@ -179,5 +179,5 @@ def test_the_source_tree_is_the_installed_package(tmp_path: Path) -> None:
                     str(tmp_path), str(ROOT)], check=True, capture_output=True)
     (wheel,) = tmp_path.glob("hubsdd-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    source = {str(p.relative_to(ROOT)) for p in (ROOT / "hubsdd" / "templates").rglob("*.j2")}
+    source = {str(p.relative_to(ROOT)) for p in (ROOT / "hubsdd").rglob("*.j2")}
     assert source and source <= names

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from conftest import save_tiny
-from hubsdd.errors import RecipeError
-from hubsdd.recipe import parse_recipe
+from hubsdd.core.errors import RecipeError
+from hubsdd.core.recipe import parse_recipe
 
 FENCE_BREAKER = "```\n---\nlicense: mit\n---\n</details></summary><script>alert(1)</script>\n~~~"
 ROWS = [
@@ -68,7 +68,7 @@ def test_a_release_of_hostile_strings_publishes_and_reads_back_unchanged(tmp_pat
     from huggingface_hub import DatasetCard, ModelCard
 
     from hub_fixtures import TOKEN
-    from hubsdd.publishing import publish_run
+    from hubsdd.hub.publishing import publish_run
 
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     card = ("  model_name: 'Tiny *SDD* <b>\"v1\"</b> & co'\n"

@@ -20,7 +20,7 @@ from hub_fixtures import (  # noqa: F401 - fixtures
     write_card,
 )
 
-from hubsdd.errors import AuthError, HubError, RepoConflictError, VerificationError
+from hubsdd.core.errors import AuthError, HubError, RepoConflictError, VerificationError
 from hubsdd.hub import format_dry_run, format_publish, format_summary, parse_repo_ref, publish, pull
 
 MODEL = f"{USER}/tiny-sdd"
@@ -276,7 +276,7 @@ class RecordingReporter:
 
 
 def test_publish_and_pull_report_bytes_and_files_as_progress(hub_server, release, tmp_path):  # noqa: F811
-    from hubsdd import progress
+    from hubsdd.core import progress
 
     rec = RecordingReporter()
     with progress.reporting(rec):

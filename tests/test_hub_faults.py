@@ -36,8 +36,8 @@ from hub_fixtures import (  # noqa: F401 - fixtures
     release_template,  # session fixture behind `release`
 )
 
-from hubsdd.errors import HubError, HubsddError
-from hubsdd.files import git_blob_sha1
+from hubsdd.core.errors import HubError, HubsddError
+from hubsdd.core.files import git_blob_sha1
 from hubsdd.hub import publish
 
 MODEL = f"{USER}/tiny-sdd"

@@ -12,10 +12,10 @@ import pytest
 import yaml
 
 from hub_fixtures import TOKEN, USER, refresh_model_card, release, release_template  # noqa: F401
-from hubsdd.errors import SignerChangedError, SigningError, VerificationError
+from hubsdd.core.errors import SignerChangedError, SigningError, VerificationError
 from hubsdd.hub import publish, pull
 from hubsdd.hub.signing import PUBLIC_KEY_FILE, SIGNATURE_FILE
-from hubsdd.recipe_signing import SigningSection
+from hubsdd.core.recipe.signing import SigningSection
 
 MODEL = f"{USER}/tiny-signed"
 
@@ -206,7 +206,7 @@ def test_key_from_environment_and_bad_keys(hub_server, release, keys, tmp_path, 
 
 
 def test_sigstore_without_oidc_credentials_fails_before_any_upload(hub_server, release, keys, monkeypatch):  # noqa: F811
-    from hubsdd.recipe import Recipe
+    from hubsdd.core.recipe import Recipe
 
     model_dir, _ = release
     for var in ("ACTIONS_ID_TOKEN_REQUEST_URL", "ACTIONS_ID_TOKEN_REQUEST_TOKEN"):

@@ -8,9 +8,8 @@ its own unit and a unit never imports another one (a stage never imports another
 The rule is declarative: ``LAYERS`` maps a module-name prefix to its layer (and, for stages, its
 unit); the longest matching prefix wins. Nothing lists allowed edges.
 
-NOTE for the move into layer packages (issue 22, item 1): the modules are still flat, so ``LAYERS``
-names them one by one. After the move it becomes one line per layer package
-(``"hubsdd.core": ("core", None)``, ``"hubsdd.stages.prune": ("stages", "prune")``, ...).
+Each layer is a package (``hubsdd/core``, ``hubsdd/stages``, ...) and each stage a package of its
+own (``hubsdd/stages/prune``, ...), so ``LAYERS`` has one line per layer package and one per stage.
 """
 
 from __future__ import annotations
@@ -25,67 +24,22 @@ ORDER = ("core", "stages", "pipeline", "hub", "cli", "testing")
 
 # prefix -> (layer, unit). Units matter only in the stages layer (one per stage).
 LAYERS: dict[str, tuple[str, str | None]] = {
-    # core: the recipe, errors, files, data sources, model loading, device facts, the stage contract
-    "hubsdd.version": ("core", None),
-    "hubsdd.errors": ("core", None),
-    "hubsdd.files": ("core", None),
-    "hubsdd.recipe": ("core", None),
-    "hubsdd.recipe_file": ("core", None),
-    "hubsdd.recipe_sections": ("core", None),
-    "hubsdd.recipe_reference": ("core", None),
-    "hubsdd.data": ("core", None),
-    "hubsdd.models": ("core", None),
-    "hubsdd.devices": ("core", None),
-    "hubsdd.device_profile": ("core", None),  # batch sizes from a GPU's memory
-    "hubsdd.recipe_publish": ("core", None),
-    "hubsdd.recipe_base": ("core", None),
-    "hubsdd.recipe_distributed": ("core", None),
-    "hubsdd.recipe_signing": ("core", None),
-    "hubsdd.teacher_logits": ("core", None),  # the stored top-k format: written by distill, read by finetune
-    "hubsdd.release_choice": ("core", None),  # the release rule: evaluate records it, the card states it
-    "hubsdd.chat": ("core", None),
-    "hubsdd.figures": ("core", None),
-    "hubsdd.hub_errors": ("core", None),
-    "hubsdd.progress": ("core", None),
-    "hubsdd.worklog": ("core", None),
-    "hubsdd.plugins": ("core", None),
-    "hubsdd.records": ("core", None),
-    "hubsdd.stage_io": ("core", None),  # StageContext, StageOutput, StageResult: what a stage sees
-    "hubsdd.outputs": ("core", None),  # the typed records stages leave for each other
-    "hubsdd.evaluate.outputs": ("core", None),  # evaluate's records (read by the card and the summary)
-    "hubsdd.evaluate.stats": ("core", None),  # the paired bootstrap (read by the card and the summary)
-    "hubsdd.evaluate.evidence": ("core", None),
-    # stages: one unit each
-    "hubsdd.base": ("stages", "base"),
-    "hubsdd.prune": ("stages", "prune"),
-    "hubsdd.surgery": ("stages", "prune"),
-    "hubsdd.scorers": ("stages", "prune"),
-    "hubsdd.distill": ("stages", "distill"),
-    "hubsdd.finetune": ("stages", "finetune"),
-    "hubsdd.training": ("stages", "finetune"),
-    "hubsdd.trainer_checkpoints": ("stages", "finetune"),
-    "hubsdd.merge": ("stages", "merge"),
-    "hubsdd.evaluate": ("stages", "evaluate"),
-    "hubsdd.card": ("stages", "card"),
-    "hubsdd.templates": ("stages", "card"),  # the card's Jinja templates (a package only to ship them)
-    # pipeline
-    "hubsdd.runner": ("pipeline", None),
-    "hubsdd.stage_records": ("pipeline", None),
-    "hubsdd.preflight": ("pipeline", None),
-    "hubsdd.launch": ("pipeline", None),  # the accelerate entry
-    "hubsdd.launch_commands": ("pipeline", None),  # the accelerate launch command lines
-    # hub
-    "hubsdd.hub": ("hub", None),  # hub/, hub_errors is core (longer prefix)
-    "hubsdd.publishing": ("hub", None),
-    # cli: the command, its console and summary, and the package's facade (hubsdd/__init__.py)
-    "hubsdd.cli": ("cli", None),
-    "hubsdd.console": ("cli", None),
-    "hubsdd.progress_lines": ("cli", None),
-    "hubsdd.report": ("cli", None),
-    "hubsdd.scaffold": ("cli", None),
-    "hubsdd": ("cli", None),  # hubsdd/__init__.py only
-    # test support: the test Hub, tiny models, the kill harness
-    "hubsdd.testing": ("testing", None),
+    # the recipe, errors, files, data, models, devices, plug-ins, the stage contract and the records
+    "hubsdd.core": ("core", None),
+    # one unit per stage: a stage never imports another
+    "hubsdd.stages": ("stages", None),  # hubsdd/stages/__init__.py only (a docstring)
+    "hubsdd.stages.base": ("stages", "base"),
+    "hubsdd.stages.prune": ("stages", "prune"),  # with surgery and the block scorers
+    "hubsdd.stages.distill": ("stages", "distill"),
+    "hubsdd.stages.finetune": ("stages", "finetune"),
+    "hubsdd.stages.merge": ("stages", "merge"),
+    "hubsdd.stages.evaluate": ("stages", "evaluate"),
+    "hubsdd.stages.card": ("stages", "card"),  # with its Jinja templates
+    "hubsdd.pipeline": ("pipeline", None),  # runner, stage records, preflight, the accelerate entry
+    "hubsdd.hub": ("hub", None),  # release checks, auth, signing, publish, verify, pull; publishing
+    "hubsdd.cli": ("cli", None),  # the command, its console and summary, scaffold
+    "hubsdd": ("cli", None),  # hubsdd/__init__.py only: the package facade
+    "hubsdd.testing": ("testing", None),  # the test Hub, tiny models, the kill harness
 }
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from hubsdd.errors import RecipeError
-from hubsdd.launch_commands import decoder_layer_class, launch_commands
-from hubsdd.recipe import parse_recipe
+from hubsdd.core.errors import RecipeError
+from hubsdd.pipeline.launch_commands import decoder_layer_class, launch_commands
+from hubsdd.core.recipe import parse_recipe
 
 FSDP = ("accelerate launch --use_fsdp --fsdp_version 2 --fsdp_reshard_after_forward true "
         "--fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP --fsdp_transformer_layer_cls_to_wrap LlamaDecoderLayer "
@@ -27,21 +27,21 @@ finetune: {{distributed: {distributed}}}
 def test_one_node_of_eight_gpus() -> None:
     ddp = _recipe("{num_processes: 8}")
     assert launch_commands(ddp, "recipe.yaml") == [
-        "accelerate launch --multi_gpu --num_processes 8 -m hubsdd.finetune recipe.yaml"]
+        "accelerate launch --multi_gpu --num_processes 8 -m hubsdd.pipeline.launch recipe.yaml"]
     fsdp = _recipe("{strategy: fsdp, num_processes: 8}")
     assert launch_commands(fsdp, "recipe.yaml", layer_class="LlamaDecoderLayer") == [
-        f"{FSDP} --num_processes 8 -m hubsdd.finetune recipe.yaml"]
+        f"{FSDP} --num_processes 8 -m hubsdd.pipeline.launch recipe.yaml"]
 
 
 def test_two_nodes_of_eight_gpus_one_command_per_machine() -> None:
     fsdp = _recipe("{strategy: fsdp, num_processes: 16, num_machines: 2, main_process_ip: 10.0.0.1}")
     assert launch_commands(fsdp, "recipe.yaml", layer_class="LlamaDecoderLayer") == [
         f"{FSDP} --num_processes 16 --num_machines 2 --machine_rank {rank} --main_process_ip 10.0.0.1 "
-        "--main_process_port 29500 -m hubsdd.finetune recipe.yaml" for rank in (0, 1)]
+        "--main_process_port 29500 -m hubsdd.pipeline.launch recipe.yaml" for rank in (0, 1)]
     ddp = _recipe("{num_processes: 16, num_machines: 2, main_process_ip: head.cluster, main_process_port: 6000}")
     assert launch_commands(ddp, "my recipe.yaml")[1] == (
         "accelerate launch --multi_gpu --num_processes 16 --num_machines 2 --machine_rank 1 --main_process_ip "
-        "head.cluster --main_process_port 6000 -m hubsdd.finetune 'my recipe.yaml'")
+        "head.cluster --main_process_port 6000 -m hubsdd.pipeline.launch 'my recipe.yaml'")
 
 
 def test_one_process_needs_no_launcher_and_fsdp_names_no_class_it_does_not_know() -> None:

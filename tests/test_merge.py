@@ -14,8 +14,8 @@ import torch
 import yaml
 from conftest import save_tiny
 
-from hubsdd.recipe import parse_recipe
-from hubsdd.runner import SPECS, StageResult, run_stage
+from hubsdd.core.recipe import parse_recipe
+from hubsdd.pipeline.runner import SPECS, StageResult, run_stage
 
 WEIGHT = "model.layers.1.self_attn.q_proj.weight"
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from conftest import make_tiny_model, save_tiny
-from hubsdd import runner
-from hubsdd.errors import ModelLoadError, UnsafeModelError
-from hubsdd.models import load_model
-from hubsdd.recipe import parse_recipe
+from hubsdd.pipeline import runner
+from hubsdd.core.errors import ModelLoadError, UnsafeModelError
+from hubsdd.core.models import load_model
+from hubsdd.core.recipe import parse_recipe
 
 
 def test_pickle_weights_refused_unless_allowed(tmp_path):
@@ -154,7 +154,7 @@ def test_base_from_the_hub_unknown_repo_and_revision(hub_server, calibration_fil
 
 
 def test_fast_cpu_linears_same_outputs_restored_after_and_training_untouched(monkeypatch) -> None:
-    from hubsdd import models
+    from hubsdd.core import models
 
     model = make_tiny_model(layers=2)
     linears = [m for m in model.modules() if type(m) is torch.nn.Linear]

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from conftest import save_tiny
-from hubsdd import models
-from hubsdd.errors import StageError
-from hubsdd.recipe import parse_recipe
-from hubsdd.runner import StageContext, StageResult
+from hubsdd.core import models
+from hubsdd.core.errors import StageError
+from hubsdd.core.recipe import parse_recipe
+from hubsdd.pipeline.runner import StageContext, StageResult
 
 HUBSDD = Path(models.__file__).resolve().parent
 SENTINEL = "sentinel-device"
@@ -69,9 +69,11 @@ def _stage_contexts(tmp_path: Path) -> dict[str, StageContext]:
 
 def test_no_stage_hard_codes_a_device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With the resolver answering a sentinel, every stage asks for its models there."""
-    from hubsdd import finetune, merge, prune
-    from hubsdd.evaluate.stage import run_evaluate
-    from hubsdd.distill.backends import make_backend
+    from hubsdd.stages.finetune import stage as finetune
+    from hubsdd.stages.merge import stage as merge
+    from hubsdd.stages.prune import stage as prune
+    from hubsdd.stages.evaluate.stage import run_evaluate
+    from hubsdd.stages.distill.backends import make_backend
 
     contexts = _stage_contexts(tmp_path)
     monkeypatch.setattr(models, "resolve_device", lambda setting="auto": SENTINEL)
@@ -161,7 +163,7 @@ class FakeCuda:
 
 def test_a_stage_that_needs_no_gpu_opens_no_cuda_context(tiny_recipe_text: str,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    from hubsdd import runner
+    from hubsdd.pipeline import runner
 
     fake = FakeCuda(monkeypatch)
     monkeypatch.setattr(models, "resolve_device", lambda setting="auto": "cuda")
@@ -175,8 +177,9 @@ def test_stage_json_records_device_dtype_and_peak_gpu_memory(tiny_recipe_text: s
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    from hubsdd import prune, runner
-    from hubsdd.runner import StageOutput
+    from hubsdd.stages.prune import stage as prune
+    from hubsdd.pipeline import runner
+    from hubsdd.pipeline.runner import StageOutput
 
     recipe = parse_recipe(tiny_recipe_text)
     runner.run(recipe, until="prune")

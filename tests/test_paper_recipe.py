@@ -33,7 +33,7 @@ import yaml
 from benchmark_hub import publish_dataset, publish_leaderboard
 from conftest import CALIBRATION_TEXTS, chat_reply, set_at
 from hub_fixtures import TOKEN, USER
-from hubsdd.evaluate.tasks import DATASETS, LEADERBOARD_V1
+from hubsdd.stages.evaluate.tasks import DATASETS, LEADERBOARD_V1
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "llama3.1-8b-instruct-sdd.yaml"
 BASE_ID = "meta-llama/Llama-3.1-8B-Instruct"
@@ -136,8 +136,9 @@ def test_paper_recipe_on_a_32_layer_stand_in(datasets_hub, tmp_path: Path, monke
     from huggingface_hub import ModelCard
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from hubsdd import cli, preflight, runner
-    from hubsdd.recipe import load_recipe
+    from hubsdd import cli
+    from hubsdd.pipeline import preflight, runner
+    from hubsdd.core.recipe import load_recipe
 
     monkeypatch.setenv("HF_TOKEN", TOKEN)  # the base is gated; alice has access
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets-cache"))

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from conftest import chat_reply, needs_smollm2
-from hubsdd import runner
-from hubsdd.recipe import load_recipe, parse_recipe
+from hubsdd.pipeline import runner
+from hubsdd.core.recipe import load_recipe, parse_recipe
 
 pytestmark = [pytest.mark.slow, needs_smollm2]
 

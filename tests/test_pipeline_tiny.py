@@ -10,9 +10,9 @@ import torch
 from huggingface_hub import ModelCard
 
 from conftest import chat_reply, make_tokenizer
-from hubsdd import runner
+from hubsdd.pipeline import runner
 from hubsdd.hub import format_retention
-from hubsdd.recipe import parse_recipe
+from hubsdd.core.recipe import parse_recipe
 
 METHODS = """\
 distill:

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from conftest import save_tiny
-from hubsdd import preflight, runner
+from hubsdd.pipeline import preflight, runner
 from hubsdd.cli import main
-from hubsdd.errors import DataError, RecipeError
-from hubsdd.recipe import load_recipe, parse_recipe
+from hubsdd.core.errors import DataError, RecipeError
+from hubsdd.core.recipe import load_recipe, parse_recipe
 
 
 def validate(capsys, path: Path) -> tuple[int, str]:
@@ -132,7 +132,7 @@ def test_hub_base_fails_right_after_the_base_stage_before_prune_does_any_work(hu
     code, out = validate(capsys, path)  # the layer count is on the Hub: validate cannot know it
     assert code == 0 and "checked later: prune.blocks against the base model's layers" in out
 
-    from hubsdd import prune
+    from hubsdd.stages.prune import stage as prune
 
     monkeypatch.setattr(prune, "run_prune", lambda ctx: pytest.fail("prune ran"))
     events = []
@@ -245,7 +245,7 @@ def test_hub_dataset_column_fails_as_distill_reads_it_before_the_teacher_loads(d
     from hub_fixtures import CONFIGS_CARD, jsonl, push_dataset
 
     from conftest import INSTRUCTIONS
-    from hubsdd.distill import stage as distill_stage
+    from hubsdd.stages.distill import stage as distill_stage
 
     push_dataset("alice/gsm-mini", {"README.md": CONFIGS_CARD, "main/train.jsonl": jsonl(INSTRUCTIONS),
                                     "main/test.jsonl": jsonl(INSTRUCTIONS[:1])}, "v1")

@@ -7,9 +7,9 @@ import io
 import json
 from contextlib import redirect_stderr, redirect_stdout
 
-from hubsdd import progress
-from hubsdd.console import Output
-from hubsdd.progress_lines import HEARTBEAT, MIN_INTERVAL, TICK, LineReporter, format_line
+from hubsdd.core import progress
+from hubsdd.cli.console import Output
+from hubsdd.cli.progress_lines import HEARTBEAT, MIN_INTERVAL, TICK, LineReporter, format_line
 
 
 class Clock:

@@ -9,10 +9,10 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from conftest import make_tiny_model, make_tokenizer
-from hubsdd import runner
-from hubsdd.errors import UnsupportedArchitectureError
-from hubsdd.prune import ScoreAccumulator, score_blocks, select_layers
-from hubsdd.recipe import parse_recipe
+from hubsdd.pipeline import runner
+from hubsdd.core.errors import UnsupportedArchitectureError
+from hubsdd.stages.prune.stage import ScoreAccumulator, score_blocks, select_layers
+from hubsdd.core.recipe import parse_recipe
 from hubsdd.testing import architectures
 
 
@@ -106,17 +106,17 @@ def test_scoring_works_on_any_architecture(arch):
 def test_the_base_is_loaded_on_the_device_the_stage_selects(tiny_recipe_text, monkeypatch):
     # Block scoring runs on the device every other stage uses (the GPU when there is one), in the
     # recipe's dtype. "cpu:0" stands for a device only default_device() would pick.
-    import hubsdd.models
+    import hubsdd.core.models
 
     loads = []
-    real_load_model = hubsdd.models.load_model
+    real_load_model = hubsdd.core.models.load_model
 
     def recording_load_model(path, **kwargs):
         loads.append(kwargs)
         return real_load_model(path, **kwargs)
 
-    monkeypatch.setattr(hubsdd.models, "default_device", lambda recipe=None: "cpu:0")
-    monkeypatch.setattr(hubsdd.models, "load_model", recording_load_model)
+    monkeypatch.setattr(hubsdd.core.models, "default_device", lambda recipe=None: "cpu:0")
+    monkeypatch.setattr(hubsdd.core.models, "load_model", recording_load_model)
     recipe = parse_recipe(tiny_recipe_text.replace("  license: apache-2.0", "  license: apache-2.0\n  dtype: bfloat16"))
     runner.run(recipe, until="prune")
     assert [(k["device"], k["dtype"]) for k in loads] == [("cpu:0", "bfloat16")]
@@ -125,7 +125,7 @@ def test_the_base_is_loaded_on_the_device_the_stage_selects(tiny_recipe_text, mo
 
 
 def test_an_architecture_surgery_refuses_fails_before_any_scoring(tmp_path, tiny_recipe_text, monkeypatch):
-    import hubsdd.prune
+    import hubsdd.stages.prune.stage
 
     torch.manual_seed(0)
     base = tmp_path / "gemma3n"
@@ -135,7 +135,7 @@ def test_an_architecture_surgery_refuses_fails_before_any_scoring(tmp_path, tiny
     def no_scoring(*args, **kwargs):
         raise AssertionError("scored a model that surgery then refuses")
 
-    monkeypatch.setattr(hubsdd.prune, "score_blocks", no_scoring)
+    monkeypatch.setattr(hubsdd.stages.prune.stage, "score_blocks", no_scoring)
     recipe = parse_recipe(tiny_recipe_text.replace(str(tmp_path / "tiny-llama"), str(base)))
     with pytest.raises(UnsupportedArchitectureError) as info:
         runner.run(recipe, until="prune")

@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from conftest import make_tiny_model, make_tokenizer
-from hubsdd import runner
-from hubsdd.errors import RecipeError
-from hubsdd.plugins import BLOCK_SCORERS
-from hubsdd.prune import batches_for
-from hubsdd.recipe import parse_recipe
-from hubsdd.scorers import ScoringInput
-from hubsdd.scorers import perplexity as ppl_scorer
+from hubsdd.pipeline import runner
+from hubsdd.core.errors import RecipeError
+from hubsdd.core.plugins import BLOCK_SCORERS
+from hubsdd.stages.prune.stage import batches_for
+from hubsdd.core.recipe import parse_recipe
+from hubsdd.stages.prune.scorers import ScoringInput
+from hubsdd.stages.prune.scorers import perplexity as ppl_scorer
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "A journey of a thousand miles begins with one step.",
          "Pack my box with five dozen liquor jugs.", "She sells sea shells by the sea shore, they say."]
@@ -71,7 +71,7 @@ def third_party_scorer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     site = tmp_path / "site"
     (site / "lastlayers_scorer").mkdir(parents=True)
     (site / "lastlayers_scorer" / "__init__.py").write_text(
-        "from hubsdd.scorers import BlockChoice\n\n"
+        "from hubsdd.stages.prune.scorers import BlockChoice\n\n"
         "def score(inp):\n"
         "    L = inp.scores.num_layers\n"
         "    return BlockChoice(list(range(L - inp.blocks, L)), description='the last layers')\n")

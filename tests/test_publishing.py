@@ -1,10 +1,10 @@
-"""hubsdd.publishing: the publish command as one library call."""
+"""hubsdd.hub.publishing: the publish command as one library call."""
 
 import pytest
 
-from hubsdd.errors import HubError
-from hubsdd.publishing import publish_run, with_publish_overrides
-from hubsdd.recipe import parse_recipe
+from hubsdd.core.errors import HubError
+from hubsdd.hub.publishing import publish_run, with_publish_overrides
+from hubsdd.core.recipe import parse_recipe
 
 
 def test_overrides_apply_to_a_copy_and_leave_the_recipe_alone(tiny_recipe_text):

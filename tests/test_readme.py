@@ -22,7 +22,7 @@ def test_recipe_reference_in_the_readme_matches_the_models() -> None:
 
 
 def test_the_reference_covers_every_field() -> None:
-    from hubsdd.recipe import Recipe, reference_markdown
+    from hubsdd.core.recipe import Recipe, reference_markdown
 
     ref = reference_markdown()
     for section in ("BaseSection", "PruneSection", "DistillSection", "FinetuneSection", "VariantSection",
@@ -50,7 +50,7 @@ def test_troubleshooting_no_token(monkeypatch, tmp_path) -> None:
     import pytest
     from huggingface_hub import constants
 
-    from hubsdd.errors import AuthError
+    from hubsdd.core.errors import AuthError
     from hubsdd.hub import single_token as _token
 
     monkeypatch.delenv("HF_TOKEN", raising=False)
@@ -67,8 +67,8 @@ def test_troubleshooting_unknown_architecture() -> None:
     import pytest
     from transformers import BartConfig, BartForCausalLM
 
-    from hubsdd.errors import UnsupportedArchitectureError
-    from hubsdd.prune import decoder_layers
+    from hubsdd.core.errors import UnsupportedArchitectureError
+    from hubsdd.stages.prune.stage import decoder_layers
 
     model = BartForCausalLM(BartConfig(decoder_layers=2, d_model=16, decoder_attention_heads=2,
                                        decoder_ffn_dim=32, vocab_size=50))
@@ -81,10 +81,10 @@ def test_troubleshooting_unknown_architecture() -> None:
 def test_troubleshooting_out_of_memory(tmp_path, tiny_recipe_text, monkeypatch) -> None:
     import pytest
 
-    from hubsdd import prune
-    from hubsdd.errors import OutOfMemoryError
-    from hubsdd.recipe import parse_recipe
-    from hubsdd.runner import run
+    from hubsdd.stages.prune import stage as prune
+    from hubsdd.core.errors import OutOfMemoryError
+    from hubsdd.core.recipe import parse_recipe
+    from hubsdd.pipeline.runner import run
 
     class FakeCudaOOM(RuntimeError):
         pass
@@ -107,8 +107,8 @@ def test_troubleshooting_gated_base_model(hub_server, tmp_path) -> None:
     from hub_fixtures import OTHER_TOKEN, TOKEN
 
     from conftest import save_tiny
-    from hubsdd.errors import ModelLoadError
-    from hubsdd.models import _snapshot
+    from hubsdd.core.errors import ModelLoadError
+    from hubsdd.core.models import _snapshot
 
     hub_server.create_repo("alice/gated-base", gated_users=[])
     HfApi(token=TOKEN).upload_folder(folder_path=str(save_tiny(tmp_path / "m")), repo_id="alice/gated-base")

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from hubsdd.errors import RecipeError
-from hubsdd.recipe import load_recipe, parse_recipe, resolve_path
+from hubsdd.core.errors import RecipeError
+from hubsdd.core.recipe import load_recipe, parse_recipe, resolve_path
 
 ROOT = Path(__file__).parent.parent
 # Shipped recipes: the user-facing ones and those the benchmarks run.
@@ -25,7 +25,7 @@ prune:
 @pytest.mark.parametrize("path", RECIPES, ids=[str(p.relative_to(ROOT)) for p in RECIPES])
 def test_shipped_recipes_validate(path, capsys):
     from hubsdd.cli import main
-    from hubsdd.recipe import HUB_ID_RE
+    from hubsdd.core.recipe import HUB_ID_RE
 
     # the whole `hubsdd validate`, preflight included (layers and columns where they are on disk)
     assert main(["validate", str(path)]) == 0, capsys.readouterr()

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from hubsdd.errors import RecipeError
-from hubsdd.recipe import load_recipe, parse_recipe, resolve_path
-from hubsdd.recipe_file import MAX_BYTES, MAX_DEPTH, MAX_PROBLEMS, MAX_VALUES
+from hubsdd.core.errors import RecipeError
+from hubsdd.core.recipe import load_recipe, parse_recipe, resolve_path
+from hubsdd.core.recipe.file import MAX_BYTES, MAX_DEPTH, MAX_PROBLEMS, MAX_VALUES
 
 from test_recipe import MINIMAL  # noqa: E402  (the smallest valid recipe, shared)
 

@@ -84,7 +84,7 @@ def test_the_judge_sees_each_kind_of_defect(tmp_path, monkeypatch):
     split = "error: r.yaml: 1 error\n  - prune.blocks (line 5): bad\nsecond line\n"
     assert fuzz.judge(fuzz.Outcome(2, split, split)).defects == ["no-path"]
 
-    monkeypatch.setattr("hubsdd.recipe.load_recipe", lambda path: time.sleep(30))
+    monkeypatch.setattr("hubsdd.core.recipe.load_recipe", lambda path: time.sleep(30))
     path = tmp_path / "r.yaml"
     path.write_text("name: t\n")
     assert fuzz.validate_in_process(path, limit=0.5).defects == ["hang"]

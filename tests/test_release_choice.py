@@ -3,9 +3,9 @@ tie-break when none is significant, and the card's words for both."""
 
 from __future__ import annotations
 
-from hubsdd.card import render_section
-from hubsdd.evaluate import evidence
-from hubsdd.release_choice import choose
+from hubsdd.stages.card.stage import render_section
+from hubsdd.core import evidence
+from hubsdd.core.release_choice import choose
 
 ITEMS = 300
 

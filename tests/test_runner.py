@@ -5,9 +5,9 @@ import json
 import pytest
 
 import hubsdd
-from hubsdd import runner
-from hubsdd.errors import StageError
-from hubsdd.recipe import parse_recipe
+from hubsdd.pipeline import runner
+from hubsdd.core.errors import StageError
+from hubsdd.core.recipe import parse_recipe
 
 
 def events_of(recipe, **kw):
@@ -59,9 +59,9 @@ def test_failed_stage_leaves_nothing_a_rerun_would_trust(tiny_recipe_text, monke
         (ctx.out_dir / "model" / "half-written.safetensors").write_bytes(b"\0" * 10)
         raise KeyboardInterrupt  # what a Ctrl-C / kill in the middle of a stage looks like
 
-    import hubsdd.prune
+    import hubsdd.stages.prune.stage
 
-    monkeypatch.setattr(hubsdd.prune, "run_prune", crash)
+    monkeypatch.setattr(hubsdd.stages.prune.stage, "run_prune", crash)
     with pytest.raises(KeyboardInterrupt):
         runner.run(recipe)
     assert not (recipe.run_dir / "prune").exists()
@@ -108,10 +108,10 @@ def test_package_level_run_accepts_a_path(tiny_recipe_text, tmp_path):
 
 
 def test_running_out_of_memory_is_a_clear_error_naming_the_fix(tmp_path, tiny_recipe_text, monkeypatch) -> None:
-    from hubsdd import prune
-    from hubsdd.errors import OutOfMemoryError
-    from hubsdd.recipe import parse_recipe
-    from hubsdd.runner import run
+    from hubsdd.stages.prune import stage as prune
+    from hubsdd.core.errors import OutOfMemoryError
+    from hubsdd.core.recipe import parse_recipe
+    from hubsdd.pipeline.runner import run
 
     def oom(ctx):
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")

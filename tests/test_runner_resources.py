@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from hubsdd import runner
+from hubsdd.pipeline import runner
 from hubsdd.cli import main
-from hubsdd.errors import StageError
-from hubsdd.recipe import parse_recipe
+from hubsdd.core.errors import StageError
+from hubsdd.core.recipe import parse_recipe
 
 
 def _cli_run(recipe_text: str, tmp_path: Path, capsys, *args: str) -> tuple[int, str]:
@@ -86,23 +86,23 @@ def test_a_second_run_in_the_same_directory_is_refused_in_words(tiny_recipe_text
 def test_disk_errors_inside_a_stage_name_the_path_and_keep_finished_stages(tiny_recipe_text, monkeypatch):
     import errno
 
-    import hubsdd.prune
+    import hubsdd.stages.prune.stage
 
     recipe = parse_recipe(tiny_recipe_text)
     runner.run(recipe, until="base")
-    real = hubsdd.prune.run_prune
+    real = hubsdd.stages.prune.stage.run_prune
 
     for code, words in ((errno.ENOSPC, "no space left on the device while writing"), (errno.EROFS, "cannot write")):
         def failing(ctx, code=code):
             raise OSError(code, os.strerror(code), str(ctx.out_dir / "model" / "model.safetensors"))
 
-        monkeypatch.setattr(hubsdd.prune, "run_prune", failing)
+        monkeypatch.setattr(hubsdd.stages.prune.stage, "run_prune", failing)
         with pytest.raises(StageError, match=words) as err:
             runner.run(recipe)
         assert "model.safetensors" in str(err.value) and "runs_dir" in err.value.fix
         assert (recipe.run_dir / "base" / "stage.json").exists()
         assert not list(recipe.run_dir.glob(".staging-*"))
-    monkeypatch.setattr(hubsdd.prune, "run_prune", real)
+    monkeypatch.setattr(hubsdd.stages.prune.stage, "run_prune", real)
     assert runner.run(recipe)["prune"].fingerprint
 
 

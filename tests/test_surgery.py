@@ -1,4 +1,4 @@
-"""Layer surgery (hubsdd/surgery.py): what the generic rule edits, what it proves, what it refuses.
+"""Layer surgery (hubsdd/stages/prune/surgery.py): what the generic rule edits, what it proves, what it refuses.
 
 The sweep over every architecture transformers ships is tests/test_prune_architectures.py."""
 
@@ -7,10 +7,10 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from conftest import make_tiny_model
-from hubsdd import surgery
-from hubsdd.errors import DataError, UnsupportedArchitectureError
-from hubsdd.prune import count_parameters
-from hubsdd.surgery import check_prunable, decoder_layers, remove_layers
+from hubsdd.stages.prune import surgery
+from hubsdd.core.errors import DataError, UnsupportedArchitectureError
+from hubsdd.stages.prune.stage import count_parameters
+from hubsdd.stages.prune.surgery import check_prunable, decoder_layers, remove_layers
 from hubsdd.testing.architectures import prune_and_compare, tiny_config
 
 # The families the old fixed list named, through the generic rule.

@@ -1,4 +1,4 @@
-"""Stored teacher log-probabilities (hubsdd.teacher_logits): the KL from the cache against the KL
+"""Stored teacher log-probabilities (hubsdd.core.teacher_logits): the KL from the cache against the KL
 from the live teacher on the same batch, a killed build resumed, a foreign cache refused, and a
 ``kd`` variant trained from the cache with the teacher unloadable."""
 
@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from conftest import INSTRUCTIONS, make_tiny_model, make_tokenizer, save_tiny
-from hubsdd import teacher_logits as tl
-from hubsdd.errors import StageError, TeacherLogitsMismatchError
-from hubsdd.recipe import FinetuneSection, TeacherLogitsSettings
+from hubsdd.core import teacher_logits as tl
+from hubsdd.core.errors import StageError, TeacherLogitsMismatchError
+from hubsdd.core.recipe import FinetuneSection, TeacherLogitsSettings
 
 VOCAB = 259
 MAX_LEN = 48  # truncates some training sequences: their stored positions are found by prefix
@@ -36,8 +36,8 @@ def build_cache(folder: Path, teacher, *, top_k: int, dtype: str = "float32", sh
 
 def sft_batch(tmp_path: Path, data: str = "original"):
     """A batch exactly as the cached-KD trainer sees it (TRL's SFTTrainer on prompt/completion)."""
-    from hubsdd.finetune import training_dataset
-    from hubsdd.training import trainer_classes, trainer_config
+    from hubsdd.stages.finetune.stage import training_dataset
+    from hubsdd.stages.finetune.training import trainer_classes, trainer_config
 
     from test_finetune import write_distilled
 
@@ -52,7 +52,7 @@ def test_cache_kl_equals_live_kl_when_k_covers_the_vocabulary_and_is_below_it_by
     import torch
     from trl.experimental.gkd import GKDTrainer
 
-    from hubsdd.training import completion_positions
+    from hubsdd.stages.finetune.training import completion_positions
 
     teacher, student = make_tiny_model(layers=4, seed=1), make_tiny_model(layers=2, seed=2)
     batch = sft_batch(tmp_path)  # max_length truncates some sequences: the prefix lookup is exercised
@@ -94,7 +94,7 @@ def test_the_gradient_from_a_full_cache_is_the_live_one(tmp_path: Path) -> None:
     import torch
     from trl.experimental.gkd import GKDTrainer
 
-    from hubsdd.training import completion_positions
+    from hubsdd.stages.finetune.training import completion_positions
 
     teacher, student = make_tiny_model(layers=4, seed=1), make_tiny_model(layers=2, seed=2)
     batch = sft_batch(tmp_path)
@@ -180,7 +180,7 @@ def test_a_cache_from_another_teacher_or_tokenizer_is_refused_naming_both(tmp_pa
 
 
 def test_a_sequence_tokenized_otherwise_is_refused(tmp_path: Path) -> None:
-    from hubsdd.training import completion_positions
+    from hubsdd.stages.finetune.training import completion_positions
 
     folder = build_cache(tmp_path / "c", make_tiny_model(layers=4, seed=1), top_k=8).dir
     batch = sft_batch(tmp_path)
@@ -199,9 +199,9 @@ def test_a_sequence_tokenized_otherwise_is_refused(tmp_path: Path) -> None:
 
 
 def test_kd_from_the_cache_trains_without_the_teacher(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import hubsdd.models
-    from hubsdd.finetune import run_finetune
-    from hubsdd.runner import StageResult
+    import hubsdd.core.models
+    from hubsdd.stages.finetune.stage import run_finetune
+    from hubsdd.pipeline.runner import StageResult
 
     from test_finetune import finetune_ctx, response_kl
 
@@ -224,14 +224,14 @@ def test_kd_from_the_cache_trains_without_the_teacher(tmp_path: Path, monkeypatc
     d = ctx.inputs["distill"]
     ctx.inputs["distill"] = StageResult("distill", d.dir, {**d.data, "outputs": {
         **d.outputs, "teacher_logits": {"dir": "teacher_logits", "data": ["distilled", "original"], "top_k": 32}}})
-    real = hubsdd.models.load_model
+    real = hubsdd.core.models.load_model
 
     def no_teacher(path, **kw):
         if Path(path).resolve() == teacher_dir.resolve():
             raise AssertionError("the teacher was loaded")
         return real(path, **kw)
 
-    monkeypatch.setattr(hubsdd.models, "load_model", no_teacher)
+    monkeypatch.setattr(hubsdd.core.models, "load_model", no_teacher)
     out = run_finetune(ctx)
     assert out.metrics.variants["kd"].teacher_logits == "cache (top 32)"  # auto found the cache
     assert out.metrics.variants["kd"].steps == 12
@@ -240,7 +240,7 @@ def test_kd_from_the_cache_trains_without_the_teacher(tmp_path: Path, monkeypatc
 
 
 def test_cache_mode_without_stored_logits_for_the_data_says_what_to_add(tmp_path: Path) -> None:
-    from hubsdd.finetune import teacher_logits_dir
+    from hubsdd.stages.finetune.stage import teacher_logits_dir
 
     from test_finetune import finetune_ctx
 

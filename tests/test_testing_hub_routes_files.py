@@ -7,7 +7,7 @@ import hashlib
 import pytest
 from hub_fixtures import DEMO_REPO as REPO, USER, api, seed_repo as _seed_repo  # noqa: F401 (a fixture)
 
-from hubsdd.files import git_blob_sha1
+from hubsdd.core.files import git_blob_sha1
 
 # huggingface_hub's own LFS upload passes a file object as `data=`, which httpx2 deprecates.
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import save_tiny
-from hubsdd import trainer_checkpoints as tc
+from hubsdd.stages.finetune import trainer_checkpoints as tc
 
 TESTS = Path(__file__).resolve().parent
 CHECKPOINT_STEPS = 4
@@ -59,7 +59,7 @@ def on_step_end(self, args, state, control):
 
 tcb.CallbackHandler.on_step_end = on_step_end
 from test_finetune import finetune_ctx
-from hubsdd.finetune import train_variant
+from hubsdd.stages.finetune.stage import train_variant
 ctx = finetune_ctx(Path({root!r}), {section!r}, Path({student!r}), teacher=Path({teacher!r}))
 train_variant(ctx, {variant!r})
 """
@@ -104,7 +104,7 @@ def _weights(folder: Path) -> dict:
 def test_a_killed_variant_resumes_and_ends_as_an_uninterrupted_run(tmp_path: Path, loss: str) -> None:
     import torch
 
-    from hubsdd.finetune import train_variant, variant_dir
+    from hubsdd.stages.finetune.stage import train_variant, variant_dir
     from test_finetune import finetune_ctx
 
     variant = "sdd" if loss == "ce" else "kd"

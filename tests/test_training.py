@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from hubsdd.errors import StageError
-from hubsdd.recipe import FinetuneSection
+from hubsdd.core.errors import StageError
+from hubsdd.core.recipe import FinetuneSection
 
 
 def test_a_process_that_sees_several_gpus_trains_on_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -20,14 +20,14 @@ def test_a_process_that_sees_several_gpus_trains_on_one(tmp_path: Path, monkeypa
     from trl import SFTTrainer
 
     from conftest import make_tiny_model, make_tokenizer
-    from hubsdd.training import lora_config, trainer_config
+    from hubsdd.stages.finetune.training import lora_config, trainer_config
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     section = FinetuneSection(batch_size=3, max_steps=1, lora={"r": 4, "alpha": 8, "dropout": 0.0})
     with caplog.at_level(logging.WARNING, logger="hubsdd.finetune"):
         args = trainer_config(section, tmp_path / "t", device="cuda")
     assert args.n_gpu == 1 and args.train_batch_size == 3
-    assert "accelerate launch --num_processes 4 -m hubsdd.finetune" in caplog.text
+    assert "accelerate launch --num_processes 4 -m hubsdd.pipeline.launch" in caplog.text
     from datasets import Dataset
 
     data = Dataset.from_list([{"prompt": [{"role": "user", "content": "hi"}],
@@ -38,8 +38,8 @@ def test_a_process_that_sees_several_gpus_trains_on_one(tmp_path: Path, monkeypa
 
 
 def test_deepspeed_is_refused_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from hubsdd.finetune import train_variant
-    from hubsdd.launch import main
+    from hubsdd.stages.finetune.stage import train_variant
+    from hubsdd.pipeline.launch import main
     from test_finetune import accelerate_recipe, finetune_ctx
 
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
@@ -57,7 +57,7 @@ def test_deepspeed_is_refused_before_any_work(tmp_path: Path, monkeypatch: pytes
 
 
 def test_fsdp_is_refused_only_with_a_live_teacher(monkeypatch: pytest.MonkeyPatch) -> None:
-    from hubsdd.training import refuse_sharded_training
+    from hubsdd.stages.finetune.training import refuse_sharded_training
 
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     refuse_sharded_training()  # cross-entropy, or KD from stored log-probabilities: trained under FSDP
@@ -69,7 +69,7 @@ def test_fsdp_is_refused_only_with_a_live_teacher(monkeypatch: pytest.MonkeyPatc
 
 
 def test_the_trainer_runs_where_the_recipe_says(tmp_path: Path) -> None:
-    from hubsdd.training import trainer_config
+    from hubsdd.stages.finetune.training import trainer_config
 
     section = FinetuneSection(checkpoint_steps=7, ddp_timeout=123)
     cpu = trainer_config(section, tmp_path / "t", device="cpu")

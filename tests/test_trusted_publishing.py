@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from hub_fixtures import USER, release, release_template  # noqa: F401 - fixtures
 
-from hubsdd.errors import AuthError
+from hubsdd.core.errors import AuthError
 from hubsdd.hub import publish
 
 MODEL = f"{USER}/tiny-sdd"

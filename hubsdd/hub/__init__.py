@@ -2,7 +2,7 @@
 
 ``release`` reads and checks a release folder; ``auth`` finds the token(s); ``publish`` makes one
 commit per repository; ``pull`` downloads and verifies; ``format`` says what happened. Every failure
-surfaces as a :class:`~hubsdd.errors.HubsddError` subclass with a fix, never as a bare
+surfaces as a :class:`~hubsdd.core.errors.HubsddError` subclass with a fix, never as a bare
 ``huggingface_hub`` traceback.
 """
 

@@ -3,7 +3,7 @@ publishing, one exchanged per repository. Tokens are never logged, written or pu
 
 from __future__ import annotations
 
-from ..errors import AuthError
+from ..core.errors import AuthError
 from .release import URL_PREFIX
 
 

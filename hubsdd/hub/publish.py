@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import progress
-from ..version import __version__
-from ..errors import AuthError, HubError, RepoConflictError
-from ..files import git_blob_sha1
-from ..hub_errors import endpoint, hub_errors
+from ..core import progress
+from ..core.version import __version__
+from ..core.errors import AuthError, HubError, RepoConflictError
+from ..core.files import git_blob_sha1
+from ..core.hub_errors import endpoint, hub_errors
 from .auth import repo_tokens
 from .release import Release, ReleaseFile, prepare_release, repo_url, validate_remote
 from .signing import PUBLIC_KEY_FILE, SIGNATURE_FILE, resolve_signer, sign_release

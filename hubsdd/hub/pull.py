@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .. import progress
-from ..errors import HubError, VerificationError
-from ..files import sha256_file
-from ..hub_errors import endpoint, hub_errors
+from ..core import progress
+from ..core.errors import HubError, VerificationError
+from ..core.files import sha256_file
+from ..core.hub_errors import endpoint, hub_errors
 from .publish import FULL_REPO_ID_RE
 from .release import check_hubsdd_block
 from .signing import PUBLIC_KEY_FILE, SIGNATURE_FILE

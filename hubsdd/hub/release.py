@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..version import __version__
-from ..errors import HubError, StageError, VerificationError
-from ..files import sha256_file
-from ..hub_errors import endpoint, hub_errors
-from ..recipe import HUB_ID_RE
+from ..core.version import __version__
+from ..core.errors import HubError, StageError, VerificationError
+from ..core.files import sha256_file
+from ..core.hub_errors import endpoint, hub_errors
+from ..core.recipe import HUB_ID_RE
 
 log = logging.getLogger("hubsdd.hub")
 

@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import SigningError
+from ..core.errors import SigningError
 from .release import Release, ReleaseFile
 
 SIGNATURE_FILE = "model.sig"
@@ -193,7 +193,7 @@ def _with_signature_block(card_text: str, block: dict, section: str) -> str:
 
 
 def signing_section(signer: Signer, model_repo: str) -> str:
-    from ..card import render_section
+    from ..stages.card.stage import render_section
 
     return render_section("sections/signing.md.j2", s=signer.describe(), repo=model_repo,
                           sig=SIGNATURE_FILE, pub=PUBLIC_KEY_FILE)

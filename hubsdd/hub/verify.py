@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import SignerChangedError, VerificationError
-from ..files import atomic_write_json
+from ..core.errors import SignerChangedError, VerificationError
+from ..core.files import atomic_write_json
 from .signing import PUBLIC_KEY_FILE, SIGNATURE_FILE, hashing_config, key_fingerprint
 
 SIGSTORE_ISSUER_OIDS = ("1.3.6.1.4.1.57264.1.8", "1.3.6.1.4.1.57264.1.1")

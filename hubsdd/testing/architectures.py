@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..errors import UnsupportedArchitectureError
+from ..core.errors import UnsupportedArchitectureError
 
 LAYERS = 6
 VOCAB = 128
@@ -246,7 +246,7 @@ def check_architecture(model_type: str, workdir: Path | None = None, new_tokens:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from ..surgery import decoder_layers
+    from ..stages.prune.surgery import decoder_layers
 
     try:
         config = tiny_config(model_type)
@@ -284,7 +284,7 @@ class ReloadFailed(Exception):
 
 
 def prune_and_compare(model: Any, drop: list[int], workdir: Path | None = None, new_tokens: int = 12) -> str | None:
-    """Remove layers ``drop`` from ``model`` (:func:`hubsdd.surgery.remove_layers`), save it as
+    """Remove layers ``drop`` from ``model`` (:func:`hubsdd.stages.prune.surgery.remove_layers`), save it as
     safetensors, reload it with plain ``AutoModelForCausalLM.from_pretrained``, and compare logits
     and greedy generations (cached and uncached, in memory and reloaded) with the unpruned model
     run with the dropped layers passed through. None when all agree, else what differs.
@@ -292,7 +292,7 @@ def prune_and_compare(model: Any, drop: list[int], workdir: Path | None = None, 
     import torch
     from transformers import AutoModelForCausalLM
 
-    from ..surgery import decoder_layers, remove_layers
+    from ..stages.prune.surgery import decoder_layers, remove_layers
 
     ids, prompt = _prompt(1, 2, 12), _prompt(2, 1, 12)
     # What pruning must compute: the unpruned model with the dropped layers passed through.

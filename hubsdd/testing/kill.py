@@ -11,7 +11,7 @@ recipe in the same place:
   are masked (:func:`normalized`);
 * no staging, trash, work or temporary file is left;
 * no unit of work that had finished (a stage, a distillation shard, a fine-tuned variant, an
-  evaluated model; see :mod:`hubsdd.worklog`) was done twice.
+  evaluated model; see :mod:`hubsdd.core.worklog`) was done twice.
 
 ``tests/test_kill_anywhere.py`` runs a few kills in CI; ``bench/kill_anywhere.py`` runs hundreds.
 """
@@ -31,7 +31,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..worklog import ENV as WORK_LOG_ENV
+from ..core.worklog import ENV as WORK_LOG_ENV
 
 # Keys whose values are wall-clock measurements (or derived from them), the record's own seal, and
 # the history of the run rather than its result: where a resumed variant picked its training up.

@@ -14,7 +14,7 @@ import signal
 import threading
 from pathlib import Path
 
-from ...files import atomic_write_text
+from ...core.files import atomic_write_text
 from .server import HubServer
 
 

@@ -31,7 +31,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ...files import atomic_write_bytes, git_blob_sha1
+from ...core.files import atomic_write_bytes, git_blob_sha1
 from .protocol import HEX_PREFIX_RE, SHA1_RE, HubHTTPError, revision_not_found
 
 # The patterns of the .gitattributes the Hub writes into every new repository: files matching them

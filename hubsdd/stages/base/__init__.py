@@ -1,0 +1,1 @@
+"""The ``base`` stage (:mod:`.stage`): a Hub snapshot, local folder or GGUF into a model folder."""

@@ -1,0 +1,1 @@
+"""The ``merge`` stage (:mod:`.stage`): mergekit configuration and run."""
