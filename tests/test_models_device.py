@@ -203,8 +203,10 @@ def test_stage_json_records_device_dtype_and_peak_gpu_memory(tiny_recipe_text: s
         fake.release(2222)
         return StageOutput(metrics={"layers_after": 4})
 
-    real_base = models.prepare_base
-    monkeypatch.setattr(models, "prepare_base", base_stage)
+    from hubsdd.stages.base import stage as base_module
+
+    real_base = base_module.prepare_base
+    monkeypatch.setattr(base_module, "prepare_base", base_stage)
     monkeypatch.setattr(prune, "run_prune", prune_stage)
     runner.run(recipe, until="prune", force=("base", "prune"))
     base = json.loads((recipe.run_dir / "base" / "stage.json").read_text())
