@@ -134,3 +134,18 @@ def test_temporary_files_of_a_killed_atomic_write_are_cleaned(tiny_recipe_text):
     kept.write_text("x")
     runner.run(recipe, until="base")
     assert not left.exists() and kept.exists()
+
+
+def test_work_folder_of_a_stage_killed_after_it_was_installed_is_removed(tiny_recipe_text):
+    """bench/kill_anywhere.py, seed 3, sequence 88: a kill between installing a stage and removing
+    its work folder left `.work/<stage>-<fp>` behind, and the stage, now cached, never ran again to
+    remove it. The next run removes the work folder of every stage it finds finished."""
+    recipe = parse_recipe(tiny_recipe_text)
+    runner.run(recipe, until="prune")
+    fp = runner.read_stage(recipe.run_dir, "prune").fingerprint
+    leftover = runner.stage_work_dir(recipe.run_dir, "prune", fp)
+    (leftover / "partial").mkdir(parents=True)
+    assert {p.name: p.status for p in runner.plan(recipe)}["prune"] == "cached"
+    runner.run(recipe, until="prune")
+    assert not leftover.exists()
+    assert runner.read_stage(recipe.run_dir, "prune").fingerprint == fp  # still cached, not redone

@@ -330,6 +330,9 @@ def run(recipe: Recipe | str | Path, until: str | None = None, force: tuple[str,
             found = None if spec.name in force else read_stage(run_dir, spec.name)
             if found is not None and found.fingerprint == fp:
                 check_cached_stages([found])
+                # A kill between installing a stage and removing its work folder leaves the folder:
+                # the stage is finished, so what it kept for a resume is garbage now.
+                shutil.rmtree(stage_work_dir(run_dir, spec.name, fp), ignore_errors=True)
                 results[spec.name] = found
                 notify(spec.name, "cached", found.data.get("seconds"))
                 continue
