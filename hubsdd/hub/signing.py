@@ -24,7 +24,6 @@ import base64
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,6 +34,7 @@ from typing import Any
 import yaml
 
 from ..core.errors import SigningError
+from ..core.files import link_or_copy
 from .release import Release, ReleaseFile
 
 SIGNATURE_FILE = "model.sig"
@@ -199,14 +199,6 @@ def signing_section(signer: Signer, model_repo: str) -> str:
                           sig=SIGNATURE_FILE, pub=PUBLIC_KEY_FILE)
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
-
-
 def sign_release(release: Release, signer: Signer, model_repo: str) -> Release:
     """The release with the signing section in its card, the public key (key method) and
     ``model.sig``, signed by model_signing over exactly the files that will be uploaded."""
@@ -225,7 +217,7 @@ def sign_release(release: Release, signer: Signer, model_repo: str) -> Release:
                 (folder / f.path).parent.mkdir(parents=True, exist_ok=True)
                 (folder / f.path).write_bytes(f.data)
             else:
-                _link_or_copy(Path(f.local), folder / f.path)  # type: ignore[arg-type]
+                link_or_copy(Path(f.local), folder / f.path)  # type: ignore[arg-type]
         config = model_signing.signing.Config().set_hashing_config(hashing_config())
         try:
             if signer.method == "key":

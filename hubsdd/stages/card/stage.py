@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import importlib.resources
 import logging
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 from ...core.version import __version__
 from ...core.errors import StageError
-from ...core.files import sha256_file
+from ...core.files import link_or_copy, sha256_file
 from ...core.outputs import CardMetrics, CardOutputs
 from ...core.stage_io import StageContext, StageOutput, StageResult, checkpoint_dirs
 
@@ -389,15 +388,6 @@ def _sample_rows(parquet: Path, n: int = 3) -> list[dict]:
 # --------------------------------------------------------------------------- assembling
 
 
-def _link(src: Path, dest: Path) -> None:
-    """Hard link when possible (a 16 GB checkpoint is not copied), else copy."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dest)
-    except OSError:
-        shutil.copy2(src, dest)
-
-
 def release_file_hashes(folder: Path) -> dict[str, str]:
     """sha256 of every file of a release except the card itself (which lists them) and hidden
     files (which publish does not upload)."""
@@ -419,13 +409,13 @@ def assemble_release(recipe: Any, results: dict[str, StageResult], out_dir: Path
     model_out.mkdir(parents=True, exist_ok=True)
     if "prune" in results:
         for f in model_files(release_model_dir(release, results)):
-            _link(f, model_out / f.name)
+            link_or_copy(f, model_out / f.name)
     base = results.get("base")
     if base is not None and base.typed.outputs.license_files:
         lic_dir = base.path("license_dir")
         for name in base.typed.outputs.license_files:
             if (lic_dir / name).exists() and not (model_out / name).exists():
-                _link(lic_dir / name, model_out / name)
+                link_or_copy(lic_dir / name, model_out / name)
     (model_out / "recipe.yaml").write_text(recipe.text())
     for name, res in results.items():
         (model_out / RESULT_DIR).mkdir(exist_ok=True)
@@ -433,7 +423,7 @@ def assemble_release(recipe: Any, results: dict[str, StageResult], out_dir: Path
         for key, rel in (res.outputs.get("plots") or {}).items():
             src = res.resolve(rel)
             if src.exists():
-                _link(src, model_out / _plot_in_release(name, key))
+                link_or_copy(src, model_out / _plot_in_release(name, key))
     files = release_file_hashes(model_out)
     card = render_model_card(recipe, results, release, files, fingerprint, decision)
     card.save(model_out / "README.md")
@@ -442,12 +432,12 @@ def assemble_release(recipe: Any, results: dict[str, StageResult], out_dir: Path
     if "distill" in results:
         data_out = out_dir / "dataset"
         data_files = ["data/train.parquet"]
-        _link(results["distill"].path("data"), data_out / data_files[0])
+        link_or_copy(results["distill"].path("data"), data_out / data_files[0])
         stored = results["distill"].outputs.get("teacher_logits")
         if stored:  # the teacher's top-k log-probabilities travel with the data (the card says what they are)
             for f in sorted(results["distill"].resolve(stored["dir"]).iterdir()):
                 if f.is_file() and not f.name.startswith("."):
-                    _link(f, data_out / stored["dir"] / f.name)
+                    link_or_copy(f, data_out / stored["dir"] / f.name)
         render_dataset_card(recipe, results, data_files, release_file_hashes(data_out), fingerprint).save(
             data_out / "README.md")
         written["dataset_dir"] = "dataset"

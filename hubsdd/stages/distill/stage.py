@@ -28,6 +28,7 @@ from ...core import progress, worklog
 from ...core import teacher_logits as tl
 from ...core.data import get_value, load_rows, resolve_dataset_revision
 from ...core.errors import DataError
+from ...core.files import link_or_copy
 from ...core.recipe import DistillSection
 from ...core.outputs import DistillMetrics, DistillOutputs
 from ...core.stage_io import StageContext, StageOutput
@@ -216,8 +217,6 @@ def store_teacher_logits(ctx: StageContext, records: list[dict],
                          on_shard: Callable[[int, int, bool], None] | None = None) -> "tl.BuildResult":
     """The teacher's top-k log-probabilities on the sequences the ``kd`` variants will train on
     (:mod:`hubsdd.core.teacher_logits`), built resumably in the work folder, linked into ``teacher_logits/``."""
-    import os
-    import shutil
 
     from ...core.models import default_device, load_model, load_tokenizer, model_dtype
 
@@ -246,10 +245,7 @@ def store_teacher_logits(ctx: StageContext, records: list[dict],
     dest.mkdir(parents=True, exist_ok=True)
     for src in sorted(built.dir.iterdir()):
         if src.is_file() and not src.name.startswith("."):
-            try:  # hard links: the work folder is removed when the stage succeeds
-                os.link(src, dest / src.name)
-            except OSError:
-                shutil.copy2(src, dest / src.name)
+            link_or_copy(src, dest / src.name)  # the work folder is removed when the stage succeeds
     log.info("distill: teacher log-probabilities (top %d) at %d positions, %d of %d shards resumed",
              settings.top_k, built.positions, built.shards_resumed, built.shards)
     return built

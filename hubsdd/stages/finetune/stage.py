@@ -60,7 +60,7 @@ from . import trainer_checkpoints
 from ...core.errors import StageError
 from ...core.figures import figure
 from ...core.recipe import FinetuneSection
-from ...core.files import atomic_write_json
+from ...core.files import atomic_write_json, link_or_copy
 from ...core.outputs import FinetuneMetrics, FinetuneOutputs
 from ...core.stage_io import StageContext, StageOutput
 from .training import fsdp_enabled, lora_config, refuse_sharded_training, trainer_classes, trainer_config, whole_model
@@ -265,14 +265,6 @@ def _resume_point(trainer_dir: Path, is_main: bool) -> Path | None:
     return trainer_checkpoints.last_complete(trainer_dir)
 
 
-def _link_or_copy(src: str, dst: str) -> None:
-    # Hard links: the work folder is deleted when the stage succeeds, and models are large.
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
 def plot_losses(results: dict[str, dict], path: Path) -> None:
     with figure(path, figsize=(6.4, 4.0), dpi=120) as (_, ax):
         for name, res in results.items():
@@ -299,7 +291,7 @@ def run_finetune(ctx: StageContext) -> StageOutput:
     variants, metrics = {}, {}
     for name, res in results.items():
         dest = ctx.out_dir / name
-        shutil.copytree(variant_dir(ctx, name) / "model", dest / "model", copy_function=_link_or_copy)
+        shutil.copytree(variant_dir(ctx, name) / "model", dest / "model", copy_function=link_or_copy)
         atomic_write_json(dest / "train_log.json", res["log_history"])
         v = section.variants[name]
         variants[name] = {"model_dir": f"{name}/model", "data": v.data, "loss": v.loss,
