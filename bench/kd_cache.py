@@ -58,6 +58,7 @@ def arm(mode: str, work: str, cfg: dict) -> dict:
     from hubsdd.stages.finetune.stage import training_dataset
     from hubsdd.core.models import fast_cpu_frozen_linears, fast_cpu_linears, load_model, load_tokenizer
     from hubsdd.core.recipe import FinetuneSection
+    from hubsdd.stages.finetune.losses import distillation_config
     from hubsdd.stages.finetune.training import cached_kd_trainer_class, lora_config, trainer_classes, trainer_config
 
     for name in ("transformers", "trl", "peft", "accelerate"):
@@ -92,7 +93,10 @@ def arm(mode: str, work: str, cfg: dict) -> dict:
             self.times.append(time.perf_counter() - self.started)
 
     clock = Clock()
-    trainer = cls(model=student, args=trainer_config(section, work_dir / f"trainer-{mode}", kd=live, device="cpu"),
+    cfg_class, cfg = distillation_config(beta=section.kd.beta) if live else (None, None)
+    args = trainer_config(section, work_dir / f"trainer-{mode}", config_class=cfg_class, extra=cfg, messages=live,
+                          device="cpu")
+    trainer = cls(model=student, args=args,
                   train_dataset=dataset, processing_class=tok, peft_config=lora_config(section), callbacks=[clock],
                   **extra)
     trainer.remove_callback(PrinterCallback)

@@ -3,6 +3,7 @@
     python bench/regimes.py             # every point; resumable across sessions; hours on 2 cores
     python bench/regimes.py --points d1024-e1-r16      # one point
     python bench/regimes.py --smoke     # the same machinery on a tiny random model (CI)
+    python bench/regimes.py --screen d1024-e1-full   # SFT alone at a point: does it forget at all?
 
 ``bench/quality.py`` found, at 256 GSM8K examples and 32 LoRA r=16 steps, that SFT forgot nothing,
 so SDD (whose point is to protect what the model knew) had nothing to protect. This drives the same
@@ -39,7 +40,6 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
@@ -49,7 +49,7 @@ ROOT = BENCH.parent
 sys.path[:0] = [str(BENCH), str(ROOT)]
 
 from recipe_bench import (  # noqa: E402
-    METHODS, Ledger, check_disjoint, collect, load_dict, pct, run_recipe, sweep_choice, with_learning_rates,
+    METHODS, Ledger, check_disjoint, collect, load_dict, run_recipe, sweep_choice, with_learning_rates,
 )
 
 SPECS = {"sft": {"data": "original"}, "sdd": {"data": "distilled"}, "kd": {"data": "original", "loss": "kd"},
@@ -73,7 +73,17 @@ POINTS = [Point("q256-e1-r16", 256, 1, "lora-r16"), Point("d1024-e1-r16", 1024, 
           Point("d1024-e3-r16", 1024, 3, "lora-r16"), Point("d1024-e3-r64", 1024, 3, "lora-r64"),
           Point("d1024-e3-full", 1024, 3, "full")]
 ACCEPTED_AT = "d1024-e1-r16"
+# The rate each point's screen trains SFT at: LoRA at the rate bench/quality-sweep.yaml chose for SFT;
+# full fine-tuning at the rate the issue's own check used (128 examples, 3 epochs: no forgetting).
+SCREEN_RATES = {"lora": 1e-3, "full": 1e-4}
+# Points only the screen visits: full fine-tuning at the data axis's one epoch (a third of d1024-e3-full).
+SCREEN_ONLY = [Point("d1024-e1-full", 1024, 1, "full")]
 SMOKE_POINTS = [Point("s6-e1-r16", 6, 1, "lora-r16"), Point("s6-e2-full", 6, 2, "full")]
+
+
+def intensity(p: Point) -> tuple:
+    """Training intensity, for ordering: examples seen, then capacity."""
+    return p.examples * p.epochs, {"lora-r16": 0, "lora-r64": 1, "full": 2}[p.method]
 
 
 def key(method: str, lr: float) -> str:
@@ -114,6 +124,38 @@ def test_recipe(base: dict, point: Point, best: dict[str, float], smoke: bool, a
     d, _ = with_learning_rates(d, best)
     d["card"]["model_name"] = f"regimes-{point.name}"
     return d
+
+
+def screen_recipe(base: dict, point: Point, smoke: bool) -> dict:
+    """SFT alone at ``point``: the precondition of the whole study is that SFT forgets somewhere, and
+    SFT costs a quarter of a point's training. SFT reads the original answers only, so the teacher
+    writes one token per problem (every rewrite is then rejected and unused): the distill stage's
+    cost drops from ~45 minutes to a prefill, and the SFT data are exactly the full study's."""
+    d = at_point(base, point, smoke)
+    d.pop("merge", None)
+    d["distill"]["generation"]["max_new_tokens"] = 1
+    lr = SCREEN_RATES["full" if point.method == "full" else "lora"]
+    d["finetune"]["variants"] = {"sft": {"data": "original", "learning_rate": lr}}
+    d["card"]["model_name"] = f"regimes-{point.name}-screen"
+    return d
+
+
+def run_screen(point: Point, recipes: dict, runs_dir: Path, ledger: Ledger, smoke: bool, n_held: int) -> dict:
+    print(f"== screen {point.name}: SFT alone, {point.examples} examples, {point.epochs:g} epochs, {point.method}",
+          flush=True)
+    d = screen_recipe(recipes["test"], point, smoke)
+    res = run_recipe(f"{point.name}/screen", d, runs_dir, ledger)
+    models, paired, items = collect(res, [("sft", "pruned")])
+    examples, trained_on = add_learning(models, res, d, runs_dir, smoke, n_held)
+    if trained_on:
+        raise SystemExit(f"{point.name}: {trained_on} held-out problems were trained on")
+    p = paired.get("sft-pruned", {})
+    return {"name": point.name, "examples": point.examples, "epochs": point.epochs, "method": point.method,
+            "learning_rate": d["finetune"]["variants"]["sft"]["learning_rate"], "models": models,
+            "paired": {"sft-pruned": {k: p.get(k) for k in ("diff", "ci95", "significant")}}, "items": items,
+            "held_out_problems": len(examples),
+            "steps": {v: m["steps"] for v, m in res["finetune"].metrics["variants"].items()},
+            "train_loss": {v: m.get("train_loss") for v, m in res["finetune"].metrics["variants"].items()}}
 
 
 # --------------------------------------------------------------------------- learning
@@ -165,8 +207,6 @@ def learning(models: dict[str, Path], examples: list[tuple[str, str]], cache: Pa
 
 
 def run_point(point: Point, recipes: dict, runs_dir: Path, ledger: Ledger, smoke: bool, n_held: int) -> dict:
-    from hubsdd.pipeline.runner import checkpoint_dirs
-
     print(f"== {point.name}: {point.examples} examples, {point.epochs:g} epochs, {point.method}", flush=True)
     sweep_d = sweep_recipe(recipes["sweep"], point, smoke)
     sweep = run_recipe(f"{point.name}/sweep", sweep_d, runs_dir, ledger)
@@ -176,14 +216,9 @@ def run_point(point: Point, recipes: dict, runs_dir: Path, ledger: Ledger, smoke
     test_d = test_recipe(recipes["test"], point, best, smoke, accepted)
     res = run_recipe(f"{point.name}/test", test_d, runs_dir, ledger)
     models, paired, items = collect(res, PAIRS)
-    start = max(p.examples for p in (SMOKE_POINTS if smoke else POINTS))
-    examples = held_out(test_d, start, n_held)
-    dirs = {m: p for m, p in checkpoint_dirs(res).items() if m in models}
-    for m, fig in learning(dirs, examples, runs_dir / ".cache" / "regimes-learning").items():
-        models[m].update(fig)
-    trained = set(_train_questions(res))
+    examples, trained_on = add_learning(models, res, test_d, runs_dir, smoke, n_held)
     overlap = check_disjoint({"sweep": sweep, "test": res}, {"sweep": sweep_d, "test": test_d})
-    overlap["held_out_in_training"] = sum(1 for q, _ in examples if q in trained)
+    overlap["held_out_in_training"] = trained_on
     if overlap["held_out_in_training"]:
         raise SystemExit(f"{point.name}: held-out problems were trained on: {overlap}")
     for m in models:
@@ -198,6 +233,20 @@ def run_point(point: Point, recipes: dict, runs_dir: Path, ledger: Ledger, smoke
             "held_out_problems": len(examples), "disjoint": overlap,
             "distill": {"rows": acc.get("rows"), "accepted": acc.get("accepted")},
             "steps": {v: m["steps"] for v, m in res["finetune"].metrics["variants"].items()}}
+
+
+def add_learning(models: dict, res: dict, d: dict, runs_dir: Path, smoke: bool, n_held: int) -> tuple[list, int]:
+    """Each model's learning figure, added to ``models``; the held-out problems, and how many of
+    them the run trained on (it must be none)."""
+    from hubsdd.pipeline.runner import checkpoint_dirs
+
+    start = max(p.examples for p in (SMOKE_POINTS if smoke else POINTS))
+    examples = held_out(d, start, n_held)
+    dirs = {m: p for m, p in checkpoint_dirs(res).items() if m in models}
+    for m, fig in learning(dirs, examples, runs_dir / ".cache" / "regimes-learning").items():
+        models[m].update(fig)
+    trained = set(_train_questions(res))
+    return examples, sum(1 for q, _ in examples if q in trained)
 
 
 def _train_questions(results: dict) -> list[str]:
@@ -250,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs-dir", type=Path, default=None, help="default: runs/ (runs/regimes-smoke for --smoke)")
     parser.add_argument("--out", type=Path, default=None, help="default: bench/results/regimes.json")
     parser.add_argument("--points", default=None, help="comma-separated point names (default: all)")
+    parser.add_argument("--screen", default=None, metavar="POINTS",
+                        help="comma-separated point names: SFT alone at each (does SFT forget there?); "
+                             "writes bench/results/regimes-screen.json")
     args = parser.parse_args(argv)
 
     import torch
@@ -265,9 +317,9 @@ def main(argv: list[str] | None = None) -> int:
     ledger = Ledger(runs_dir / "regimes-ledger.json")
     invoked = time.time()
     recipes = {"sweep": load_dict(BENCH / "quality-sweep.yaml"), "test": load_dict(BENCH / "quality-4.yaml")}
-    points = SMOKE_POINTS if args.smoke else POINTS
-    if args.points:
-        wanted = args.points.split(",")
+    points = SMOKE_POINTS if args.smoke else POINTS + (SCREEN_ONLY if args.screen else [])
+    if args.points or args.screen:
+        wanted = (args.screen or args.points).split(",")
         unknown = [w for w in wanted if w not in {p.name for p in points}]
         if unknown:
             parser.error(f"unknown points {unknown}; known: {', '.join(p.name for p in points)}")
@@ -278,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
         runs_dir.mkdir(parents=True, exist_ok=True)
         recipes = {"sweep": smoke(recipes["sweep"], runs_dir, "sweep"), "test": smoke(recipes["test"], runs_dir, "4")}
     n_held = 4 if args.smoke else HELD_OUT
+    if args.screen:
+        return screen(points, recipes, runs_dir, ledger, args, n_held, gflops, invoked, argv)
     results = []
     for point in points:
         started = time.time()
@@ -310,6 +364,39 @@ def main(argv: list[str] | None = None) -> int:
                                                if mm.get("learning_loss") is not None))
     print(f"\nwrote {out_path} and {out_path.with_suffix('.png')}; stage time {ledger.seconds / 60:.1f} min at "
           f"{gflops['best']:.0f} GFLOPS")
+    return 0
+
+
+def screen(points: list[Point], recipes: dict, runs_dir: Path, ledger: Ledger, args: argparse.Namespace,
+           n_held: int, gflops: dict, invoked: float, argv: list[str] | None) -> int:
+    import torch
+
+    out_path = args.out or (BENCH / "results" / ("regimes-screen-smoke.json" if args.smoke else "regimes-screen.json"))
+    try:
+        found = {p["name"]: p for p in json.loads(out_path.read_text())["points"]}
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        found = {}
+    for point in points:
+        started = time.time()
+        found[point.name] = run_screen(point, recipes, runs_dir, ledger, args.smoke, n_held)
+        print(f"   {point.name} done in {time.time() - started:.0f} s at {gflops['best']:.0f} GFLOPS", flush=True)
+    argv_used = sys.argv[1:] if argv is None else argv
+    order = [p.name for p in (SMOKE_POINTS if args.smoke else sorted(POINTS + SCREEN_ONLY, key=intensity))]
+    out = {"points": sorted(found.values(), key=lambda p: order.index(p["name"])),
+           "wall_seconds": round(ledger.seconds, 1), "wall_seconds_this_invocation": round(time.time() - invoked, 1),
+           "gflops": gflops["best"], "gflops_detail": gflops,
+           "command": "python bench/regimes.py" + "".join(" " + shlex.quote(a) for a in argv_used),
+           "smoke": args.smoke, "torch_threads": torch.get_num_threads(),
+           "notes": {"forgetting": "sft - pruned on the six-task average, points; negative = forgot",
+                     "distill": "the teacher writes 1 token per problem: SFT reads the original answers only"}}
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(out, indent=1) + "\n")
+    for p in out["points"]:
+        f = p["paired"]["sft-pruned"]
+        ll = {m: mm.get("learning_loss") for m, mm in p["models"].items()}
+        print(f"{p['name']} (lr {p['learning_rate']:g}): sft - pruned {f['diff']:+.1f} "
+              f"({f['ci95'][0]:+.1f}..{f['ci95'][1]:+.1f}); learning loss {ll}")
+    print(f"\nwrote {out_path}; stage time {ledger.seconds / 60:.1f} min at {gflops['best']:.0f} GFLOPS")
     return 0
 
 

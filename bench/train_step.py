@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from cpu_linear import measure_gflops
     from hubsdd.stages.finetune.stage import training_dataset
+    from hubsdd.stages.finetune.losses import distillation_config
     from hubsdd.stages.finetune.training import lora_config, trainer_classes, trainer_config
     from hubsdd.core.models import fast_cpu_frozen_linears, fast_cpu_linears
     from hubsdd.core.recipe import FinetuneSection
@@ -109,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         dataset, _ = training_dataset(tmp / "train.parquet", "original", messages=kd)
         clock = Clock()
         extra = {"teacher_model": teacher} if kd else {}
-        trainer = cls(model=model(), args=trainer_config(section, tmp / "out", kd=kd), train_dataset=dataset,
+        cfg_class, cfg = distillation_config(beta=section.kd.beta) if kd else (None, None)
+        args = trainer_config(section, tmp / "out", config_class=cfg_class, extra=cfg, messages=kd)
+        trainer = cls(model=model(), args=args, train_dataset=dataset,
                       processing_class=tok, peft_config=lora_config(section), callbacks=[clock], **extra)
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
 

@@ -340,6 +340,7 @@ def test_response_only_losses_equal_trl_own(tmp_path: Path, kd: bool) -> None:
     from conftest import make_tiny_model, make_tokenizer
     from hubsdd.stages.finetune.stage import training_dataset
     from hubsdd.core.recipe import FinetuneSection
+    from hubsdd.stages.finetune.losses import distillation_config
     from hubsdd.stages.finetune.training import lora_config, trainer_classes, trainer_config
 
     rows = [{"instruction": r["question"], "input": "", "original": r["answer"], "selected": r["answer"]}
@@ -348,11 +349,13 @@ def test_response_only_losses_equal_trl_own(tmp_path: Path, kd: bool) -> None:
     section = FinetuneSection(batch_size=3, max_steps=1, gradient_accumulation_steps=2,
                               lora={"r": 4, "alpha": 8, "dropout": 0.0})
     ours_class = trainer_classes()[1 if kd else 0]
+    config_class, extra = distillation_config(beta=section.kd.beta) if kd else (None, None)
     theirs_class = GKDTrainer if kd else SFTTrainer
     losses, grads = [], []
     for cls in (theirs_class, ours_class):
         kwargs = {"teacher_model": make_tiny_model(layers=4, seed=9)} if kd else {}
-        trainer = cls(model=make_tiny_model(layers=2, seed=1), args=trainer_config(section, tmp_path / "t", kd=kd),
+        trainer = cls(model=make_tiny_model(layers=2, seed=1), args=trainer_config(section, tmp_path / "t", config_class=config_class,
+                                                                          extra=extra, messages=kd),
                       train_dataset=dataset, processing_class=make_tokenizer(), peft_config=lora_config(section),
                       **kwargs)
         trainer.model.train()

@@ -10,9 +10,9 @@ such as a local base model); ``StageResult.resolve`` turns them into paths.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_serializer
 
 from .evaluate_outputs import EvaluateMetrics, EvaluateOutputs
 from .recipe.sections import ColumnMap, DataSource, GenerationSettings, GKDSettings, KDSettings
@@ -148,9 +148,17 @@ class DistillMetrics(Record):
 class VariantOutput(Record):
     model_dir: str
     data: Literal["distilled", "original", "accepted"]
-    loss: Literal["ce", "kd", "gkd"]
+    loss: str  # a recovery loss's name (hubsdd.core.plugins.RECOVERY_LOSSES)
+    loss_description: str | None = None  # how a plug-in loss recovers, in words (the card's)
     learning_rate: float
     train_log: str
+
+    @model_serializer(mode="wrap")
+    def _builtin_losses_need_no_description(self, handler: Any) -> Any:
+        data = handler(self)  # stage.json of the built-in losses stays as it was
+        if isinstance(data, dict) and data.get("loss_description") is None:
+            data.pop("loss_description", None)
+        return data
 
 
 class FinetunePlots(Record):
@@ -169,7 +177,7 @@ class FinetuneOutputs(Record):
 
 
 class VariantMetrics(Record):
-    loss: Literal["ce", "kd", "gkd"]
+    loss: str
     teacher_logits: str | None = None  # kd: "live", or "cache (top k)"
     learning_rate: float
     train_loss_first: float | None = None
@@ -190,6 +198,14 @@ class VariantMetrics(Record):
     strategy: Literal["fsdp"] | None = None  # sharded training (else one whole copy per process)
     tokens_per_second: float | None = None  # trained tokens (prompt and answer) per second, all processes
     on_policy_batches: int | None = None  # gkd: batches whose responses the student generated
+    loss_metrics: dict[str, Any] | None = None  # what a plug-in loss reports (LossPlan.metrics)
+
+    @model_serializer(mode="wrap")
+    def _builtin_losses_report_no_loss_metrics(self, handler: Any) -> Any:
+        data = handler(self)
+        if isinstance(data, dict) and data.get("loss_metrics") is None:
+            data.pop("loss_metrics", None)
+        return data
 
 
 class FinetuneMetrics(Record):

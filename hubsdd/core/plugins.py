@@ -8,8 +8,8 @@ A third-party package declares, in its ``pyproject.toml``::
 
 and ``prune.method: my-scorer`` picks it once the package is installed. Built-ins are named by
 ``"module:attribute"`` strings and imported only when picked, so listing the names (``hubsdd
-validate``) imports nothing heavy. A registry is one line here; a new extension point (e.g.
-``hubsdd.recovery_losses`` for finetune) is another :class:`Registry`.
+validate``) imports nothing heavy. A registry is one line here; a new extension point is another
+:class:`Registry`.
 """
 
 from __future__ import annotations
@@ -70,3 +70,11 @@ BLOCK_SCORERS = Registry("hubsdd.block_scorers", "block scorer", {
     "perplexity": "hubsdd.stages.prune.scorers.perplexity:score",
 })
 """Block scorers for the prune stage (``prune.method``): see :mod:`hubsdd.stages.prune.scorers`."""
+
+RECOVERY_LOSSES = Registry("hubsdd.recovery_losses", "recovery loss", {
+    "ce": "hubsdd.stages.finetune.losses.ce:plan",
+    "kd": "hubsdd.stages.finetune.losses.kd:plan",
+    "gkd": "hubsdd.stages.finetune.losses.gkd:plan",
+})
+"""Recovery losses for the finetune stage (``finetune.variants.<name>.loss``): see
+:mod:`hubsdd.stages.finetune.losses`."""

@@ -307,19 +307,50 @@ class VariantSection(Section):
         "rejected (SDD, the paper's fallback); original: the source responses (SFT); accepted: only the rows "
         "whose rewrite was accepted (rejected rows dropped, no fallback)."
     )
-    loss: Literal["ce", "kd", "gkd"] = Field(
+    loss: str = Field(
         "ce",
-        description="ce: cross-entropy on the response tokens; kd: logit distillation from the unpruned "
-        "base model (KL to its next-token distribution on the same tokens, TRL's GKDTrainer with lmbda=0); "
-        "gkd: on-policy distillation, the student writes the responses of a `finetune.gkd.lmbda` share of "
-        "the batches and the base model scores them (GKDTrainer with lmbda > 0). "
+        description="The recovery loss. ce: cross-entropy on the response tokens; kd: logit distillation from "
+        "the unpruned base model (KL to its next-token distribution on the same tokens, TRL's GKDTrainer with "
+        "lmbda=0); gkd: on-policy distillation, the student writes the responses of a `finetune.gkd.lmbda` "
+        "share of the batches and the base model scores them (GKDTrainer with lmbda > 0); or one an installed "
+        "package adds (entry-point group `hubsdd.recovery_losses`). "
         "The four methods: sft = original + ce, sdd = distilled + ce, kd = original + kd, "
         "sdd-kd = distilled + kd.",
+    )
+    loss_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Settings for a plug-in loss (passed to it as they are; part of the variant's cache key). "
+        "The built-in losses take theirs from `finetune.kd` and `finetune.gkd`.",
     )
     learning_rate: float | None = Field(
         None, gt=0, description="This variant's learning rate (default: finetune.learning_rate); "
         "methods compared at the same budget each deserve their own best rate."
     )
+
+
+    @field_validator("loss")
+    @classmethod
+    def _known_loss(cls, v: str) -> str:
+        from ..plugins import RECOVERY_LOSSES
+
+        return RECOVERY_LOSSES.check(v)
+
+    @model_validator(mode="after")
+    def _options_for_plugins(self) -> "VariantSection":
+        from ..plugins import RECOVERY_LOSSES
+
+        if self.loss_options and self.loss in RECOVERY_LOSSES.builtins:
+            raise ValueError(f"loss_options: the built-in loss {self.loss!r} takes no options here; set "
+                             + ("finetune.kd" if self.loss == "kd" else "finetune.gkd" if self.loss == "gkd"
+                                else "finetune.learning_rate and the other finetune settings") + " instead")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _no_options_is_absent(self, handler: Any) -> Any:
+        data = handler(self)  # as KDSettings: recipes without plug-in losses keep their fingerprints
+        if isinstance(data, dict) and not self.loss_options:
+            data.pop("loss_options", None)
+        return data
 
 
 class KDSettings(Section):

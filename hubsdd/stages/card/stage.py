@@ -270,6 +270,8 @@ def _recovery_phrase(release: str, results: dict[str, StageResult]) -> str:
             return "on-policy distillation from the base model (it scored the model's own responses)"
         if v is not None and v.loss == "kd":
             return "logit distillation from the base model" + (" on self-distilled data" if distilled else "")
+        if v is not None and v.loss != "ce":  # a plug-in loss, in its own words
+            return (v.loss_description or f"the `{v.loss}` loss") + (" on self-distilled data" if distilled else "")
         return SDD_LINK if distilled else "fine-tuning on the original data"
 
     if release == "merge" and "merge" in results:

@@ -19,7 +19,9 @@ is on-policy distillation: on a ``finetune.gkd.lmbda`` share of the batches the 
 responses itself and the base model scores them (``GKDTrainer`` with ``lmbda > 0``). ``data:
 accepted`` trains on the accepted rewrites only (rejected rows dropped rather than falling back to
 the original). Each variant may set its own learning rate; everything else (examples, steps, LoRA,
-seed) is shared.
+seed) is shared. Each loss is a module of :mod:`.losses` (a registry: an installed package adds its
+own through the entry-point group ``hubsdd.recovery_losses``); this module trains whatever trainer
+the loss's plan names.
 
 Resume: each variant is trained in the run's cache under a key of what decides its weights
 (:func:`variant_key`) and leaves ``model/`` and then ``result.json`` (written last); a finished
@@ -62,8 +64,10 @@ from ...core.figures import figure
 from ...core.recipe import FinetuneSection
 from ...core.files import atomic_write_json, link_or_copy
 from ...core.outputs import FinetuneMetrics, FinetuneOutputs
+from ...core.plugins import RECOVERY_LOSSES
 from ...core.stage_io import StageContext, StageOutput
-from .training import fsdp_enabled, lora_config, refuse_sharded_training, trainer_classes, trainer_config, whole_model
+from .losses import LossRequest, loss_metrics, recovery_plan
+from .training import fsdp_enabled, lora_config, refuse_sharded_training, trainer_config, whole_model
 from .variants import (RESULT_FILE, finished_result, mean_logged_loss, mixed_bf16, rows_kept_by_trainer,  # noqa: F401
                        sized_section, teacher_logits_dir, tokens_per_second, training_dataset, training_processes,
                        variant_dir, variant_key)
@@ -102,17 +106,14 @@ def train_variant(ctx: StageContext, name: str, *, is_main: bool = True) -> dict
     from ...core.models import (default_device, fast_cpu_frozen_linears, fast_cpu_linears, free_memory, load_model,
                          load_tokenizer, model_dtype, save_model, set_threads)
 
-    refuse_sharded_training(live_teacher=variant.loss in ("kd", "gkd") and teacher_logits_dir(ctx, name) is None)
+    refuse_sharded_training()  # before any work (a live teacher is checked when it is asked for)
     set_threads()
     base = ctx.recipe.base
     device, dtype = default_device(ctx.recipe), model_dtype(ctx.recipe)
     bf16 = mixed_bf16(section, dtype)
-    kd = variant.loss in ("kd", "gkd")  # both distil from the base model's logits
-    cache_dir = teacher_logits_dir(ctx, name)  # kd only; gkd scores the student's own samples live
-    live_kd = kd and cache_dir is None
+    cache_dir = teacher_logits_dir(ctx, name)  # kd only: the teacher's stored log-probabilities, if used
     learning_rate = variant.learning_rate or section.learning_rate
     model_dir = ctx.input("prune").path("model_dir")
-    dataset, dropped = training_dataset(ctx.input("distill").path("data"), variant.data, messages=live_kd)
     tokenizer = load_tokenizer(model_dir, trust_remote_code=base.trust_remote_code)
     if not getattr(tokenizer, "chat_template", None):
         raise StageError(f"finetune: the tokenizer in {model_dir} has no chat template",
@@ -123,36 +124,41 @@ def train_variant(ctx: StageContext, name: str, *, is_main: bool = True) -> dict
     model = load_model(model_dir, dtype=dtype, trust_remote_code=base.trust_remote_code,
                        allow_pickle=base.allow_pickle)
     model.train()
-    teacher = None
-    kwargs: dict[str, Any] = {}
-    sft_trainer, gkd_trainer = trainer_classes()
-    trainer_class: Any = sft_trainer
+    stored = None
     if cache_dir is not None:
         # The teacher's stored log-probabilities, checked against this run's teacher and tokenizer.
         from ...core import teacher_logits as tl
-        from .training import cached_kd_trainer_class
 
         stored = tl.TeacherLogits(cache_dir, teacher=tl.teacher_identity(ctx.input("base")),
                                   tokenizer=tl.tokenizer_identity(tokenizer), max_length=section.max_length,
                                   where=f"finetune: {name}", tokenizer_label=tl.tokenizer_name(tokenizer))
-        trainer_class, kwargs = cached_kd_trainer_class(), {"teacher_logits": stored, "beta": section.kd.beta}
-    elif kd:
+
+    loaded: dict[str, Any] = {}
+
+    def load_teacher() -> Any:
         # The teacher is the unpruned base model this run already has (same tokenizer and vocabulary).
-        teacher = load_model(ctx.input("base").path("model_dir"), dtype=dtype,
-                             trust_remote_code=base.trust_remote_code, allow_pickle=base.allow_pickle)
-        teacher.eval().requires_grad_(False)
-        trainer_class, kwargs = gkd_trainer, {"teacher_model": teacher}
+        if "teacher" not in loaded:
+            refuse_sharded_training(live_teacher=True)  # before it is loaded
+            teacher = load_model(ctx.input("base").path("model_dir"), dtype=dtype,
+                                 trust_remote_code=base.trust_remote_code, allow_pickle=base.allow_pickle)
+            loaded["teacher"] = teacher.eval().requires_grad_(False)
+        return loaded["teacher"]
+
+    plan = recovery_plan(LossRequest(name=name, variant=variant, section=section, load_teacher=load_teacher,
+                                     teacher_logits=stored, tokenizer=tokenizer))
+    teacher = loaded.pop("teacher", None)
+    dataset, dropped = training_dataset(ctx.input("distill").path("data"), variant.data, messages=plan.messages)
     trainer_dir = vdir / "trainer"
     resume = _resume_point(trainer_dir, is_main)
     started = time.time()
-    trainer = trainer_class(
+    trainer = plan.trainer_class(
         model=model,
-        args=trainer_config(section, trainer_dir, learning_rate=learning_rate, kd=live_kd, device=device, bf16=bf16,
-                            on_policy=section.gkd if variant.loss == "gkd" else None),
+        args=trainer_config(section, trainer_dir, learning_rate=learning_rate, device=device, bf16=bf16,
+                            config_class=plan.config_class, extra=plan.config, messages=plan.messages),
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=lora_config(section) if section.method == "lora" else None,
-        **kwargs,
+        **plan.trainer_kwargs,
     )
     if not log.isEnabledFor(logging.DEBUG):
         # The Trainer prints a dict per logging step to stdout; the losses go to train_log.json and
@@ -161,7 +167,7 @@ def train_variant(ctx: StageContext, name: str, *, is_main: bool = True) -> dict
 
         trainer.remove_callback(PrinterCallback)
         trainer.remove_callback(ProgressCallback)
-    refuse_sharded_training(trainer, live_teacher=live_kd)
+    refuse_sharded_training(trainer, live_teacher=teacher is not None)
     trained_rows = rows_kept_by_trainer(trainer, len(dataset), name, section.max_length)
     trainer.add_callback(trainer_checkpoints.completion_callback())
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
@@ -186,9 +192,10 @@ def train_variant(ctx: StageContext, name: str, *, is_main: bool = True) -> dict
         "variant": name,
         "data": variant.data,
         "loss": variant.loss,
+        "loss_description": plan.description,
         "metrics": {
             "loss": variant.loss,
-            **({"teacher_logits": "live" if live_kd else f"cache (top {stored.top_k})"} if kd else {}),
+            **loss_metrics(variant.loss, plan.metrics),
             "learning_rate": learning_rate,
             "train_loss_first": history[0]["loss"] if history else None,
             "train_loss_last": history[-1]["loss"] if history else None,
@@ -207,7 +214,7 @@ def train_variant(ctx: StageContext, name: str, *, is_main: bool = True) -> dict
             "gradient_accumulation_steps": section.gradient_accumulation_steps,
             **({"strategy": "fsdp"} if fsdp_enabled(trainer) else {}),
             "tokens_per_second": tokens_per_second(trainer, seconds),
-            **({"on_policy_batches": getattr(trainer, "on_policy_batches", 0)} if variant.loss == "gkd" else {}),
+            **loss_metrics(variant.loss, plan.after_training(trainer) if plan.after_training else {}),
         },
         "log_history": history,
     }
@@ -297,6 +304,8 @@ def run_finetune(ctx: StageContext) -> StageOutput:
         variants[name] = {"model_dir": f"{name}/model", "data": v.data, "loss": v.loss,
                           "learning_rate": v.learning_rate or section.learning_rate,
                           "train_log": f"{name}/train_log.json"}
+        if v.loss not in RECOVERY_LOSSES.builtins:  # the card words the built-ins itself
+            variants[name]["loss_description"] = res.get("loss_description") or f"the `{v.loss}` recovery loss"
         metrics[name] = res["metrics"]
     plot_losses(results, ctx.out_dir / PLOT_FILE)
     from ...core.models import model_dtype

@@ -14,17 +14,18 @@ from typing import Any
 
 from . import trainer_checkpoints
 from ...core.errors import StageError
-from ...core.recipe import FinetuneSection, GKDSettings
+from ...core.recipe import FinetuneSection
 
 log = logging.getLogger("hubsdd.finetune")
 
 
 def trainer_config(section: FinetuneSection, output_dir: Path, *, learning_rate: float | None = None,
-                   kd: bool = False, device: str | None = None, bf16: bool | None = None,
-                   on_policy: GKDSettings | None = None) -> Any:
-    """TRL's SFTConfig for a cross-entropy variant, or GKDConfig (which extends it) for a KD one:
-    the same arguments either way, so the methods differ only in their loss. ``on_policy`` (with
-    ``kd``): the ``gkd`` settings, for on-policy distillation. ``device``: the run's (default:
+                   device: str | None = None, bf16: bool | None = None, config_class: type | None = None,
+                   extra: dict[str, Any] | None = None, messages: bool = False) -> Any:
+    """TRL's SFTConfig, or the ``config_class`` a recovery loss asks for (GKDConfig for distillation,
+    which extends it) with its ``extra`` settings: the same arguments either way, so the methods differ
+    only in their loss. ``messages``: the trainer's collator masks the prompt itself (rows are one
+    ``messages`` list), else only the completion is trained on. ``device``: the run's (default:
     :func:`hubsdd.core.models.default_device`); ``bf16``: mixed precision (default: the recipe's
     ``bf16``, else off)."""
     from trl import SFTConfig
@@ -32,31 +33,12 @@ def trainer_config(section: FinetuneSection, output_dir: Path, *, learning_rate:
     from ...core.models import default_device
 
     device = device or default_device()
-
-    config_class = SFTConfig
-    extra: dict[str, Any] = {}
-    if kd:
-        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-        from trl.experimental.gkd import GKDConfig
-
-        config_class = GKDConfig
-        # lmbda=0: always the fixed dataset, never the student's own samples (off-policy KD);
-        # beta: forward KL / JSD / reverse KL. TRL's loss reads the logits at temperature 1
-        # (its `temperature` only affects sampling, which lmbda=0 never does). Dropout stays as
-        # configured, as for the CE variants.
-        extra = dict(lmbda=0.0, beta=section.kd.beta, temperature=1.0, seq_kd=False, disable_dropout=False)
-        if on_policy is not None:
-            # lmbda > 0: that share of the batches gets responses the student samples (at
-            # `temperature`, up to `max_new_tokens`), scored by the teacher; the loss still reads
-            # both models' logits at temperature 1.
-            extra.update(lmbda=on_policy.lmbda, beta=on_policy.beta, temperature=on_policy.temperature,
-                         max_new_tokens=on_policy.max_new_tokens)
+    config_class = config_class or SFTConfig
+    extra = dict(extra or {})
     # TRL defaults checkpointing to True; the recipe decides. transformers >= 5.2x renamed the argument.
     names = config_class.__dataclass_fields__
     checkpointing = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
-    config = config_class(
-        **{checkpointing: section.gradient_checkpointing},
-        **extra,
+    settings = dict(
         output_dir=str(output_dir),
         per_device_train_batch_size=section.batch_size,
         gradient_accumulation_steps=section.gradient_accumulation_steps,
@@ -78,7 +60,7 @@ def trainer_config(section: FinetuneSection, output_dir: Path, *, learning_rate:
         # DDP walks the autograd graph after every forward looking for unused ones, and warns.
         ddp_find_unused_parameters=False,
         max_length=section.max_length,
-        completion_only_loss=not kd,  # KD: the collator masks the prompt itself
+        completion_only_loss=not messages,
         packing=False,
         save_strategy="steps" if section.checkpoint_steps > 0 else "no",
         **({"save_steps": section.checkpoint_steps} if section.checkpoint_steps > 0 else {}),
@@ -87,6 +69,12 @@ def trainer_config(section: FinetuneSection, output_dir: Path, *, learning_rate:
         include_num_input_tokens_seen="non_padding",  # training tokens/s in the stage's metrics
         dataloader_num_workers=0,
     )
+    settings[checkpointing] = section.gradient_checkpointing
+    taken = sorted(set(extra) & set(settings))
+    if taken:  # what the recipe sets (and the variant's cache key holds) is not a loss's to change
+        raise StageError(f"finetune: the recovery loss sets {taken}, which the recipe's finetune section decides",
+                         fix="set them in the recipe's finetune section; a loss's own settings go in loss_options")
+    config = config_class(**settings, **extra)
     one_gpu_per_process(config)
     return config
 

@@ -99,6 +99,8 @@ def variant_key(ctx: StageContext, name: str) -> str:
         payload["strategy"] = "fsdp"
     if variant.loss == "gkd":
         payload["gkd"] = section.gkd.model_dump(mode="json")
+    if variant.loss_options:  # only then: the keys of the built-in losses' variants stay
+        payload["loss_options"] = variant.loss_options
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
 
