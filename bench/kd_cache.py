@@ -51,8 +51,9 @@ def arm(mode: str, work: str, cfg: dict) -> dict:
     import resource
 
     import torch
-    from transformers import PreTrainedModel, TrainerCallback
+    from transformers import PreTrainedModel
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    from step_clock import step_clock
 
     from hubsdd.core import teacher_logits as tl
     from hubsdd.stages.finetune.stage import training_dataset
@@ -81,22 +82,11 @@ def arm(mode: str, work: str, cfg: dict) -> dict:
                                   max_length=section.max_length)
         cls, extra = cached_kd_trainer_class(), {"teacher_logits": stored, "beta": 0.0}
 
-    class Clock(TrainerCallback):
-        def __init__(self) -> None:
-            self.times: list[float] = []
-            self.started = 0.0
-
-        def on_step_begin(self, *a, **k):  # noqa: ANN002, ANN003
-            self.started = time.perf_counter()
-
-        def on_step_end(self, *a, **k):  # noqa: ANN002, ANN003
-            self.times.append(time.perf_counter() - self.started)
-
-    clock = Clock()
+    clock = step_clock()
     cfg_class, cfg = distillation_config(beta=section.kd.beta) if live else (None, None)
-    args = trainer_config(section, work_dir / f"trainer-{mode}", config_class=cfg_class, extra=cfg, messages=live,
-                          device="cpu")
-    trainer = cls(model=student, args=args,
+    config = trainer_config(section, work_dir / f"trainer-{mode}", config_class=cfg_class, extra=cfg, messages=live,
+                            device="cpu")
+    trainer = cls(model=student, args=config,
                   train_dataset=dataset, processing_class=tok, peft_config=lora_config(section), callbacks=[clock],
                   **extra)
     trainer.remove_callback(PrinterCallback)

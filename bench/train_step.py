@@ -27,7 +27,6 @@ import os
 import shlex
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -47,11 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTTrainer
     from trl.experimental.gkd import GKDTrainer
 
     from cpu_linear import measure_gflops
+    from step_clock import step_clock
     from hubsdd.stages.finetune.stage import training_dataset
     from hubsdd.stages.finetune.losses import distillation_config
     from hubsdd.stages.finetune.training import lora_config, trainer_classes, trainer_config
@@ -89,17 +89,6 @@ def main(argv: list[str] | None = None) -> int:
             m.config.num_hidden_layers = len(keep)
         return m
 
-    class Clock(TrainerCallback):
-        def __init__(self) -> None:
-            self.times: list[float] = []
-            self.started = 0.0
-
-        def on_step_begin(self, *a, **k):  # noqa: ANN002, ANN003
-            self.started = time.perf_counter()
-
-        def on_step_end(self, *a, **k):  # noqa: ANN002, ANN003
-            self.times.append(time.perf_counter() - self.started)
-
     sft_ours, gkd_ours = trainer_classes()
     teacher = model(layers_dropped=False).eval().requires_grad_(False)
     cases = [("SFT, TRL SFTTrainer", SFTTrainer, False, False), ("SFT, hubsdd, default kernels", sft_ours, False, False),
@@ -108,11 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for label, cls, kd, onednn in cases:
         dataset, _ = training_dataset(tmp / "train.parquet", "original", messages=kd)
-        clock = Clock()
+        clock = step_clock()
         extra = {"teacher_model": teacher} if kd else {}
         cfg_class, cfg = distillation_config(beta=section.kd.beta) if kd else (None, None)
-        args = trainer_config(section, tmp / "out", config_class=cfg_class, extra=cfg, messages=kd)
-        trainer = cls(model=model(), args=args, train_dataset=dataset,
+        config = trainer_config(section, tmp / "out", config_class=cfg_class, extra=cfg, messages=kd)
+        trainer = cls(model=model(), args=config, train_dataset=dataset,
                       processing_class=tok, peft_config=lora_config(section), callbacks=[clock], **extra)
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
