@@ -41,6 +41,7 @@ def smoothed_ce(request):
             return (loss, out) if return_outputs else loss
 
     return LossPlan(trainer_class=SmoothedTrainer, metrics={"smoothing": smoothing},
+                    after_training=lambda trainer: {"batches_seen": len(calls)},
                     description=f"cross-entropy with label smoothing {smoothing}")
 
 
@@ -89,7 +90,7 @@ def test_a_loss_from_an_entry_point_trains_a_variant(third_party_loss, tmp_path:
     assert smoothed_loss.calls == ["smooth"] * 3  # its trainer trained `smooth`, and only it
     smooth = out.metrics.variants["smooth"]
     assert smooth.loss == "smoothed-ce" and smooth.steps == 3
-    assert smooth.loss_metrics == {"smoothing": 0.3}
+    assert smooth.loss_metrics == {"smoothing": 0.3, "batches_seen": 3}
     assert out.metrics.variants["sft"].loss_metrics is None
     assert "loss_metrics" not in out.metrics.model_dump()["variants"]["sft"]  # built-ins' records unchanged
     described = out.outputs.variants["smooth"]

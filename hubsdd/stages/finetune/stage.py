@@ -187,6 +187,7 @@ def train_variant(ctx: StageContext, name: str, *, is_main: bool = True) -> dict
     # The log holds the steps before a resume too (restored from the checkpoint).
     history = [{"step": int(e["step"]), "loss": float(e["loss"])} for e in trainer.state.log_history
                if "loss" in e and "step" in e]
+    reported = {**plan.metrics, **(plan.after_training(trainer) if plan.after_training else {})}
     result = {
         "key": key,
         "variant": name,
@@ -195,7 +196,6 @@ def train_variant(ctx: StageContext, name: str, *, is_main: bool = True) -> dict
         "loss_description": plan.description,
         "metrics": {
             "loss": variant.loss,
-            **loss_metrics(variant.loss, plan.metrics),
             "learning_rate": learning_rate,
             "train_loss_first": history[0]["loss"] if history else None,
             "train_loss_last": history[-1]["loss"] if history else None,
@@ -214,7 +214,7 @@ def train_variant(ctx: StageContext, name: str, *, is_main: bool = True) -> dict
             "gradient_accumulation_steps": section.gradient_accumulation_steps,
             **({"strategy": "fsdp"} if fsdp_enabled(trainer) else {}),
             "tokens_per_second": tokens_per_second(trainer, seconds),
-            **loss_metrics(variant.loss, plan.after_training(trainer) if plan.after_training else {}),
+            **loss_metrics(variant.loss, reported),
         },
         "log_history": history,
     }
@@ -243,7 +243,7 @@ def train_variant(ctx: StageContext, name: str, *, is_main: bool = True) -> dict
         shutil.rmtree(trainer_dir, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
     # The next variant (or stage) loads its models into the memory these held.
-    del trainer, model, teacher
+    del trainer, model, teacher, plan  # the plan's trainer arguments may hold the teacher
     free_memory()
     return result
 
