@@ -126,7 +126,7 @@ def test_recipe(base: dict, point: Point, best: dict[str, float], smoke: bool, a
     return d
 
 
-def screen_recipe(base: dict, point: Point, smoke: bool) -> dict:
+def screen_recipe(base: dict, point: Point, smoke: bool, rate: float | None = None) -> dict:
     """SFT alone at ``point``: the precondition of the whole study is that SFT forgets somewhere, and
     SFT costs a quarter of a point's training. SFT reads the original answers only, so the teacher
     writes one token per problem (every rewrite is then rejected and unused): the distill stage's
@@ -134,16 +134,17 @@ def screen_recipe(base: dict, point: Point, smoke: bool) -> dict:
     d = at_point(base, point, smoke)
     d.pop("merge", None)
     d["distill"]["generation"]["max_new_tokens"] = 1
-    lr = SCREEN_RATES["full" if point.method == "full" else "lora"]
+    lr = rate or SCREEN_RATES["full" if point.method == "full" else "lora"]
     d["finetune"]["variants"] = {"sft": {"data": "original", "learning_rate": lr}}
     d["card"]["model_name"] = f"regimes-{point.name}-screen"
     return d
 
 
-def run_screen(point: Point, recipes: dict, runs_dir: Path, ledger: Ledger, smoke: bool, n_held: int) -> dict:
+def run_screen(point: Point, recipes: dict, runs_dir: Path, ledger: Ledger, smoke: bool, n_held: int,
+               rate: float | None = None) -> dict:
     print(f"== screen {point.name}: SFT alone, {point.examples} examples, {point.epochs:g} epochs, {point.method}",
           flush=True)
-    d = screen_recipe(recipes["test"], point, smoke)
+    d = screen_recipe(recipes["test"], point, smoke, rate)
     res = run_recipe(f"{point.name}/screen", d, runs_dir, ledger)
     models, paired, items = collect(res, [("sft", "pruned")])
     examples, trained_on = add_learning(models, res, d, runs_dir, smoke, n_held)
@@ -155,7 +156,9 @@ def run_screen(point: Point, recipes: dict, runs_dir: Path, ledger: Ledger, smok
             "paired": {"sft-pruned": {k: p.get(k) for k in ("diff", "ci95", "significant")}}, "items": items,
             "held_out_problems": len(examples),
             "steps": {v: m["steps"] for v, m in res["finetune"].metrics["variants"].items()},
-            "train_loss": {v: m.get("train_loss") for v, m in res["finetune"].metrics["variants"].items()}}
+            "train_loss": {v: [m.get("train_loss_first"), m.get("train_loss_last")]
+                           for v, m in res["finetune"].metrics["variants"].items()},
+            "stage_seconds": {k: r.data.get("seconds") for k, r in res.items()}}
 
 
 # --------------------------------------------------------------------------- learning
@@ -302,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--screen", default=None, metavar="POINTS",
                         help="comma-separated point names: SFT alone at each (does SFT forget there?); "
                              "writes bench/results/regimes-screen.json")
+    parser.add_argument("--rate", type=float, default=None,
+                        help=f"--screen's learning rate (default: {SCREEN_RATES['lora']:g} LoRA, "
+                             f"{SCREEN_RATES['full']:g} full fine-tuning)")
     args = parser.parse_args(argv)
 
     import torch
@@ -372,17 +378,18 @@ def screen(points: list[Point], recipes: dict, runs_dir: Path, ledger: Ledger, a
     import torch
 
     out_path = args.out or (BENCH / "results" / ("regimes-screen-smoke.json" if args.smoke else "regimes-screen.json"))
-    try:
-        found = {p["name"]: p for p in json.loads(out_path.read_text())["points"]}
+    try:  # one entry per (point, rate): earlier invocations' stay
+        found = {(p["name"], p["learning_rate"]): p for p in json.loads(out_path.read_text())["points"]}
     except (FileNotFoundError, json.JSONDecodeError, KeyError):
         found = {}
     for point in points:
         started = time.time()
-        found[point.name] = run_screen(point, recipes, runs_dir, ledger, args.smoke, n_held)
+        got = run_screen(point, recipes, runs_dir, ledger, args.smoke, n_held, args.rate)
+        found[(got["name"], got["learning_rate"])] = got
         print(f"   {point.name} done in {time.time() - started:.0f} s at {gflops['best']:.0f} GFLOPS", flush=True)
     argv_used = sys.argv[1:] if argv is None else argv
     order = [p.name for p in (SMOKE_POINTS if args.smoke else sorted(POINTS + SCREEN_ONLY, key=intensity))]
-    out = {"points": sorted(found.values(), key=lambda p: order.index(p["name"])),
+    out = {"points": sorted(found.values(), key=lambda p: (order.index(p["name"]), p["learning_rate"])),
            "wall_seconds": round(ledger.seconds, 1), "wall_seconds_this_invocation": round(time.time() - invoked, 1),
            "gflops": gflops["best"], "gflops_detail": gflops,
            "command": "python bench/regimes.py" + "".join(" " + shlex.quote(a) for a in argv_used),

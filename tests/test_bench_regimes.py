@@ -58,16 +58,19 @@ def test_smoke_run_writes_the_schema_and_the_plot_and_resumes_without_redoing_wo
 def test_screen_trains_sft_alone_and_keeps_points_of_earlier_invocations(tmp_path: Path) -> None:
     """--screen: SFT alone at a point (does it forget there?), each point added to the same file."""
     out_file = tmp_path / "screen.json"
-    for point in ("s6-e2-full", "s6-e1-r16"):
-        done = regimes(tmp_path, "--screen", point, "--out", str(out_file))
+    for extra in (["s6-e2-full"], ["s6-e1-r16"], ["s6-e1-r16", "--rate", "3e-3"]):
+        done = regimes(tmp_path, "--screen", *extra, "--out", str(out_file))
         assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(out_file.read_text())
-    assert [p["name"] for p in out["points"]] == ["s6-e1-r16", "s6-e2-full"]  # in order of intensity
+    # in order of intensity, then of rate; a point screened at two rates is kept twice
+    assert [(p["name"], p["learning_rate"]) for p in out["points"]] == [("s6-e1-r16", 1e-3), ("s6-e1-r16", 3e-3),
+                                                                        ("s6-e2-full", 1e-4)]
     for p in out["points"]:
         assert set(p["models"]) == {"base", "pruned", "sft"}  # no sdd/kd trained
         assert set(p["steps"]) == {"sft"}
         assert p["paired"]["sft-pruned"]["ci95"][0] <= p["paired"]["sft-pruned"]["diff"] <= \
             p["paired"]["sft-pruned"]["ci95"][1]
         assert p["models"]["sft"]["learning_loss"] > 0
-    assert [p["learning_rate"] for p in out["points"]] == [1e-3, 1e-4]  # LoRA's rate, full fine-tuning's
+        first, last = p["train_loss"]["sft"]
+        assert first > 0 and last > 0
     assert out["gflops"] > 0 and "1 token" in out["notes"]["distill"]
