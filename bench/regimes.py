@@ -151,6 +151,7 @@ def run_screen(point: Point, recipes: dict, runs_dir: Path, ledger: Ledger, smok
     if trained_on:
         raise SystemExit(f"{point.name}: {trained_on} held-out problems were trained on")
     p = paired.get("sft-pruned", {})
+    models["sft"]["forgetting"] = {"diff": p.get("diff"), "ci95": p.get("ci95")}
     return {"name": point.name, "examples": point.examples, "epochs": point.epochs, "method": point.method,
             "learning_rate": d["finetune"]["variants"]["sft"]["learning_rate"], "models": models,
             "paired": {"sft-pruned": {k: p.get(k) for k in ("diff", "ci95", "significant")}}, "items": items,
@@ -398,12 +399,15 @@ def screen(points: list[Point], recipes: dict, runs_dir: Path, ledger: Ledger, a
                      "distill": "the teacher writes 1 token per problem: SFT reads the original answers only"}}
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(out, indent=1) + "\n")
+    labelled = [{**p, "name": f"{p['name']}\nlr {p['learning_rate']:g}"} for p in out["points"]]
+    plot(labelled, out_path.with_suffix(".png"))
     for p in out["points"]:
         f = p["paired"]["sft-pruned"]
         ll = {m: mm.get("learning_loss") for m, mm in p["models"].items()}
         print(f"{p['name']} (lr {p['learning_rate']:g}): sft - pruned {f['diff']:+.1f} "
               f"({f['ci95'][0]:+.1f}..{f['ci95'][1]:+.1f}); learning loss {ll}")
-    print(f"\nwrote {out_path}; stage time {ledger.seconds / 60:.1f} min at {gflops['best']:.0f} GFLOPS")
+    print(f"\nwrote {out_path} and {out_path.with_suffix('.png')}; stage time {ledger.seconds / 60:.1f} min at "
+          f"{gflops['best']:.0f} GFLOPS")
     return 0
 
 

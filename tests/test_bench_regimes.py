@@ -73,4 +73,6 @@ def test_screen_trains_sft_alone_and_keeps_points_of_earlier_invocations(tmp_pat
         assert p["models"]["sft"]["learning_loss"] > 0
         first, last = p["train_loss"]["sft"]
         assert first > 0 and last > 0
+        assert p["models"]["sft"]["forgetting"]["diff"] == p["paired"]["sft-pruned"]["diff"]
+    assert out_file.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
     assert out["gflops"] > 0 and "1 token" in out["notes"]["distill"]
