@@ -327,7 +327,6 @@ class VariantSection(Section):
         "methods compared at the same budget each deserve their own best rate."
     )
 
-
     @field_validator("loss")
     @classmethod
     def _known_loss(cls, v: str) -> str:
