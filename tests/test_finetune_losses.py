@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import save_tiny
+from conftest import install_distribution, save_tiny
 from hubsdd.core.errors import RecipeError, StageError
 from hubsdd.core.plugins import RECOVERY_LOSSES
 from hubsdd.core.recipe import FinetuneSection, parse_recipe
@@ -53,15 +53,9 @@ def not_a_plan(request):
 @pytest.fixture
 def third_party_loss(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """An installed distribution (a dist-info folder on sys.path) declaring two recovery losses."""
-    site = tmp_path / "site"
-    (site / "smoothed_loss").mkdir(parents=True)
-    (site / "smoothed_loss" / "__init__.py").write_text(PLUGIN)
-    info = site / "smoothed_loss-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: smoothed-loss\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[hubsdd.recovery_losses]\nsmoothed-ce = smoothed_loss:smoothed_ce\n"
-                                           "broken = smoothed_loss:not_a_plan\n")
-    monkeypatch.syspath_prepend(str(site))
+    install_distribution(tmp_path / "site", "smoothed_loss", PLUGIN, "hubsdd.recovery_losses",
+                         {"smoothed-ce": "smoothed_loss:smoothed_ce", "broken": "smoothed_loss:not_a_plan"},
+                         monkeypatch)
     yield
     sys.modules.pop("smoothed_loss", None)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_tiny_model, make_tokenizer
+from conftest import install_distribution, make_tiny_model, make_tokenizer
 from hubsdd.pipeline import runner
 from hubsdd.core.errors import RecipeError
 from hubsdd.core.plugins import BLOCK_SCORERS
@@ -68,18 +68,12 @@ def test_perplexity_scorer_chooses_the_contiguous_run_of_lowest_summed_scores(mo
 @pytest.fixture
 def third_party_scorer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """An installed distribution (a dist-info folder on sys.path) declaring a block scorer."""
-    site = tmp_path / "site"
-    (site / "lastlayers_scorer").mkdir(parents=True)
-    (site / "lastlayers_scorer" / "__init__.py").write_text(
-        "from hubsdd.stages.prune.scorers import BlockChoice\n\n"
-        "def score(inp):\n"
-        "    L = inp.scores.num_layers\n"
-        "    return BlockChoice(list(range(L - inp.blocks, L)), description='the last layers')\n")
-    info = site / "lastlayers_scorer-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: lastlayers-scorer\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[hubsdd.block_scorers]\nlast-layers = lastlayers_scorer:score\n")
-    monkeypatch.syspath_prepend(str(site))
+    install_distribution(tmp_path / "site", "lastlayers_scorer",
+                         "from hubsdd.stages.prune.scorers import BlockChoice\n\n"
+                         "def score(inp):\n"
+                         "    L = inp.scores.num_layers\n"
+                         "    return BlockChoice(list(range(L - inp.blocks, L)), description='the last layers')\n",
+                         "hubsdd.block_scorers", {"last-layers": "lastlayers_scorer:score"}, monkeypatch)
     yield "last-layers"
     sys.modules.pop("lastlayers_scorer", None)
 
