@@ -19,7 +19,9 @@ over regime points of rising training intensity: more data (1,024 GSM8K problems
    ``sdd`` (rejected rows fall back to the original answer);
 3. **learning**: the mean loss per response token of held-out GSM8K reference solutions (problems
    after the largest point's examples in the same shuffled order: never trained on at any point)
-   under each model (:func:`hubsdd.stages.evaluate.learning.reference_loss`), cached by model content.
+   under each model (:func:`hubsdd.stages.evaluate.learning.reference_loss`), cached by model content;
+4. **written answers**: greedy short answers to 400 SciQ questions (``bench/generative_qa.py``), the
+   generative side of forgetting that the six log-likelihood tasks cannot see, cached by model content.
 
 **Forgetting** = variant - pruned on the six-task average (paired 95% interval): negative is
 forgetting. Outputs: ``bench/results/regimes.json`` and ``bench/results/regimes.png`` (forgetting
@@ -58,6 +60,8 @@ RATES = {"lora": [1e-4, 3e-4, 1e-3], "full": [1e-5, 3e-5, 1e-4]}
 PAIRS = [("sdd", "sft"), ("kd", "sft"), ("sdd-kd", "kd"), ("sft", "pruned"), ("sdd", "pruned"), ("kd", "pruned"),
          ("sdd-kd", "pruned"), ("sdd-accepted", "sdd")]
 HELD_OUT = 128  # held-out GSM8K problems for the learning figure
+GENERATIVE_NOTE = ("greedy short answers to SciQ validation questions (bench/generative_qa.py): sciq_answer = "
+                   "share answered (gold answer in the response), generative_forgetting = variant - pruned, points")
 
 
 @dataclass(frozen=True)
@@ -150,6 +154,7 @@ def run_screen(point: Point, recipes: dict, runs_dir: Path, ledger: Ledger, smok
     examples, trained_on = add_learning(models, res, d, runs_dir, smoke, n_held)
     if trained_on:
         raise SystemExit(f"{point.name}: {trained_on} held-out problems were trained on")
+    add_generative(models, res, runs_dir, smoke)
     p = paired.get("sft-pruned", {})
     models["sft"]["forgetting"] = {"diff": p.get("diff"), "ci95": p.get("ci95")}
     return {"name": point.name, "examples": point.examples, "epochs": point.epochs, "method": point.method,
@@ -221,6 +226,7 @@ def run_point(point: Point, recipes: dict, runs_dir: Path, ledger: Ledger, smoke
     res = run_recipe(f"{point.name}/test", test_d, runs_dir, ledger)
     models, paired, items = collect(res, PAIRS)
     examples, trained_on = add_learning(models, res, test_d, runs_dir, smoke, n_held)
+    add_generative(models, res, runs_dir, smoke)
     overlap = check_disjoint({"sweep": sweep, "test": res}, {"sweep": sweep_d, "test": test_d})
     overlap["held_out_in_training"] = trained_on
     if overlap["held_out_in_training"]:
@@ -253,6 +259,18 @@ def add_learning(models: dict, res: dict, d: dict, runs_dir: Path, smoke: bool, 
     return examples, sum(1 for q, _ in examples if q in trained)
 
 
+def add_generative(models: dict, res: dict, runs_dir: Path, smoke: bool) -> None:
+    """Each model's short answers to SciQ questions (``bench/generative_qa.py``), added to ``models``:
+    accuracy, GSM8K markup, and for the variants ``generative_forgetting`` (variant - pruned)."""
+    import generative_qa
+    from hubsdd.pipeline.runner import checkpoint_dirs
+
+    dirs = {m: p for m, p in checkpoint_dirs(res).items() if m in models}
+    items = generative_qa.sciq_items(4 if smoke else generative_qa.ITEMS)
+    for m, fig in generative_qa.summarize(generative_qa.answers(dirs, items, runs_dir / ".cache" / "generative-qa")).items():
+        models[m]["generative"] = fig
+
+
 def _train_questions(results: dict) -> list[str]:
     import pyarrow.parquet as pq
 
@@ -266,7 +284,7 @@ def plot(points: list[dict], path: Path) -> None:
     from hubsdd.core.figures import figure
 
     xs = list(range(len(points)))
-    with figure(path, figsize=(11, 4.2), dpi=110, ncols=2) as (_, (left, right)):
+    with figure(path, figsize=(15.5, 4.4), dpi=110, ncols=3) as (_, (left, right, spoken)):
         for i, m in enumerate(METHODS):
             got = [(x, p["models"][m]) for x, p in zip(xs, points) if m in p["models"]]
             off = (i - 1.5) * 0.06
@@ -281,11 +299,24 @@ def plot(points: list[dict], path: Path) -> None:
                                yerr=[[mm["learning_loss"] - mm["learning_loss_ci95"][0] for _, mm in ll],
                                      [mm["learning_loss_ci95"][1] - mm["learning_loss"] for _, mm in ll]],
                                marker="o", capsize=3, label=m)
+            g = [(x + off, mm["generative"]["generative_forgetting"]) for x, mm in got
+                 if (mm.get("generative") or {}).get("generative_forgetting")]
+            if g:
+                spoken.errorbar([x for x, _ in g], [d["diff"] for _, d in g],
+                                yerr=[[d["diff"] - d["ci95"][0] for _, d in g], [d["ci95"][1] - d["diff"] for _, d in g]],
+                                marker="o", capsize=3, label=m)
         pruned = [p["models"]["pruned"].get("learning_loss") for p in points]
         right.plot(xs, pruned, "k--", label="pruned (no training)")
         left.axhline(0, color="k", lw=0.8)
+        spoken.axhline(0, color="k", lw=0.8)
+        base_gap = [p["models"]["base"]["generative"]["sciq_answer"] - p["models"]["pruned"]["generative"]["sciq_answer"]
+                    for p in points if (p["models"].get("base") or {}).get("generative")
+                    and (p["models"].get("pruned") or {}).get("generative")]
+        if base_gap:  # where the unpruned base stands: full recovery
+            spoken.axhline(base_gap[0], color="k", ls="--", lw=0.8, label="base (unpruned)")
         for ax, title, ylabel in ((left, "Forgetting: six-task average − pruned", "points (paired 95% CI)"),
-                                  (right, "Learning: loss of held-out GSM8K solutions", "nats per response token")):
+                                  (right, "Learning: loss of held-out GSM8K solutions", "nats per response token"),
+                                  (spoken, "Written answers: SciQ short answers − pruned", "points (paired 95% CI)")):
             ax.set_xticks(xs, [p["name"] for p in points], rotation=20, fontsize=8)
             ax.set_xlabel("training intensity →")
             ax.set_title(title, fontsize=10)
@@ -357,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         "smoke": args.smoke, "torch_threads": torch.get_num_threads(),
         "notes": {"forgetting": "variant - pruned on the six-task average, points; negative = forgot",
                   "learning_loss": "nats per response token of held-out GSM8K reference solutions",
+                  "generative": GENERATIVE_NOTE,
                   "sdd_accepted-sdd": f"at {ACCEPTED_AT}: accepted rewrites only vs rejected rows falling back; "
                                       "fewer rows, so fewer steps at the same epochs"},
     }
@@ -369,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{p['name']}: {line}")
         print("   learning loss: " + ", ".join(f"{m} {mm['learning_loss']:.3f}" for m, mm in p["models"].items()
                                                if mm.get("learning_loss") is not None))
+        print("   SciQ answers: " + ", ".join(f"{m} {mm['generative']['sciq_answer']:.1f}%"
+                                              for m, mm in p["models"].items() if mm.get("generative")))
     print(f"\nwrote {out_path} and {out_path.with_suffix('.png')}; stage time {ledger.seconds / 60:.1f} min at "
           f"{gflops['best']:.0f} GFLOPS")
     return 0
@@ -396,7 +430,8 @@ def screen(points: list[Point], recipes: dict, runs_dir: Path, ledger: Ledger, a
            "command": "python bench/regimes.py" + "".join(" " + shlex.quote(a) for a in argv_used),
            "smoke": args.smoke, "torch_threads": torch.get_num_threads(),
            "notes": {"forgetting": "sft - pruned on the six-task average, points; negative = forgot",
-                     "distill": "the teacher writes 1 token per problem: SFT reads the original answers only"}}
+                     "distill": "the teacher writes 1 token per problem: SFT reads the original answers only",
+                     "generative": GENERATIVE_NOTE}}
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(out, indent=1) + "\n")
     labelled = [{**p, "name": f"{p['name']}\nlr {p['learning_rate']:g}"} for p in out["points"]]
@@ -404,8 +439,10 @@ def screen(points: list[Point], recipes: dict, runs_dir: Path, ledger: Ledger, a
     for p in out["points"]:
         f = p["paired"]["sft-pruned"]
         ll = {m: mm.get("learning_loss") for m, mm in p["models"].items()}
+        g = (p["models"]["sft"].get("generative") or {}).get("generative_forgetting")
+        written = f"; SciQ answers - pruned {g['diff']:+.1f} ({g['ci95'][0]:+.1f}..{g['ci95'][1]:+.1f})" if g else ""
         print(f"{p['name']} (lr {p['learning_rate']:g}): sft - pruned {f['diff']:+.1f} "
-              f"({f['ci95'][0]:+.1f}..{f['ci95'][1]:+.1f}); learning loss {ll}")
+              f"({f['ci95'][0]:+.1f}..{f['ci95'][1]:+.1f}); learning loss {ll}{written}")
     print(f"\nwrote {out_path} and {out_path.with_suffix('.png')}; stage time {ledger.seconds / 60:.1f} min at "
           f"{gflops['best']:.0f} GFLOPS")
     return 0

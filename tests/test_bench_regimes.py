@@ -21,6 +21,22 @@ def regimes(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
 
 
+def assert_written_answers(models: dict) -> None:
+    """Every model answered the SciQ questions; each variant's written answers are compared with the
+    pruned model's, item by item."""
+    for name, m in models.items():
+        g = m["generative"]
+        lo, hi = g["sciq_answer_ci95"]
+        assert 0 <= lo <= g["sciq_answer"] <= hi <= 100, name
+        assert all(0 <= g[k] <= 100 for k in ("gsm8k_markup_share", "repeats_share", "finished_share"))
+        trained = name not in ("base", "pruned")
+        assert ("generative_forgetting" in g) == trained, name
+        if trained:
+            f = g["generative_forgetting"]
+            assert f["ci95"][0] <= f["diff"] <= f["ci95"][1]
+            assert f["diff"] == pytest.approx(g["sciq_answer"] - models["pruned"]["generative"]["sciq_answer"], abs=0.02)
+
+
 @pytest.mark.slow
 def test_smoke_run_writes_the_schema_and_the_plot_and_resumes_without_redoing_work(tmp_path: Path) -> None:
     done = regimes(tmp_path)
@@ -37,6 +53,7 @@ def test_smoke_run_writes_the_schema_and_the_plot_and_resumes_without_redoing_wo
             assert lo <= m["learning_loss"] <= hi and m["learning_loss"] > 0
         assert p["models"]["sft"]["forgetting"] == {"diff": p["paired"]["sft-pruned"]["diff"],
                                                     "ci95": p["paired"]["sft-pruned"]["ci95"]}
+        assert_written_answers(p["models"])
         assert PAIRED <= set(p["paired"]) and all(len(p["paired"][k]["ci95"]) == 2 for k in PAIRED)
         assert set(p["learning_rates"]) == {"sft", "sdd", "kd", "sdd-kd"}
         assert p["disjoint"]["overlapping_items"] == 0 and p["disjoint"]["held_out_in_training"] == 0
@@ -46,11 +63,12 @@ def test_smoke_run_writes_the_schema_and_the_plot_and_resumes_without_redoing_wo
     assert out["wall_seconds"] > 0 and out["gflops"] > 0
     assert (tmp_path / "regimes.png").read_bytes()[:4] == b"\x89PNG"
 
-    cache = tmp_path / "runs" / "quality" / ".cache"
-    before = {p: p.stat().st_mtime_ns for p in cache.rglob("*.json")}
+    caches = [tmp_path / "runs" / "quality" / ".cache", tmp_path / "runs" / ".cache"]  # stages; learning, answers
+    assert list((tmp_path / "runs" / ".cache" / "generative-qa").glob("*.json"))
+    before = {p: p.stat().st_mtime_ns for c in caches for p in c.rglob("*.json")}
     again = regimes(tmp_path, "--points", "s6-e1-r16")
     assert again.returncode == 0, again.stderr[-3000:]
-    after = {p: p.stat().st_mtime_ns for p in cache.rglob("*.json")}
+    after = {p: p.stat().st_mtime_ns for c in caches for p in c.rglob("*.json")}
     assert after == before, "a resumed run trained, evaluated or measured again"
     assert json.loads((tmp_path / "regimes.json").read_text())["points"][0]["models"] == out["points"][0]["models"]
 
@@ -74,5 +92,6 @@ def test_screen_trains_sft_alone_and_keeps_points_of_earlier_invocations(tmp_pat
         first, last = p["train_loss"]["sft"]
         assert first > 0 and last > 0
         assert p["models"]["sft"]["forgetting"]["diff"] == p["paired"]["sft-pruned"]["diff"]
+        assert_written_answers(p["models"])
     assert out_file.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
     assert out["gflops"] > 0 and "1 token" in out["notes"]["distill"]

