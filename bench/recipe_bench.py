@@ -74,6 +74,11 @@ class Ledger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(json.dumps(self.data, indent=1))
 
+    def first_run_seconds(self, results: dict) -> dict[str, float | None]:
+        """Each stage's seconds when it first ran (a stage restored from the cache takes none)."""
+        return {name: (self.data["stages"].get(res.fingerprint) or {}).get("seconds", res.data.get("seconds"))
+                for name, res in results.items()}
+
     @property
     def seconds(self) -> float:
         return sum(s["seconds"] for s in self.data["stages"].values())

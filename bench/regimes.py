@@ -4,6 +4,7 @@
     python bench/regimes.py --points d1024-e1-r16      # one point
     python bench/regimes.py --smoke     # the same machinery on a tiny random model (CI)
     python bench/regimes.py --screen d1024-e1-full   # SFT alone at a point: does it forget at all?
+    python bench/regimes.py --screen d1024-e1-full --with-kd   # and KD beside it, same examples and rate
 
 ``bench/quality.py`` found, at 256 GSM8K examples and 32 LoRA r=16 steps, that SFT forgot nothing,
 so SDD (whose point is to protect what the model knew) had nothing to protect. This drives the same
@@ -130,7 +131,7 @@ def test_recipe(base: dict, point: Point, best: dict[str, float], smoke: bool, a
     return d
 
 
-def screen_recipe(base: dict, point: Point, smoke: bool, rate: float | None = None) -> dict:
+def screen_recipe(base: dict, point: Point, smoke: bool, rate: float | None = None, with_kd: bool = False) -> dict:
     """SFT alone at ``point``: the precondition of the whole study is that SFT forgets somewhere, and
     SFT costs a quarter of a point's training. SFT reads the original answers only, so the teacher
     writes one token per problem (every rewrite is then rejected and unused): the distill stage's
@@ -140,31 +141,36 @@ def screen_recipe(base: dict, point: Point, smoke: bool, rate: float | None = No
     d["distill"]["generation"]["max_new_tokens"] = 1
     lr = rate or SCREEN_RATES["full" if point.method == "full" else "lora"]
     d["finetune"]["variants"] = {"sft": {"data": "original", "learning_rate": lr}}
+    if with_kd:  # the same examples, budget and rate, the base's logits as the target; no rewrites needed
+        d["finetune"]["variants"]["kd"] = {**SPECS["kd"], "learning_rate": lr}
     d["card"]["model_name"] = f"regimes-{point.name}-screen"
     return d
 
 
 def run_screen(point: Point, recipes: dict, runs_dir: Path, ledger: Ledger, smoke: bool, n_held: int,
-               rate: float | None = None) -> dict:
-    print(f"== screen {point.name}: SFT alone, {point.examples} examples, {point.epochs:g} epochs, {point.method}",
-          flush=True)
-    d = screen_recipe(recipes["test"], point, smoke, rate)
+               rate: float | None = None, with_kd: bool = False) -> dict:
+    print(f"== screen {point.name}: SFT{' and KD' if with_kd else ' alone'}, {point.examples} examples, "
+          f"{point.epochs:g} epochs, {point.method}", flush=True)
+    d = screen_recipe(recipes["test"], point, smoke, rate, with_kd)
     res = run_recipe(f"{point.name}/screen", d, runs_dir, ledger)
-    models, paired, items = collect(res, [("sft", "pruned")])
+    pairs = [("sft", "pruned")] + ([("kd", "sft"), ("kd", "pruned")] if with_kd else [])
+    models, paired, items = collect(res, pairs)
     examples, trained_on = add_learning(models, res, d, runs_dir, smoke, n_held)
     if trained_on:
         raise SystemExit(f"{point.name}: {trained_on} held-out problems were trained on")
     add_generative(models, res, runs_dir, smoke)
-    p = paired.get("sft-pruned", {})
-    models["sft"]["forgetting"] = {"diff": p.get("diff"), "ci95": p.get("ci95")}
+    for m in ("sft", "kd") if with_kd else ("sft",):
+        p = paired.get(f"{m}-pruned", {})
+        models[m]["forgetting"] = {"diff": p.get("diff"), "ci95": p.get("ci95")}
     return {"name": point.name, "examples": point.examples, "epochs": point.epochs, "method": point.method,
             "learning_rate": d["finetune"]["variants"]["sft"]["learning_rate"], "models": models,
-            "paired": {"sft-pruned": {k: p.get(k) for k in ("diff", "ci95", "significant")}}, "items": items,
+            "paired": {name: {k: paired.get(name, {}).get(k) for k in ("diff", "ci95", "significant")}
+                       for name in (f"{a}-{b}" for a, b in pairs)}, "items": items,
             "held_out_problems": len(examples),
             "steps": {v: m["steps"] for v, m in res["finetune"].metrics["variants"].items()},
             "train_loss": {v: [m.get("train_loss_first"), m.get("train_loss_last")]
                            for v, m in res["finetune"].metrics["variants"].items()},
-            "stage_seconds": {k: r.data.get("seconds") for k, r in res.items()}}
+            "stage_seconds": ledger.first_run_seconds(res)}
 
 
 # --------------------------------------------------------------------------- learning
@@ -340,7 +346,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=None,
                         help=f"--screen's learning rate (default: {SCREEN_RATES['lora']:g} LoRA, "
                              f"{SCREEN_RATES['full']:g} full fine-tuning)")
+    parser.add_argument("--with-kd", action="store_true",
+                        help="--screen: also train KD (the base's logits) from the same examples at the same rate")
     args = parser.parse_args(argv)
+    if args.with_kd and not args.screen:
+        parser.error("--with-kd goes with --screen (the study trains every method already)")
 
     import torch
 
@@ -419,7 +429,7 @@ def screen(points: list[Point], recipes: dict, runs_dir: Path, ledger: Ledger, a
         found = {}
     for point in points:
         started = time.time()
-        got = run_screen(point, recipes, runs_dir, ledger, args.smoke, n_held, args.rate)
+        got = run_screen(point, recipes, runs_dir, ledger, args.smoke, n_held, args.rate, args.with_kd)
         found[(got["name"], got["learning_rate"])] = got
         print(f"   {point.name} done in {time.time() - started:.0f} s at {gflops['best']:.0f} GFLOPS", flush=True)
     argv_used = sys.argv[1:] if argv is None else argv
@@ -429,7 +439,7 @@ def screen(points: list[Point], recipes: dict, runs_dir: Path, ledger: Ledger, a
            "gflops": gflops["best"], "gflops_detail": gflops,
            "command": "python bench/regimes.py" + "".join(" " + shlex.quote(a) for a in argv_used),
            "smoke": args.smoke, "torch_threads": torch.get_num_threads(),
-           "notes": {"forgetting": "sft - pruned on the six-task average, points; negative = forgot",
+           "notes": {"forgetting": "variant - pruned on the six-task average, points; negative = forgot",
                      "distill": "the teacher writes 1 token per problem: SFT reads the original answers only",
                      "generative": GENERATIVE_NOTE}}
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -441,6 +451,9 @@ def screen(points: list[Point], recipes: dict, runs_dir: Path, ledger: Ledger, a
         ll = {m: mm.get("learning_loss") for m, mm in p["models"].items()}
         g = (p["models"]["sft"].get("generative") or {}).get("generative_forgetting")
         written = f"; SciQ answers - pruned {g['diff']:+.1f} ({g['ci95'][0]:+.1f}..{g['ci95'][1]:+.1f})" if g else ""
+        k = p["paired"].get("kd-sft")
+        if k and k.get("diff") is not None:
+            written += f"; kd - sft {k['diff']:+.1f} ({k['ci95'][0]:+.1f}..{k['ci95'][1]:+.1f})"
         print(f"{p['name']} (lr {p['learning_rate']:g}): sft - pruned {f['diff']:+.1f} "
               f"({f['ci95'][0]:+.1f}..{f['ci95'][1]:+.1f}); learning loss {ll}{written}")
     print(f"\nwrote {out_path} and {out_path.with_suffix('.png')}; stage time {ledger.seconds / 60:.1f} min at "

@@ -76,7 +76,7 @@ def test_smoke_run_writes_the_schema_and_the_plot_and_resumes_without_redoing_wo
 def test_screen_trains_sft_alone_and_keeps_points_of_earlier_invocations(tmp_path: Path) -> None:
     """--screen: SFT alone at a point (does it forget there?), each point added to the same file."""
     out_file = tmp_path / "screen.json"
-    for extra in (["s6-e2-full"], ["s6-e1-r16"], ["s6-e1-r16", "--rate", "3e-3"]):
+    for extra in (["s6-e2-full"], ["s6-e1-r16"], ["s6-e1-r16", "--rate", "3e-3", "--with-kd"]):
         done = regimes(tmp_path, "--screen", *extra, "--out", str(out_file))
         assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(out_file.read_text())
@@ -84,8 +84,14 @@ def test_screen_trains_sft_alone_and_keeps_points_of_earlier_invocations(tmp_pat
     assert [(p["name"], p["learning_rate"]) for p in out["points"]] == [("s6-e1-r16", 1e-3), ("s6-e1-r16", 3e-3),
                                                                         ("s6-e2-full", 1e-4)]
     for p in out["points"]:
-        assert set(p["models"]) == {"base", "pruned", "sft"}  # no sdd/kd trained
-        assert set(p["steps"]) == {"sft"}
+        with_kd = p["learning_rate"] == 3e-3
+        # SFT alone (no rewrites, so no sdd), and KD beside it where asked
+        assert set(p["models"]) == {"base", "pruned", "sft"} | ({"kd"} if with_kd else set())
+        assert set(p["steps"]) == {"sft"} | ({"kd"} if with_kd else set())
+        assert set(p["paired"]) == {"sft-pruned"} | ({"kd-sft", "kd-pruned"} if with_kd else set())
+        if with_kd:
+            assert p["models"]["kd"]["forgetting"]["diff"] == p["paired"]["kd-pruned"]["diff"]
+            assert p["steps"]["kd"] == p["steps"]["sft"]
         assert p["paired"]["sft-pruned"]["ci95"][0] <= p["paired"]["sft-pruned"]["diff"] <= \
             p["paired"]["sft-pruned"]["ci95"][1]
         assert p["models"]["sft"]["learning_loss"] > 0
@@ -95,3 +101,10 @@ def test_screen_trains_sft_alone_and_keeps_points_of_earlier_invocations(tmp_pat
         assert_written_answers(p["models"])
     assert out_file.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
     assert out["gflops"] > 0 and "1 token" in out["notes"]["distill"]
+    # screening a point again reuses its training and keeps the seconds its stages took when they ran
+    again = regimes(tmp_path, "--screen", "s6-e2-full", "--out", str(out_file))
+    assert again.returncode == 0, again.stderr[-3000:]
+    rescreened = json.loads(out_file.read_text())["points"][-1]
+    assert rescreened["name"] == "s6-e2-full"
+    assert rescreened["stage_seconds"] == out["points"][-1]["stage_seconds"]
+    assert rescreened["stage_seconds"]["finetune"] > 0
