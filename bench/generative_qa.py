@@ -15,6 +15,7 @@ endings), the style a model fine-tuned on GSM8K's reference solutions can carry 
 a sentence said twice (a loop); and the turn ended within the 32 tokens.
 
     python bench/generative_qa.py --model base=DIR --model pruned=DIR --model sft=DIR [--items 400]
+    python bench/generative_qa.py --model sft=DIR --model kd=DIR --reference sft   # kd - sft, paired
 
 Per-item results are cached by model content (``--cache``), so a model is answered once.
 ``bench/regimes.py`` reports the same figure beside forgetting and learning.
@@ -152,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="a model folder (save_pretrained) and its label; repeat; 'pruned' is the reference")
     parser.add_argument("--items", type=int, default=ITEMS)
     parser.add_argument("--cache", type=Path, default=ROOT / "runs" / ".cache" / "generative-qa")
+    parser.add_argument("--reference", default="pruned", help="the label every other model is compared with, "
+                        "item by item (default: pruned)")
     parser.add_argument("--out", type=Path, default=None, help="write the summary as JSON here")
     args = parser.parse_args(argv)
     models = {}
@@ -164,10 +167,12 @@ def main(argv: list[str] | None = None) -> int:
 
     set_threads()
     items = sciq_items(args.items)
-    summary = summarize(answers(models, items, args.cache))
+    if args.reference not in models:
+        parser.error(f"--reference {args.reference!r} is not one of the --model labels: {', '.join(models)}")
+    summary = summarize(answers(models, items, args.cache), reference=args.reference)
     for m, s in summary.items():
         f = s.get("generative_forgetting")
-        extra = f"; - pruned {f['diff']:+.1f} ({f['ci95'][0]:+.1f}..{f['ci95'][1]:+.1f})" if f else ""
+        extra = f"; - {args.reference} {f['diff']:+.1f} ({f['ci95'][0]:+.1f}..{f['ci95'][1]:+.1f})" if f else ""
         print(f"{m}: SciQ answers {s['sciq_answer']:.1f}% ({s['sciq_answer_ci95'][0]:.1f}..{s['sciq_answer_ci95'][1]:.1f}), "
               f"GSM8K markup {s['gsm8k_markup_share']:.1f}%, repeats {s['repeats_share']:.1f}%, "
               f"ended {s['finished_share']:.1f}%{extra}")

@@ -68,3 +68,11 @@ def test_the_cli_names_a_model_argument_it_cannot_use(tmp_path: Path, capsys: py
     with pytest.raises(SystemExit):
         generative_qa.main(["--model", f"sft={tmp_path}"])
     assert "--model 'sft=" in capsys.readouterr().err
+
+
+def test_the_cli_refuses_a_reference_that_is_not_one_of_its_models(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(SystemExit):
+        generative_qa.main(["--model", f"sft={tmp_path}", "--reference", "pruned"])
+    assert "--reference 'pruned' is not one of the --model labels: sft" in capsys.readouterr().err
