@@ -107,20 +107,14 @@ def answer(model_dir: Path, items: list[dict], *, max_new_tokens: int = MAX_NEW_
 
 def answers(models: dict[str, Path], items: list[dict], cache: Path) -> dict[str, list[dict]]:
     """Each model's per-item answers, cached by model content and the items."""
-    from hubsdd.core.files import atomic_write_json
-    from hubsdd.core.models import model_content_id
+    from recipe_bench import cached_per_model
+
+    def measure(name: str, path: Path) -> list[dict]:
+        print(f"   generative QA: {name} answers {len(items)} SciQ questions", flush=True)
+        return answer(Path(path), items)
 
     digest = hashlib.sha256(json.dumps([items, MAX_NEW_TOKENS]).encode()).hexdigest()[:16]
-    out = {}
-    for name, path in models.items():
-        file = Path(cache) / f"{model_content_id(Path(path))[:32]}-{digest}.json"
-        try:
-            out[name] = json.loads(file.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            print(f"   generative QA: {name} answers {len(items)} SciQ questions", flush=True)
-            out[name] = answer(Path(path), items)
-            atomic_write_json(file, out[name])
-    return out
+    return {name: cached_per_model(cache, path, digest, lambda: measure(name, path)) for name, path in models.items()}
 
 
 def summarize(per_model: dict[str, list[dict]], reference: str = "pruned") -> dict[str, dict]:
@@ -150,7 +144,7 @@ def summarize(per_model: dict[str, list[dict]], reference: str = "pruned") -> di
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", action="append", required=True, metavar="LABEL=DIR",
-                        help="a model folder (save_pretrained) and its label; repeat; 'pruned' is the reference")
+                        help="a model folder (save_pretrained) and its label; repeat")
     parser.add_argument("--items", type=int, default=ITEMS)
     parser.add_argument("--cache", type=Path, default=ROOT / "runs" / ".cache" / "generative-qa")
     parser.add_argument("--reference", default="pruned", help="the label every other model is compared with, "
@@ -165,10 +159,10 @@ def main(argv: list[str] | None = None) -> int:
         models[label] = Path(path)
     from hubsdd.core.models import set_threads
 
-    set_threads()
-    items = sciq_items(args.items)
     if args.reference not in models:
         parser.error(f"--reference {args.reference!r} is not one of the --model labels: {', '.join(models)}")
+    set_threads()
+    items = sciq_items(args.items)
     summary = summarize(answers(models, items, args.cache), reference=args.reference)
     for m, s in summary.items():
         f = s.get("generative_forgetting")

@@ -12,7 +12,7 @@ import json
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -82,6 +82,21 @@ class Ledger:
     @property
     def seconds(self) -> float:
         return sum(s["seconds"] for s in self.data["stages"].values())
+
+
+def cached_per_model(cache: Path, model_dir: Path, digest: str, compute: Callable[[], Any]) -> Any:
+    """``compute()``'s JSON result for a model, kept in ``cache`` under the model's content id and
+    ``digest`` (what else the result depends on), so equal weights are measured once."""
+    from hubsdd.core.files import atomic_write_json
+    from hubsdd.core.models import model_content_id
+
+    file = Path(cache) / f"{model_content_id(Path(model_dir))[:32]}-{digest}.json"
+    try:
+        return json.loads(file.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        found = compute()
+        atomic_write_json(file, found)
+        return found
 
 
 def run_recipe(label: str, d: dict, runs_dir: Path, ledger: Ledger) -> dict:

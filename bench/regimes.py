@@ -52,7 +52,8 @@ ROOT = BENCH.parent
 sys.path[:0] = [str(BENCH), str(ROOT)]
 
 from recipe_bench import (  # noqa: E402
-    METHODS, Ledger, check_disjoint, collect, load_dict, run_recipe, sweep_choice, with_learning_rates,
+    METHODS, Ledger, cached_per_model, check_disjoint, collect, load_dict, run_recipe, sweep_choice,
+    with_learning_rates,
 )
 
 SPECS = {"sft": {"data": "original"}, "sdd": {"data": "distilled"}, "kd": {"data": "original", "loss": "kd"},
@@ -195,21 +196,16 @@ def learning(models: dict[str, Path], examples: list[tuple[str, str]], cache: Pa
     bootstrap interval over problems."""
     import numpy as np
 
+    from hubsdd.core.models import load_model, load_tokenizer
     from hubsdd.stages.evaluate.learning import reference_loss
-    from hubsdd.core.files import atomic_write_json
-    from hubsdd.core.models import load_model, load_tokenizer, model_content_id
+
+    def measure(path: Path) -> dict:
+        return reference_loss(load_model(path), load_tokenizer(path), examples, max_length=512, batch_size=8)
 
     digest = hashlib.sha256(json.dumps(examples).encode()).hexdigest()[:16]
     out = {}
     for name, path in models.items():
-        file = cache / f"{model_content_id(path)[:32]}-{digest}.json"
-        try:
-            found = json.loads(file.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            model, tok = load_model(path), load_tokenizer(path)
-            found = reference_loss(model, tok, examples, max_length=512, batch_size=8)
-            atomic_write_json(file, found)
-            del model
+        found = cached_per_model(cache, path, digest, lambda: measure(path))
         per = np.array(found["per_example"], dtype=float)
         idx = np.random.default_rng(20241009).integers(0, len(per), size=(2000, len(per)))
         ratios = per[idx, 0].sum(axis=1) / np.maximum(per[idx, 1].sum(axis=1), 1)
