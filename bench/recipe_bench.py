@@ -149,37 +149,26 @@ def interval(iv: dict | None) -> list[float | None]:
     return ci(iv["ci95"]) if iv else [None, None]
 
 
-def collect(results: dict, named_pairs: list[tuple[str, str]] | None = None) -> tuple[dict, dict, dict]:
-    """(models, paired, item ids) of one recipe: each model's figures in quality.json's schema,
-    the paired differences, and the evaluated item ids per task."""
+def collect(results: dict | list[dict], named_pairs: list[tuple[str, str]] | None = None) -> tuple[dict, dict, dict]:
+    """(models, paired, item ids) of one recipe's results, or of several recipes' :func:`snapshot`
+    evaluated on the same items (a model in more than one, e.g. base and pruned, must have scored
+    the same there): each model's figures in quality.json's schema, the paired differences, and
+    the evaluated item ids per task."""
     from hubsdd.core import stats
 
-    m = results["evaluate"].metrics
-    evid = m["evidence"]
-    fid = m.get("fidelity") or {}
-    models = {}
-    for name, per_task in m["scores"].items():
-        row = evid["models"][name]
-        # margin retention is absent (or None) where the base is not significantly above chance
-        out = {
-            "tasks": {t: {"acc": pct(s["value"]), "stderr": pct(s["stderr"]),
-                          **({"retention": value(row["tasks"][t].get("retention")),
-                              "margin_retention": value(row["tasks"][t].get("margin_retention"))}
-                             if row["tasks"][t].get("retention") else {})}
-                      for t, s in per_task.items()},
-            "average": pct(row["average"]["value"]), "average_ci95": ci(row["average"]["ci95"]),
-            "retention": value(row.get("retention")), "retention_ci95": interval(row.get("retention")),
-            "margin_retention": value(row.get("margin_retention")),
-            "margin_retention_ci95": interval(row.get("margin_retention")),
-        }
-        if name == "base":
-            out.update(acceptance=100.0, top1_agreement=100.0, kl=0.0)
-        elif name in fid:
-            f = fid[name]
-            out.update(acceptance=pct(f["acceptance"]), top1_agreement=pct(f["top1_agreement"]), kl=round(f["kl"], 5))
-        models[name] = out
-
-    scores, chance, tasks = per_item(results)
+    runs = results if isinstance(results, list) else [snapshot(results)]
+    models: dict = {}
+    for run in runs:
+        for name, figures in run["models"].items():
+            models.setdefault(name, figures)
+    scores, chance, tasks, items = dict(runs[0]["scores"]), runs[0]["chance"], runs[0]["tasks"], runs[0]["items"]
+    for run in runs[1:]:
+        if run["tasks"] != tasks or run["items"] != items:
+            raise SystemExit("collect: these runs evaluated different tasks or items; nothing to pair")
+        for name, per_task in run["scores"].items():
+            if scores.setdefault(name, per_task) != per_task:
+                raise SystemExit(f"collect: {name} scored differently in two runs on the same items")
+    evid = runs[0]["evidence"]
     boot = stats.Bootstrap({**scores, "__chance__": chance})
     names = list(scores)
     pairs = [(a, b) for a, b in (NAMED_PAIRS if named_pairs is None else named_pairs) if a in names and b in names]
@@ -205,8 +194,45 @@ def collect(results: dict, named_pairs: list[tuple[str, str]] | None = None) -> 
             "tasks": {t: {"diff": pct(x.value), "ci95": [pct(x.low), pct(x.high)], "significant": x.significant}
                       for t in tasks for x in [boot.difference(a, b, t)]},
         }
-    items = {t: m["tasks"][t]["items"] for t in tasks}
     return models, paired, items
+
+
+def snapshot(results: dict) -> dict:
+    """What :func:`collect` needs of one run, read now: the next recipe run in the same run directory
+    replaces its stages' files."""
+    scores, chance, tasks = per_item(results)
+    m = results["evaluate"].metrics
+    return {"models": _models(results), "scores": scores, "chance": chance, "tasks": tasks,
+            "items": {t: m["tasks"][t]["items"] for t in tasks}, "evidence": m["evidence"]}
+
+
+def _models(results: dict) -> dict:
+    """Each evaluated model's figures in quality.json's schema, from one run's evaluate metrics."""
+    m = results["evaluate"].metrics
+    evid = m["evidence"]
+    fid = m.get("fidelity") or {}
+    models = {}
+    for name, per_task in m["scores"].items():
+        row = evid["models"][name]
+        # margin retention is absent (or None) where the base is not significantly above chance
+        out = {
+            "tasks": {t: {"acc": pct(s["value"]), "stderr": pct(s["stderr"]),
+                          **({"retention": value(row["tasks"][t].get("retention")),
+                              "margin_retention": value(row["tasks"][t].get("margin_retention"))}
+                             if row["tasks"][t].get("retention") else {})}
+                      for t, s in per_task.items()},
+            "average": pct(row["average"]["value"]), "average_ci95": ci(row["average"]["ci95"]),
+            "retention": value(row.get("retention")), "retention_ci95": interval(row.get("retention")),
+            "margin_retention": value(row.get("margin_retention")),
+            "margin_retention_ci95": interval(row.get("margin_retention")),
+        }
+        if name == "base":
+            out.update(acceptance=100.0, top1_agreement=100.0, kl=0.0)
+        elif name in fid:
+            f = fid[name]
+            out.update(acceptance=pct(f["acceptance"]), top1_agreement=pct(f["top1_agreement"]), kl=round(f["kl"], 5))
+        models[name] = out
+    return models
 
 
 def _margin_difference(boot: Any, a: str, b: str) -> Any:

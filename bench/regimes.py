@@ -4,7 +4,8 @@
     python bench/regimes.py --points d1024-e1-r16      # one point
     python bench/regimes.py --smoke     # the same machinery on a tiny random model (CI)
     python bench/regimes.py --screen d1024-e1-full   # SFT alone at a point: does it forget at all?
-    python bench/regimes.py --screen d1024-e1-full --with-kd   # and KD beside it, same examples and rate
+    python bench/regimes.py --screen d1024-e1-full --with kd   # and KD beside it, same examples and rate
+    python bench/regimes.py --screen d1024-e1-full --with kd,sdd,sdd-kd   # all four methods at one rate
 
 ``bench/quality.py`` found, at 256 GSM8K examples and 32 LoRA r=16 steps, that SFT forgot nothing,
 so SDD (whose point is to protect what the model knew) had nothing to protect. This drives the same
@@ -52,7 +53,7 @@ ROOT = BENCH.parent
 sys.path[:0] = [str(BENCH), str(ROOT)]
 
 from recipe_bench import (  # noqa: E402
-    METHODS, Ledger, cached_per_model, check_disjoint, collect, load_dict, run_recipe, sweep_choice,
+    METHODS, Ledger, cached_per_model, check_disjoint, collect, load_dict, run_recipe, snapshot, sweep_choice,
     with_learning_rates,
 )
 
@@ -90,6 +91,11 @@ SMOKE_POINTS = [Point("s6-e1-r16", 6, 1, "lora-r16"), Point("s6-e2-full", 6, 2, 
 def intensity(p: Point) -> tuple:
     """Training intensity, for ordering: examples seen, then capacity."""
     return p.examples * p.epochs, {"lora-r16": 0, "lora-r64": 1, "full": 2}[p.method]
+
+
+def pair_name(a: str, b: str) -> str:
+    """regimes.json's name of the paired difference a - b: sdd_kd-kd, sdd_accepted-sdd, kd-sft."""
+    return f"{a.replace('-', '_')}-{b}"
 
 
 def key(method: str, lr: float) -> str:
@@ -132,46 +138,91 @@ def test_recipe(base: dict, point: Point, best: dict[str, float], smoke: bool, a
     return d
 
 
-def screen_recipe(base: dict, point: Point, smoke: bool, rate: float | None = None, with_kd: bool = False) -> dict:
+def screen_recipe(base: dict, point: Point, smoke: bool, rate: float | None = None,
+                  methods: tuple[str, ...] = ("sft",)) -> dict:
     """SFT alone at ``point``: the precondition of the whole study is that SFT forgets somewhere, and
     SFT costs a quarter of a point's training. SFT reads the original answers only, so the teacher
     writes one token per problem (every rewrite is then rejected and unused): the distill stage's
-    cost drops from ~45 minutes to a prefill, and the SFT data are exactly the full study's."""
+    cost drops from ~45 minutes to a prefill, and the SFT data are exactly the full study's. KD
+    reads the original answers too. The methods that read rewrites (sdd, sdd-kd) get their own
+    recipe, whose teacher writes whole answers (:func:`rewrite_recipe`)."""
     d = at_point(base, point, smoke)
     d.pop("merge", None)
     d["distill"]["generation"]["max_new_tokens"] = 1
     lr = rate or SCREEN_RATES["full" if point.method == "full" else "lora"]
-    d["finetune"]["variants"] = {"sft": {"data": "original", "learning_rate": lr}}
-    if with_kd:  # the same examples, budget and rate, the base's logits as the target; no rewrites needed
-        d["finetune"]["variants"]["kd"] = {**SPECS["kd"], "learning_rate": lr}
+    d["finetune"]["variants"] = {m: {**SPECS[m], "learning_rate": lr} for m in methods if m in ("sft", "kd")}
     d["card"]["model_name"] = f"regimes-{point.name}-screen"
     return d
 
 
+def rewrite_recipe(base: dict, point: Point, smoke: bool, rate: float | None, methods: tuple[str, ...]) -> dict:
+    """SDD and SDD-KD at ``point``, at the screen's rate, from the same problems. A recipe of their own
+    because the rewrites change the distill stage and so every variant's key: SFT and KD stay
+    cached in :func:`screen_recipe`'s run, and both runs evaluate the same items, so the
+    comparisons pair across them (:func:`recipe_bench.collect`). Its own run directory too, so
+    neither run's distill stage (the rewrites: ~45 min at 1,024 problems) replaces the other's;
+    :func:`share_cache` lets it reuse the first's evaluations."""
+    d = at_point(base, point, smoke)
+    d["name"] = f"{d['name']}-rewrites"
+    d.pop("merge", None)
+    lr = rate or SCREEN_RATES["full" if point.method == "full" else "lora"]
+    d["finetune"]["variants"] = {m: {**SPECS[m], "learning_rate": lr} for m in methods if m in ("sdd", "sdd-kd")}
+    d["card"]["model_name"] = f"regimes-{point.name}-screen-rewrites"
+    return d
+
+
+def share_cache(runs_dir: Path, first: dict, second: dict) -> None:
+    """Point ``second``'s run-directory cache at ``first``'s. Its entries are keyed by content (model
+    weights, evaluation spec, variant inputs), never by run, so a base or pruned model evaluated
+    in one run is not evaluated again (~20 min) in the other."""
+    shared, link = runs_dir / first["name"] / ".cache", runs_dir / second["name"] / ".cache"
+    if link.is_symlink() or link.exists():
+        return
+    shared.mkdir(parents=True, exist_ok=True)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(os.path.relpath(shared, link.parent), target_is_directory=True)
+
+
 def run_screen(point: Point, recipes: dict, runs_dir: Path, ledger: Ledger, smoke: bool, n_held: int,
-               rate: float | None = None, with_kd: bool = False) -> dict:
-    print(f"== screen {point.name}: SFT{' and KD' if with_kd else ' alone'}, {point.examples} examples, "
+               rate: float | None = None, methods: tuple[str, ...] = ("sft",)) -> dict:
+    print(f"== screen {point.name}: {', '.join(methods)}, {point.examples} examples, "
           f"{point.epochs:g} epochs, {point.method}", flush=True)
-    d = screen_recipe(recipes["test"], point, smoke, rate, with_kd)
-    res = run_recipe(f"{point.name}/screen", d, runs_dir, ledger)
-    pairs = [("sft", "pruned")] + ([("kd", "sft"), ("kd", "pruned")] if with_kd else [])
-    models, paired, items = collect(res, pairs)
-    examples, trained_on = add_learning(models, res, d, runs_dir, smoke, n_held)
-    if trained_on:
-        raise SystemExit(f"{point.name}: {trained_on} held-out problems were trained on")
-    add_generative(models, res, runs_dir, smoke)
-    for m in ("sft", "kd") if with_kd else ("sft",):
+    d = screen_recipe(recipes["test"], point, smoke, rate, methods)
+    recipes_here = {"screen": d}
+    if {"sdd", "sdd-kd"} & set(methods):
+        recipes_here["screen-rewrites"] = rewrite_recipe(recipes["test"], point, smoke, rate, methods)
+        share_cache(runs_dir, d, recipes_here["screen-rewrites"])
+    runs = {}
+    examples: list = []
+    for label, rd in recipes_here.items():
+        res = run_recipe(f"{point.name}/{label}", rd, runs_dir, ledger)
+        # read now, while the stage files are there
+        snap = snapshot(res)
+        examples, trained_on = add_learning(snap["models"], res, rd, runs_dir, smoke, n_held)
+        if trained_on:
+            raise SystemExit(f"{point.name}: {trained_on} held-out problems were trained on")
+        add_generative(snap["models"], res, runs_dir, smoke)
+        runs[label] = {"snapshot": snap, "variants": res["finetune"].metrics["variants"],
+                       "distill": res["distill"].metrics, "stage_seconds": ledger.first_run_seconds(res)}
+    pairs = [(a, b) for a, b in PAIRS if a in methods and (b in methods or b == "pruned")]
+    models, paired, items = collect([r["snapshot"] for r in runs.values()], pairs)
+    for m in methods:
         p = paired.get(f"{m}-pruned", {})
         models[m]["forgetting"] = {"diff": p.get("diff"), "ci95": p.get("ci95")}
-    return {"name": point.name, "examples": point.examples, "epochs": point.epochs, "method": point.method,
-            "learning_rate": d["finetune"]["variants"]["sft"]["learning_rate"], "models": models,
-            "paired": {name: {k: paired.get(name, {}).get(k) for k in ("diff", "ci95", "significant")}
-                       for name in (f"{a}-{b}" for a, b in pairs)}, "items": items,
-            "held_out_problems": len(examples),
-            "steps": {v: m["steps"] for v, m in res["finetune"].metrics["variants"].items()},
-            "train_loss": {v: [m.get("train_loss_first"), m.get("train_loss_last")]
-                           for v, m in res["finetune"].metrics["variants"].items()},
-            "stage_seconds": ledger.first_run_seconds(res)}
+    variants = {v: m for r in runs.values() for v, m in r["variants"].items()}
+    out = {"name": point.name, "examples": point.examples, "epochs": point.epochs, "method": point.method,
+           "learning_rate": d["finetune"]["variants"]["sft"]["learning_rate"], "models": models,
+           "paired": {pair_name(a, b): {k: paired.get(f"{a}-{b}", {}).get(k) for k in ("diff", "ci95", "significant")}
+                      for a, b in pairs}, "items": items,
+           "held_out_problems": len(examples),
+           "steps": {v: m["steps"] for v, m in variants.items()},
+           "train_loss": {v: [m.get("train_loss_first"), m.get("train_loss_last")] for v, m in variants.items()},
+           "stage_seconds": runs["screen"]["stage_seconds"]}
+    if "screen-rewrites" in runs:
+        r = runs["screen-rewrites"]
+        out["distill"] = {"rows": r["distill"].get("rows"), "accepted": r["distill"].get("accepted")}
+        out["rewrites_stage_seconds"] = r["stage_seconds"]
+    return out
 
 
 # --------------------------------------------------------------------------- learning
@@ -237,8 +288,8 @@ def run_point(point: Point, recipes: dict, runs_dir: Path, ledger: Ledger, smoke
         if m not in ("base", "pruned") and f"{m}-pruned" in paired:
             p = paired[f"{m}-pruned"]
             models[m]["forgetting"] = {"diff": p["diff"], "ci95": p["ci95"]}
-    short = {k.replace("sdd-kd-", "sdd_kd-").replace("sdd-accepted-", "sdd_accepted-"):
-             {"diff": v["diff"], "ci95": v["ci95"], "significant": v["significant"]} for k, v in paired.items()}
+    short = {pair_name(v["a"], v["b"]): {"diff": v["diff"], "ci95": v["ci95"], "significant": v["significant"]}
+             for v in paired.values()}
     acc = res["distill"].metrics
     return {"name": point.name, "examples": point.examples, "epochs": point.epochs, "method": point.method,
             "models": models, "paired": short, "learning_rates": best, "sweep": rows, "items": items,
@@ -342,11 +393,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=None,
                         help=f"--screen's learning rate (default: {SCREEN_RATES['lora']:g} LoRA, "
                              f"{SCREEN_RATES['full']:g} full fine-tuning)")
-    parser.add_argument("--with-kd", action="store_true",
-                        help="--screen: also train KD (the base's logits) from the same examples at the same rate")
+    parser.add_argument("--with", dest="with_methods", default="", metavar="METHODS",
+                        help="--screen: also train these of kd, sdd, sdd-kd (comma-separated) from the same examples "
+                             "at the same rate; sdd and sdd-kd need the teacher's rewrites (~45 min at 1,024 problems)")
     args = parser.parse_args(argv)
-    if args.with_kd and not args.screen:
-        parser.error("--with-kd goes with --screen (the study trains every method already)")
+    extra = [m for m in args.with_methods.split(",") if m]
+    if extra and not args.screen:
+        parser.error("--with goes with --screen (the study trains every method already)")
+    if unknown := [m for m in extra if m not in ("kd", "sdd", "sdd-kd")]:
+        parser.error(f"--with: unknown methods {unknown}; known: kd, sdd, sdd-kd")
+    args.methods = ("sft", *[m for m in METHODS if m in extra])
 
     import torch
 
@@ -425,7 +481,7 @@ def screen(points: list[Point], recipes: dict, runs_dir: Path, ledger: Ledger, a
         found = {}
     for point in points:
         started = time.time()
-        got = run_screen(point, recipes, runs_dir, ledger, args.smoke, n_held, args.rate, args.with_kd)
+        got = run_screen(point, recipes, runs_dir, ledger, args.smoke, n_held, args.rate, args.methods)
         found[(got["name"], got["learning_rate"])] = got
         print(f"   {point.name} done in {time.time() - started:.0f} s at {gflops['best']:.0f} GFLOPS", flush=True)
     argv_used = sys.argv[1:] if argv is None else argv
@@ -436,7 +492,9 @@ def screen(points: list[Point], recipes: dict, runs_dir: Path, ledger: Ledger, a
            "command": "python bench/regimes.py" + "".join(" " + shlex.quote(a) for a in argv_used),
            "smoke": args.smoke, "torch_threads": torch.get_num_threads(),
            "notes": {"forgetting": "variant - pruned on the six-task average, points; negative = forgot",
-                     "distill": "the teacher writes 1 token per problem: SFT reads the original answers only",
+                     "distill": "the teacher writes 1 token per problem: SFT and KD read the original answers only; "
+                                "sdd and sdd-kd train in a run of their own whose teacher writes whole answers "
+                                "(distill: its rows and accepted rewrites), paired with the first on the same items",
                      "generative": GENERATIVE_NOTE}}
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(out, indent=1) + "\n")
@@ -447,9 +505,10 @@ def screen(points: list[Point], recipes: dict, runs_dir: Path, ledger: Ledger, a
         ll = {m: mm.get("learning_loss") for m, mm in p["models"].items()}
         g = (p["models"]["sft"].get("generative") or {}).get("generative_forgetting")
         written = f"; SciQ answers - pruned {g['diff']:+.1f} ({g['ci95'][0]:+.1f}..{g['ci95'][1]:+.1f})" if g else ""
-        k = p["paired"].get("kd-sft")
-        if k and k.get("diff") is not None:
-            written += f"; kd - sft {k['diff']:+.1f} ({k['ci95'][0]:+.1f}..{k['ci95'][1]:+.1f})"
+        for name in ("kd-sft", "sdd-sft", "sdd_kd-kd"):
+            k = p["paired"].get(name)
+            if k and k.get("diff") is not None:
+                written += f"; {name} {k['diff']:+.1f} ({k['ci95'][0]:+.1f}..{k['ci95'][1]:+.1f})"
         print(f"{p['name']} (lr {p['learning_rate']:g}): sft - pruned {f['diff']:+.1f} "
               f"({f['ci95'][0]:+.1f}..{f['ci95'][1]:+.1f}); learning loss {ll}{written}")
     print(f"\nwrote {out_path} and {out_path.with_suffix('.png')}; stage time {ledger.seconds / 60:.1f} min at "

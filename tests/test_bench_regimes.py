@@ -74,9 +74,10 @@ def test_smoke_run_writes_the_schema_and_the_plot_and_resumes_without_redoing_wo
 
 
 def test_screen_trains_sft_alone_and_keeps_points_of_earlier_invocations(tmp_path: Path) -> None:
-    """--screen: SFT alone at a point (does it forget there?), each point added to the same file."""
+    """--screen: SFT alone at a point (does it forget there?), each point added to the same file; --with
+    adds the other methods, those that read rewrites from a run of their own, paired across the two."""
     out_file = tmp_path / "screen.json"
-    for extra in (["s6-e2-full"], ["s6-e1-r16"], ["s6-e1-r16", "--rate", "3e-3", "--with-kd"]):
+    for extra in (["s6-e2-full"], ["s6-e1-r16"], ["s6-e1-r16", "--rate", "3e-3", "--with", "sdd-kd,kd,sdd"]):
         done = regimes(tmp_path, "--screen", *extra, "--out", str(out_file))
         assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(out_file.read_text())
@@ -84,14 +85,23 @@ def test_screen_trains_sft_alone_and_keeps_points_of_earlier_invocations(tmp_pat
     assert [(p["name"], p["learning_rate"]) for p in out["points"]] == [("s6-e1-r16", 1e-3), ("s6-e1-r16", 3e-3),
                                                                         ("s6-e2-full", 1e-4)]
     for p in out["points"]:
-        with_kd = p["learning_rate"] == 3e-3
-        # SFT alone (no rewrites, so no sdd), and KD beside it where asked
-        assert set(p["models"]) == {"base", "pruned", "sft"} | ({"kd"} if with_kd else set())
-        assert set(p["steps"]) == {"sft"} | ({"kd"} if with_kd else set())
-        assert set(p["paired"]) == {"sft-pruned"} | ({"kd-sft", "kd-pruned"} if with_kd else set())
-        if with_kd:
-            assert p["models"]["kd"]["forgetting"]["diff"] == p["paired"]["kd-pruned"]["diff"]
-            assert p["steps"]["kd"] == p["steps"]["sft"]
+        every = p["learning_rate"] == 3e-3
+        others = {"kd", "sdd", "sdd-kd"} if every else set()
+        # SFT alone (no rewrites), and the other methods beside it where asked
+        assert set(p["models"]) == {"base", "pruned", "sft"} | others
+        assert set(p["steps"]) == {"sft"} | others
+        assert set(p["paired"]) == {"sft-pruned"} | ({"kd-sft", "sdd-sft", "sdd_kd-kd", "kd-pruned", "sdd-pruned",
+                                                       "sdd_kd-pruned"} if every else set())
+        assert ("distill" in p) == every  # the teacher wrote whole answers only for sdd and sdd-kd
+        for m in others:
+            assert p["models"][m]["forgetting"]["diff"] == p["paired"][f"{m.replace('-', '_')}-pruned"]["diff"]
+            assert p["steps"][m] == p["steps"]["sft"]
+            assert p["models"][m]["learning_loss"] > 0
+        if every:
+            assert p["distill"]["rows"] == p["examples"]
+            assert p["rewrites_stage_seconds"]["distill"] > 0
+            # the pair across the two runs is the difference of the two six-task averages
+            assert abs(p["paired"]["sdd-sft"]["diff"] - (p["models"]["sdd"]["average"] - p["models"]["sft"]["average"])) < 0.06
         assert p["paired"]["sft-pruned"]["ci95"][0] <= p["paired"]["sft-pruned"]["diff"] <= \
             p["paired"]["sft-pruned"]["ci95"][1]
         assert p["models"]["sft"]["learning_loss"] > 0
