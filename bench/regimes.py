@@ -155,7 +155,8 @@ def screen_recipe(base: dict, point: Point, smoke: bool, rate: float | None = No
     return d
 
 
-def rewrite_recipe(base: dict, point: Point, smoke: bool, rate: float | None, methods: tuple[str, ...]) -> dict:
+def rewrite_recipe(base: dict, point: Point, smoke: bool, rate: float | None, methods: tuple[str, ...],
+                   accepted: int = 0) -> dict:
     """SDD and SDD-KD at ``point``, at the screen's rate, from the same problems. A recipe of their own
     because the rewrites change the distill stage and so every variant's key: SFT and KD stay
     cached in :func:`screen_recipe`'s run, and both runs evaluate the same items, so the
@@ -167,6 +168,8 @@ def rewrite_recipe(base: dict, point: Point, smoke: bool, rate: float | None, me
     d.pop("merge", None)
     lr = rate or SCREEN_RATES["full" if point.method == "full" else "lora"]
     d["finetune"]["variants"] = {m: {**SPECS[m], "learning_rate": lr} for m in methods if m in ("sdd", "sdd-kd")}
+    if accepted and "sdd-accepted" in methods:  # the accepted rewrites alone: fewer rows, fewer steps
+        d["finetune"]["variants"]["sdd-accepted"] = {"data": "accepted", "learning_rate": lr}
     d["card"]["model_name"] = f"regimes-{point.name}-screen-rewrites"
     return d
 
@@ -189,13 +192,20 @@ def run_screen(point: Point, recipes: dict, runs_dir: Path, ledger: Ledger, smok
           f"{point.epochs:g} epochs, {point.method}", flush=True)
     d = screen_recipe(recipes["test"], point, smoke, rate, methods)
     recipes_here = {"screen": d}
-    if {"sdd", "sdd-kd"} & set(methods):
+    if {"sdd", "sdd-kd", "sdd-accepted"} & set(methods):
         recipes_here["screen-rewrites"] = rewrite_recipe(recipes["test"], point, smoke, rate, methods)
         share_cache(runs_dir, d, recipes_here["screen-rewrites"])
     runs = {}
     examples: list = []
     for label, rd in recipes_here.items():
         res = run_recipe(f"{point.name}/{label}", rd, runs_dir, ledger)
+        accepted = res["distill"].metrics.get("accepted") or 0
+        if label == "screen-rewrites" and "sdd-accepted" in methods:
+            if accepted:  # known only once the teacher has written: again, the others restored from the cache
+                rd = rewrite_recipe(recipes["test"], point, smoke, rate, methods, accepted)
+                res = run_recipe(f"{point.name}/{label}", rd, runs_dir, ledger)
+            else:
+                print("   sdd-accepted: the teacher wrote no accepted rewrite; nothing to train on", flush=True)
         # read now, while the stage files are there
         snap = snapshot(res)
         examples, trained_on = add_learning(snap["models"], res, rd, runs_dir, smoke, n_held)
@@ -204,9 +214,10 @@ def run_screen(point: Point, recipes: dict, runs_dir: Path, ledger: Ledger, smok
         add_generative(snap["models"], res, runs_dir, smoke)
         runs[label] = {"snapshot": snap, "variants": res["finetune"].metrics["variants"],
                        "distill": res["distill"].metrics, "stage_seconds": ledger.first_run_seconds(res)}
-    pairs = [(a, b) for a, b in PAIRS if a in methods and (b in methods or b == "pruned")]
+    trained = {m for r in runs.values() for m in r["snapshot"]["models"]}
+    pairs = [(a, b) for a, b in PAIRS if a in trained and b in trained]
     models, paired, items = collect([r["snapshot"] for r in runs.values()], pairs)
-    for m in methods:
+    for m in (m for m in methods if m in models):
         p = paired.get(f"{m}-pruned", {})
         models[m]["forgetting"] = {"diff": p.get("diff"), "ci95": p.get("ci95")}
     variants = {v: m for r in runs.values() for v, m in r["variants"].items()}
@@ -394,15 +405,18 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"--screen's learning rate (default: {SCREEN_RATES['lora']:g} LoRA, "
                              f"{SCREEN_RATES['full']:g} full fine-tuning)")
     parser.add_argument("--with", dest="with_methods", default="", metavar="METHODS",
-                        help="--screen: also train these of kd, sdd, sdd-kd (comma-separated) from the same examples "
-                             "at the same rate; sdd and sdd-kd need the teacher's rewrites (~45 min at 1,024 problems)")
+                        help="--screen: also train these of kd, sdd, sdd-kd, sdd-accepted (comma-separated) from the "
+                             "same examples at the same rate; the sdd ones need the teacher's rewrites (~25 min at "
+                             "1,024 problems); sdd-accepted trains on the accepted rewrites alone")
     args = parser.parse_args(argv)
     extra = [m for m in args.with_methods.split(",") if m]
     if extra and not args.screen:
         parser.error("--with goes with --screen (the study trains every method already)")
-    if unknown := [m for m in extra if m not in ("kd", "sdd", "sdd-kd")]:
-        parser.error(f"--with: unknown methods {unknown}; known: kd, sdd, sdd-kd")
-    args.methods = ("sft", *[m for m in METHODS if m in extra])
+    if unknown := [m for m in extra if m not in ("kd", "sdd", "sdd-kd", "sdd-accepted")]:
+        parser.error(f"--with: unknown methods {unknown}; known: kd, sdd, sdd-kd, sdd-accepted")
+    if "sdd-accepted" in extra and "sdd" not in extra:
+        parser.error("--with sdd-accepted goes with sdd (it is compared with sdd's fallback to the original answers)")
+    args.methods = ("sft", *[m for m in (*METHODS, "sdd-accepted") if m in extra])
 
     import torch
 
