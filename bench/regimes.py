@@ -57,11 +57,15 @@ from recipe_bench import (  # noqa: E402
     with_learning_rates,
 )
 
+WITH = ("kd", "sdd", "sdd-kd", "sdd-accepted", "sdd-filtered")  # --screen --with: beside sft
 SPECS = {"sft": {"data": "original"}, "sdd": {"data": "distilled"}, "kd": {"data": "original", "loss": "kd"},
          "sdd-kd": {"data": "distilled", "loss": "kd"}}
 RATES = {"lora": [1e-4, 3e-4, 1e-3], "full": [1e-5, 3e-5, 1e-4]}
 PAIRS = [("sdd", "sft"), ("kd", "sft"), ("sdd-kd", "kd"), ("sft", "pruned"), ("sdd", "pruned"), ("kd", "pruned"),
-         ("sdd-kd", "pruned"), ("sdd-accepted", "sdd")]
+         ("sdd-kd", "pruned"), ("sdd-accepted", "sdd"), ("sdd-filtered", "sdd"), ("sdd-filtered", "sft"),
+         ("sdd-filtered", "pruned")]
+# sdd-filtered: SDD from rewrites checked with distill.min_length_ratio too (bare answers fall back)
+FILTER_RATIO = 0.5
 HELD_OUT = 128  # held-out GSM8K problems for the learning figure
 GENERATIVE_NOTE = ("greedy short answers to SciQ validation questions (bench/generative_qa.py): sciq_answer = "
                    "share answered (gold answer in the response), generative_forgetting = variant - pruned, points")
@@ -156,7 +160,7 @@ def screen_recipe(base: dict, point: Point, smoke: bool, rate: float | None = No
 
 
 def rewrite_recipe(base: dict, point: Point, smoke: bool, rate: float | None, methods: tuple[str, ...],
-                   accepted: int = 0) -> dict:
+                   accepted: int = 0, filtered: bool = False) -> dict:
     """SDD and SDD-KD at ``point``, at the screen's rate, from the same problems. A recipe of their own
     because the rewrites change the distill stage and so every variant's key: SFT and KD stay
     cached in :func:`screen_recipe`'s run, and both runs evaluate the same items, so the
@@ -164,9 +168,14 @@ def rewrite_recipe(base: dict, point: Point, smoke: bool, rate: float | None, me
     neither run's distill stage (the rewrites: ~45 min at 1,024 problems) replaces the other's;
     :func:`share_cache` lets it reuse the first's evaluations."""
     d = at_point(base, point, smoke)
-    d["name"] = f"{d['name']}-rewrites"
+    d["name"] = f"{d['name']}-rewrites{'-filtered' if filtered else ''}"
     d.pop("merge", None)
     lr = rate or SCREEN_RATES["full" if point.method == "full" else "lora"]
+    if filtered:  # the same rewrites (greedy), bare answers among them rejected: sdd on that data
+        d["distill"]["min_length_ratio"] = FILTER_RATIO
+        d["finetune"]["variants"] = {"sdd-filtered": {**SPECS["sdd"], "learning_rate": lr}}
+        d["card"]["model_name"] = f"regimes-{point.name}-screen-rewrites-filtered"
+        return d
     d["finetune"]["variants"] = {m: {**SPECS[m], "learning_rate": lr} for m in methods if m in ("sdd", "sdd-kd")}
     if accepted and "sdd-accepted" in methods:  # the accepted rewrites alone: fewer rows, fewer steps
         d["finetune"]["variants"]["sdd-accepted"] = {"data": "accepted", "learning_rate": lr}
@@ -195,6 +204,10 @@ def run_screen(point: Point, recipes: dict, runs_dir: Path, ledger: Ledger, smok
     if {"sdd", "sdd-kd", "sdd-accepted"} & set(methods):
         recipes_here["screen-rewrites"] = rewrite_recipe(recipes["test"], point, smoke, rate, methods)
         share_cache(runs_dir, d, recipes_here["screen-rewrites"])
+    if "sdd-filtered" in methods:
+        recipes_here["screen-rewrites-filtered"] = rewrite_recipe(recipes["test"], point, smoke, rate, methods,
+                                                                  filtered=True)
+        share_cache(runs_dir, d, recipes_here["screen-rewrites-filtered"])
     runs = {}
     examples: list = []
     for label, rd in recipes_here.items():
@@ -231,8 +244,15 @@ def run_screen(point: Point, recipes: dict, runs_dir: Path, ledger: Ledger, smok
            "stage_seconds": runs["screen"]["stage_seconds"]}
     if "screen-rewrites" in runs:
         r = runs["screen-rewrites"]
-        out["distill"] = {"rows": r["distill"].get("rows"), "accepted": r["distill"].get("accepted")}
+        out["distill"] = {"rows": r["distill"].get("rows"), "accepted": r["distill"].get("accepted"),
+                          "rejection_reasons": r["distill"].get("rejection_reasons")}
         out["rewrites_stage_seconds"] = r["stage_seconds"]
+    if "screen-rewrites-filtered" in runs:
+        r = runs["screen-rewrites-filtered"]
+        out["distill_filtered"] = {"min_length_ratio": FILTER_RATIO, "rows": r["distill"].get("rows"),
+                                   "accepted": r["distill"].get("accepted"),
+                                   "rejection_reasons": r["distill"].get("rejection_reasons")}
+        out["rewrites_filtered_stage_seconds"] = r["stage_seconds"]
     return out
 
 
@@ -349,9 +369,9 @@ def plot(points: list[dict], path: Path) -> None:
 
     xs = list(range(len(points)))
     with figure(path, figsize=(15.5, 4.4), dpi=110, ncols=3) as (_, (left, right, spoken)):
-        for i, m in enumerate(METHODS):
+        for i, m in enumerate((*METHODS, "sdd-accepted", "sdd-filtered")):
             got = [(x, p["models"][m]) for x, p in zip(xs, points) if m in p["models"]]
-            off = (i - 1.5) * 0.06
+            off = (i - 2.5) * 0.05
             f = [(x + off, mm["forgetting"]) for x, mm in got if mm.get("forgetting")]
             if f:
                 left.errorbar([x for x, _ in f], [d["diff"] for _, d in f],
@@ -405,18 +425,19 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"--screen's learning rate (default: {SCREEN_RATES['lora']:g} LoRA, "
                              f"{SCREEN_RATES['full']:g} full fine-tuning)")
     parser.add_argument("--with", dest="with_methods", default="", metavar="METHODS",
-                        help="--screen: also train these of kd, sdd, sdd-kd, sdd-accepted (comma-separated) from the "
-                             "same examples at the same rate; the sdd ones need the teacher's rewrites (~25 min at "
-                             "1,024 problems); sdd-accepted trains on the accepted rewrites alone")
+                        help="--screen: also train these of kd, sdd, sdd-kd, sdd-accepted, sdd-filtered (comma-separated) "
+                             "from the same examples at the same rate; the sdd ones need the teacher's rewrites (~25 "
+                             "min at 1,024 problems); sdd-accepted trains on the accepted rewrites alone, sdd-filtered "
+                             f"on rewrites checked with distill.min_length_ratio {FILTER_RATIO:g} too")
     args = parser.parse_args(argv)
     extra = [m for m in args.with_methods.split(",") if m]
     if extra and not args.screen:
         parser.error("--with goes with --screen (the study trains every method already)")
-    if unknown := [m for m in extra if m not in ("kd", "sdd", "sdd-kd", "sdd-accepted")]:
-        parser.error(f"--with: unknown methods {unknown}; known: kd, sdd, sdd-kd, sdd-accepted")
+    if unknown := [m for m in extra if m not in WITH]:
+        parser.error(f"--with: unknown methods {unknown}; known: {', '.join(WITH)}")
     if "sdd-accepted" in extra and "sdd" not in extra:
         parser.error("--with sdd-accepted goes with sdd (it is compared with sdd's fallback to the original answers)")
-    args.methods = ("sft", *[m for m in (*METHODS, "sdd-accepted") if m in extra])
+    args.methods = ("sft", *[m for m in WITH if m in extra])
 
     import torch
 
@@ -519,7 +540,7 @@ def screen(points: list[Point], recipes: dict, runs_dir: Path, ledger: Ledger, a
         ll = {m: mm.get("learning_loss") for m, mm in p["models"].items()}
         g = (p["models"]["sft"].get("generative") or {}).get("generative_forgetting")
         written = f"; SciQ answers - pruned {g['diff']:+.1f} ({g['ci95'][0]:+.1f}..{g['ci95'][1]:+.1f})" if g else ""
-        for name in ("kd-sft", "sdd-sft", "sdd_kd-kd"):
+        for name in ("kd-sft", "sdd-sft", "sdd_kd-kd", "sdd_accepted-sdd", "sdd_filtered-sdd", "sdd_filtered-sft"):
             k = p["paired"].get(name)
             if k and k.get("diff") is not None:
                 written += f"; {name} {k['diff']:+.1f} ({k['ci95'][0]:+.1f}..{k['ci95'][1]:+.1f})"

@@ -77,7 +77,7 @@ def test_screen_trains_sft_alone_and_keeps_points_of_earlier_invocations(tmp_pat
     """--screen: SFT alone at a point (does it forget there?), each point added to the same file; --with
     adds the other methods, those that read rewrites from a run of their own, paired across the two."""
     out_file = tmp_path / "screen.json"
-    for extra in (["s6-e2-full"], ["s6-e1-r16"], ["s6-e1-r16", "--rate", "3e-3", "--with", "sdd-kd,kd,sdd,sdd-accepted"]):
+    for extra in (["s6-e2-full"], ["s6-e1-r16"], ["s6-e1-r16", "--rate", "3e-3", "--with", "sdd-kd,kd,sdd,sdd-accepted,sdd-filtered"]):
         done = regimes(tmp_path, "--screen", *extra, "--out", str(out_file))
         assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(out_file.read_text())
@@ -86,12 +86,13 @@ def test_screen_trains_sft_alone_and_keeps_points_of_earlier_invocations(tmp_pat
                                                                         ("s6-e2-full", 1e-4)]
     for p in out["points"]:
         every = p["learning_rate"] == 3e-3
-        others = {"kd", "sdd", "sdd-kd"} if every else set()
+        others = {"kd", "sdd", "sdd-kd", "sdd-filtered"} if every else set()
         # SFT alone (no rewrites), and the other methods beside it where asked
         assert set(p["models"]) == {"base", "pruned", "sft"} | others
         assert set(p["steps"]) == {"sft"} | others
         assert set(p["paired"]) == {"sft-pruned"} | ({"kd-sft", "sdd-sft", "sdd_kd-kd", "kd-pruned", "sdd-pruned",
-                                                       "sdd_kd-pruned"} if every else set())
+                                                       "sdd_kd-pruned", "sdd_filtered-sdd", "sdd_filtered-sft",
+                                                       "sdd_filtered-pruned"} if every else set())
         assert ("distill" in p) == every  # the teacher wrote whole answers only for sdd and sdd-kd
         # a random teacher gets no answer right: sdd-accepted has nothing to train on, and is left out
         assert "sdd-accepted" not in p["models"] and (not every or p["distill"]["accepted"] == 0)
@@ -101,6 +102,8 @@ def test_screen_trains_sft_alone_and_keeps_points_of_earlier_invocations(tmp_pat
             assert p["models"][m]["learning_loss"] > 0
         if every:
             assert p["distill"]["rows"] == p["examples"]
+            # sdd-filtered: its own rewrites run, checked with the too-short rule as well
+            assert p["distill_filtered"]["min_length_ratio"] == 0.5 and p["distill_filtered"]["rows"] == p["examples"]
             assert p["rewrites_stage_seconds"]["distill"] > 0
             # the pair across the two runs is the difference of the two six-task averages
             assert abs(p["paired"]["sdd-sft"]["diff"] - (p["models"]["sdd"]["average"] - p["models"]["sft"]["average"])) < 0.06
@@ -115,10 +118,11 @@ def test_screen_trains_sft_alone_and_keeps_points_of_earlier_invocations(tmp_pat
     assert out["gflops"] > 0 and "1 token" in out["notes"]["distill"]
     # the rewrites had a run directory of their own (neither distill stage replaces the other), whose
     # content-keyed cache is the first's: base and pruned were evaluated once, not once a run
-    (rewrites,) = [d for d in (tmp_path / "runs").iterdir() if d.name.endswith("-rewrites")]
-    first = rewrites.with_name(rewrites.name.removesuffix("-rewrites"))
-    assert (first / "distill" / "stage.json").exists() and (rewrites / "distill" / "stage.json").exists()
-    assert (rewrites / ".cache").resolve() == (first / ".cache").resolve()
+    for suffix in ("-rewrites", "-rewrites-filtered"):
+        (rewrites,) = [d for d in (tmp_path / "runs").iterdir() if d.name.endswith(suffix)]
+        first = rewrites.with_name(rewrites.name.removesuffix(suffix))
+        assert (first / "distill" / "stage.json").exists() and (rewrites / "distill" / "stage.json").exists()
+        assert (rewrites / ".cache").resolve() == (first / ".cache").resolve()
     # screening a point again reuses its training and keeps the seconds its stages took when they ran
     again = regimes(tmp_path, "--screen", "s6-e2-full", "--out", str(out_file))
     assert again.returncode == 0, again.stderr[-3000:]

@@ -90,3 +90,18 @@ def test_empty_and_truncated_rewrites_are_rejected() -> None:
     v = select("A long answer that was cut", ORIGINAL, checker="none", finish_reason="length")
     assert (v.reason, v.selected) == ("truncated", ORIGINAL)
     assert select("A fine answer.", "orig", checker="none").verdict == "accepted"
+
+
+def test_too_short_rewrites_fall_back_only_when_the_rule_is_on() -> None:
+    """A bare final answer passes the answer check but drops the working (a 135M teacher wrote 220
+    of its 418 correct GSM8K rewrites that way): ``min_length_ratio`` rejects it."""
+    bare = "#### 18\n\nThe answer is 18."
+    assert select(bare, ORIGINAL, checker="final-number").verdict == "accepted"  # off by default
+    v = select(bare, ORIGINAL, checker="final-number", min_length_ratio=0.5)
+    assert (v.verdict, v.reason, v.selected) == ("rejected", "too-short", ORIGINAL)
+    # a rewrite as long as half the original's words stays; words, not characters, are counted
+    worked = "16 - 3 - 4 = 9 eggs, at $2: $18.\n#### 18"
+    assert len(worked.split()) >= 0.5 * len(ORIGINAL.split())
+    assert select(worked, ORIGINAL, checker="final-number", min_length_ratio=0.5).verdict == "accepted"
+    # it fires before the answer check: a short wrong answer is too short first
+    assert select("#### 26", ORIGINAL, checker="final-number", min_length_ratio=0.5).reason == "too-short"

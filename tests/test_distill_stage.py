@@ -205,6 +205,28 @@ def dataset_card(ctx: StageContext, out: StageOutput):
     return render_dataset_card(ctx.recipe, results, [out.outputs.data])
 
 
+def test_min_length_ratio_rejects_bare_answers_and_the_card_says_so(tmp_path: Path) -> None:
+    """``distill.min_length_ratio``: a correct but bare answer falls back to the original response,
+    is counted as ``too-short``, and the dataset card states the rule; unset, the section's dump
+    (and so every distill fingerprint) is what it was."""
+    answers = {"What is 2 + 3?": Generation("Two plus three makes 5.\n#### 5", 9, "stop"),  # kept
+               "What is 7 + 1?": Generation("#### 8", 3, "stop")}                          # bare
+    ctx = make_ctx(tmp_path, distill_yaml=DISTILL_MATH + "  min_length_ratio: 0.5\n" + PUBLISH)
+    out = run_distill(ctx, backend=ScriptedBackend(answers))
+    by_q = {r["instruction"]: r for r in read_parquet(ctx.out_dir / out.outputs.data)[0]}
+    assert (by_q["What is 7 + 1?"]["verdict"], by_q["What is 7 + 1?"]["reason"]) == ("rejected", "too-short")
+    assert by_q["What is 7 + 1?"]["selected"] == "7 + 1 = 8\n#### 8"
+    assert by_q["What is 2 + 3?"]["verdict"] == "accepted"
+    # the scripted teacher's "I cannot say." to the other four is too short as well
+    assert out.metrics.rejection_reasons["too-short"] == 5 and out.outputs.min_length_ratio == 0.5
+    assert "`too-short`: the rewrite has fewer words than 50% of the original response's" in str(dataset_card(ctx, out))
+    off = make_ctx(tmp_path, distill_yaml=DISTILL_MATH, out="out-off", work="work-off")
+    assert "min_length_ratio" not in off.recipe.distill.model_dump(mode="json")
+    assert ctx.recipe.distill.model_dump(mode="json")["min_length_ratio"] == 0.5
+    out_off = run_distill(off, backend=ScriptedBackend(answers))
+    assert "too-short" not in str(dataset_card(off, out_off))
+
+
 def test_dataset_card_describes_the_distilled_data(tmp_path: Path) -> None:
     ctx = make_ctx(tmp_path, distill_yaml=DISTILL_MATH + PUBLISH)
     out = run_distill(ctx, backend=ScriptedBackend({"What is 2 + 3?": Generation("It is 5.\n#### 5", 7, "stop")}))

@@ -118,6 +118,7 @@ class DistillOutputs(Record):
     data_license: str | None = None
     checker: str
     rejection_phrases: list[str]
+    min_length_ratio: float | None = None  # distill.min_length_ratio: the too-short rule, when on
     generation: GenerationSettings
     teacher_logits: TeacherLogitsOutput | None = None
 

@@ -262,6 +262,10 @@ class DistillSection(Section):
     checker: Literal["final-number", "choice-letter", "none"] = Field(
         "none", description="Keep a rewrite only if its final number / choice letter equals the label's; "
         "otherwise fall back to the original response.")
+    min_length_ratio: float | None = Field(
+        None, gt=0, le=1, description="Reject a rewrite with fewer words than this share of the original "
+        "response's (`too-short`), e.g. 0.5: a small teacher's bare 'The answer is 8.' passes the answer "
+        "check but teaches the student to drop its working. Off by default.")
     generation: GenerationSettings = GenerationSettings()
     shard_size: int = Field(64, ge=1, description="Rows per resumable shard, and per call of the backend. "
                             f"Default 64; {VLLM_SHARD_SIZE} with `generation.backend: vllm`, which needs hundreds in flight.")
@@ -271,10 +275,12 @@ class DistillSection(Section):
 
     @model_serializer(mode="wrap")
     def _unset_is_absent(self, handler: Any) -> Any:
-        # Left out while off, so the fingerprints of recipes that never set it stay what they were.
+        # Left out while off, so the fingerprints of recipes that never set them stay what they were.
         data = handler(self)
-        if isinstance(data, dict) and self.teacher_logits is None:
-            data.pop("teacher_logits", None)
+        if isinstance(data, dict):
+            for name in ("teacher_logits", "min_length_ratio"):
+                if getattr(self, name) is None:
+                    data.pop(name, None)
         return data
 
     @field_validator("data_license")

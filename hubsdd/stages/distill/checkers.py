@@ -7,6 +7,11 @@ used. The rules, in order (the first that fires is the ``reason``):
 ``truncated``           generation stopped at ``max_new_tokens``: an incomplete answer.
 ``mentions-reference``  the rewrite talks about the prompt scaffolding instead of answering
                         (any of :data:`REJECTION_PHRASES`, case-insensitive).
+``too-short``           with ``distill.min_length_ratio`` set: the rewrite has fewer words than that
+                        share of the original response's. A 135M teacher answered 220 of its 418
+                        correct GSM8K rewrites with a bare "#### 8 The answer is 8."; trained on,
+                        they taught the student to answer science questions "The answer to the
+                        problem is 10." (BENCHMARKS.md, Regimes).
 ``no-label``            the checker cannot find a gold answer in the label (or original response).
 ``no-answer``           the checker cannot find an answer in the rewrite.
 ``wrong-answer``        the rewrite's answer differs from the gold one.
@@ -41,7 +46,7 @@ REJECTION_PHRASES: tuple[str, ...] = (
     "as a guide",
 )
 
-REASONS = ("empty", "truncated", "mentions-reference", "no-label", "no-answer", "wrong-answer")
+REASONS = ("empty", "truncated", "mentions-reference", "too-short", "no-label", "no-answer", "wrong-answer")
 
 
 # --------------------------------------------------------------------------- final numbers
@@ -127,7 +132,7 @@ class Verdict:
 
 
 def select(rewrite: str, original: str, *, checker: str, label: str | None = None,
-           finish_reason: str = "stop") -> Verdict:
+           finish_reason: str = "stop", min_length_ratio: float | None = None) -> Verdict:
     """Keep the rewrite or fall back to the original response, and say why.
 
     ``label`` is the gold answer column if the recipe names one; otherwise the checker parses the
@@ -149,6 +154,8 @@ def select(rewrite: str, original: str, *, checker: str, label: str | None = Non
         return reject("truncated")
     if find_rejection_phrase(rewrite):
         return reject("mentions-reference")
+    if min_length_ratio is not None and len(rewrite.split()) < min_length_ratio * len(original.split()):
+        return reject("too-short")
     if extractor is not None:
         if gold is None:
             return reject("no-label")

@@ -149,7 +149,7 @@ def run_distill(ctx: StageContext, *, backend: GenerationBackend | None = None,
     for gen in generations:
         ex = examples[gen["row"]]
         v = select(gen["rewrite"], ex.original, checker=section.checker, label=ex.label,
-                   finish_reason=gen["finish_reason"])
+                   finish_reason=gen["finish_reason"], min_length_ratio=section.min_length_ratio)
         if v.verdict == "rejected":
             reasons[v.reason] += 1
         records.append({"instruction": ex.instruction, "input": ex.input, "original": ex.original,
@@ -162,6 +162,7 @@ def run_distill(ctx: StageContext, *, backend: GenerationBackend | None = None,
         "teacher": teacher, "teacher_sha": teacher_sha,
         "template_name": template.name, "template_sha256": template.sha256,
         "checker": section.checker, "rejection_phrases": list(REJECTION_PHRASES),
+        "min_length_ratio": section.min_length_ratio,
         "generation": generation, "source": section.data.model_dump(mode="json", exclude_none=True),
         "source_sha": source_sha,
     }
@@ -203,6 +204,7 @@ def run_distill(ctx: StageContext, *, backend: GenerationBackend | None = None,
         "data_license": section.data_license,
         "checker": section.checker,
         "rejection_phrases": list(REJECTION_PHRASES),
+        "min_length_ratio": section.min_length_ratio,
         "generation": generation,
     }
     if logits is not None:
