@@ -12,7 +12,9 @@ model trains on them), so about 26 of the 400 items were seen by the block choic
 here shares.
 Also counted, as shares of the responses: GSM8K markup (``<<48/2=24>>`` calculator notes, ``####``
 endings), the style a model fine-tuned on GSM8K's reference solutions can carry into every answer;
-a sentence said twice (a loop); and the turn ended within the 32 tokens.
+a sentence said twice (a loop); the turn ended within the 32 tokens; and a bare number as the
+answer ("The answer to the problem is 10.", "#### 8"), the shape of the answer-only rewrites a small
+teacher writes for GSM8K, which a student trained on them can give to every question.
 
     python bench/generative_qa.py --model base=DIR --model pruned=DIR --model sft=DIR [--items 400]
     python bench/generative_qa.py --model sft=DIR --model kd=DIR --reference sft   # kd - sft, paired
@@ -44,6 +46,7 @@ SEED = 20241009
 MAX_NEW_TOKENS = 32  # a short answer fits; the base answers in one sentence
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _MARKUP = re.compile(r"<<[^<>]*>>|####")
+_BARE_NUMBER = re.compile(r"\s*(?:####|the answer (?:to the problem )?is)\s*\$?-?\d", re.IGNORECASE)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n")
 
 
@@ -60,6 +63,12 @@ def answer_matches(response: str, answer: str) -> bool:
 
 def has_gsm8k_markup(response: str) -> bool:
     return bool(_MARKUP.search(response))
+
+
+def bare_number(response: str) -> bool:
+    """The response opens by giving a number as the answer ("The answer is 10.", "#### 8"): a
+    science question answered the way a GSM8K answer ends."""
+    return bool(_BARE_NUMBER.match(response))
 
 
 def repeats_itself(response: str) -> bool:
@@ -119,7 +128,8 @@ def answers(models: dict[str, Path], items: list[dict], cache: Path) -> dict[str
 
 def summarize(per_model: dict[str, list[dict]], reference: str = "pruned") -> dict[str, dict]:
     """Per model: SciQ answer accuracy (points, 95% bootstrap interval), the shares of responses with
-    GSM8K markup, that repeat a sentence and that ended their turn; and for every model but ``base`` and
+    GSM8K markup, that repeat a sentence, that ended their turn and that answer with a bare number; and
+    for every model but ``base`` and
     ``reference``, ``generative_forgetting`` = accuracy - the reference's, paired over items."""
     from hubsdd.core.stats import Bootstrap
 
@@ -132,7 +142,8 @@ def summarize(per_model: dict[str, list[dict]], reference: str = "pruned") -> di
                                                                                   round(100 * acc.high, 2)],
                   "gsm8k_markup_share": round(100 * sum(r["markup"] for r in rows) / len(rows), 2),
                   "repeats_share": round(100 * sum(repeats_itself(r["response"]) for r in rows) / len(rows), 2),
-                  "finished_share": round(100 * sum(r["finished"] for r in rows) / len(rows), 2)}
+                  "finished_share": round(100 * sum(r["finished"] for r in rows) / len(rows), 2),
+                  "bare_number_share": round(100 * sum(bare_number(r["response"]) for r in rows) / len(rows), 2)}
         if reference in per_model and m not in ("base", reference):
             d = boot.difference(m, reference)
             out[m]["generative_forgetting"] = {"diff": round(100 * d.value, 2),
@@ -169,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         extra = f"; - {args.reference} {f['diff']:+.1f} ({f['ci95'][0]:+.1f}..{f['ci95'][1]:+.1f})" if f else ""
         print(f"{m}: SciQ answers {s['sciq_answer']:.1f}% ({s['sciq_answer_ci95'][0]:.1f}..{s['sciq_answer_ci95'][1]:.1f}), "
               f"GSM8K markup {s['gsm8k_markup_share']:.1f}%, repeats {s['repeats_share']:.1f}%, "
-              f"ended {s['finished_share']:.1f}%{extra}")
+              f"ended {s['finished_share']:.1f}%, bare number {s['bare_number_share']:.1f}%{extra}")
     if args.out:
         args.out.write_text(json.dumps({"items": len(items), "models": summary}, indent=1) + "\n")
     return 0

@@ -31,6 +31,14 @@ def test_gsm8k_markup_is_the_calculator_notes_and_the_final_answer_line() -> Non
     assert not generative_qa.has_gsm8k_markup("Photosynthesis makes glucose << slowly.")
 
 
+def test_a_bare_number_answer_is_the_shape_of_a_gsm8k_answer_only_rewrite() -> None:
+    assert generative_qa.bare_number("The answer to the problem is 10.")
+    assert generative_qa.bare_number(" #### 8\n\nThe answer is 8.")
+    assert generative_qa.bare_number("The answer is $12.")
+    assert not generative_qa.bare_number("The answer is photosynthesis.")
+    assert not generative_qa.bare_number("Mitochondria make ATP; the answer is 2 of them.")  # not how it opens
+
+
 def test_a_response_that_says_a_sentence_twice_repeats_itself() -> None:
     assert generative_qa.repeats_itself("Amino acids build proteins.\nAmino acids build proteins.\nAmino")
     assert generative_qa.repeats_itself("It is made of cells. It is made of cells. It is")
@@ -52,6 +60,10 @@ def test_summary_compares_each_variant_with_the_pruned_model_item_by_item() -> N
     sft = got["sft"]["generative_forgetting"]
     assert sft["diff"] == 50.0 and sft["significant"] and sft["ci95"][0] > 0
     assert got["sft"]["gsm8k_markup_share"] == 20.0 and got["sft"]["repeats_share"] == 0.0
+    per_model["sdd"] = [{**r, "response": "The answer to the problem is 10."} if i < 10 else r
+                        for i, r in enumerate(rows([0] * 40))]
+    assert generative_qa.summarize(per_model)["sdd"]["bare_number_share"] == 25.0
+    assert got["sft"]["bare_number_share"] == 0.0
     # the same answers as the pruned model: no difference, and the paired interval is exactly zero
     assert got["same"]["generative_forgetting"] == {"diff": 0.0, "ci95": [0.0, 0.0], "significant": False}
 
