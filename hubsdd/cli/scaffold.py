@@ -43,14 +43,17 @@ distill:
   columns: {{instruction: question, response: answer}}
   template: math
   checker: final-number
+  # A bare "#### 8" passes the answer check; a small teacher wrote half its rewrites that way, and
+  # the student learned to answer every question with a number. Such rewrites fall back to the original.
+  min_length_ratio: 0.5
   generation: {{max_new_tokens: 512, batch_size: 32}}
 
 finetune:
   # Which method? Measured on SmolLM2-135M: logit distillation (kd) recovered the most at 256
   # examples, and at 1,024 tied sft on the benchmarks and wrote better answers; self-distilled data
-  # (sdd, the paper's method) did no better than the original (sft), which never forgot (README
-  # "Which method should I pick?"). Train the candidates; `publish.release: auto` publishes the best
-  # of them on the dev items.
+  # (sdd, the paper's method) did no better than the original (sft), which never forgot, and worse
+  # on written answers unless bare-answer rewrites are rejected (README "Which method should I
+  # pick?"). Train the candidates; `publish.release: auto` publishes the best on the dev items.
   variants:
     kd: {{data: original, loss: kd}}
     sdd: {{data: distilled}}
