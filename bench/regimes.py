@@ -6,6 +6,7 @@
     python bench/regimes.py --screen d1024-e1-full   # SFT alone at a point: does it forget at all?
     python bench/regimes.py --screen d1024-e1-full --with kd   # and KD beside it, same examples and rate
     python bench/regimes.py --screen d1024-e1-full --with kd,sdd,sdd-kd   # all four methods at one rate
+    python bench/regimes.py --screen d1024-e1-full --with kd,sdd,sdd-accepted,sdd-filtered   # SDD's data side
 
 ``bench/quality.py`` found, at 256 GSM8K examples and 32 LoRA r=16 steps, that SFT forgot nothing,
 so SDD (whose point is to protect what the model knew) had nothing to protect. This drives the same
@@ -148,8 +149,8 @@ def screen_recipe(base: dict, point: Point, smoke: bool, rate: float | None = No
     SFT costs a quarter of a point's training. SFT reads the original answers only, so the teacher
     writes one token per problem (every rewrite is then rejected and unused): the distill stage's
     cost drops from ~45 minutes to a prefill, and the SFT data are exactly the full study's. KD
-    reads the original answers too. The methods that read rewrites (sdd, sdd-kd) get their own
-    recipe, whose teacher writes whole answers (:func:`rewrite_recipe`)."""
+    reads the original answers too. The methods that read rewrites (sdd, sdd-kd, sdd-accepted,
+    sdd-filtered) get their own recipes, whose teacher writes whole answers (:func:`rewrite_recipe`)."""
     d = at_point(base, point, smoke)
     d.pop("merge", None)
     d["distill"]["generation"]["max_new_tokens"] = 1
@@ -161,11 +162,13 @@ def screen_recipe(base: dict, point: Point, smoke: bool, rate: float | None = No
 
 def rewrite_recipe(base: dict, point: Point, smoke: bool, rate: float | None, methods: tuple[str, ...],
                    accepted: int = 0, filtered: bool = False) -> dict:
-    """SDD and SDD-KD at ``point``, at the screen's rate, from the same problems. A recipe of their own
+    """SDD, SDD-KD and SDD on the accepted rewrites alone at ``point``, at the screen's rate, from the
+    same problems; or (``filtered``) SDD on rewrites also checked with ``distill.min_length_ratio``,
+    whose bare answers fall back to the original. A recipe of their own
     because the rewrites change the distill stage and so every variant's key: SFT and KD stay
     cached in :func:`screen_recipe`'s run, and both runs evaluate the same items, so the
     comparisons pair across them (:func:`recipe_bench.collect`). Its own run directory too, so
-    neither run's distill stage (the rewrites: ~45 min at 1,024 problems) replaces the other's;
+    neither run's distill stage (the rewrites: ~22 min at 1,024 problems, 320 GFLOPS) replaces the other's;
     :func:`share_cache` lets it reuse the first's evaluations."""
     d = at_point(base, point, smoke)
     d["name"] = f"{d['name']}-rewrites{'-filtered' if filtered else ''}"
