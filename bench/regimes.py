@@ -233,9 +233,7 @@ def run_screen(point: Point, recipes: dict, runs_dir: Path, ledger: Ledger, smok
     trained = {m for r in runs.values() for m in r["snapshot"]["models"]}
     pairs = [(a, b) for a, b in PAIRS if a in trained and b in trained]
     models, paired, items = collect([r["snapshot"] for r in runs.values()], pairs)
-    for m in (m for m in methods if m in models):
-        p = paired.get(f"{m}-pruned", {})
-        models[m]["forgetting"] = {"diff": p.get("diff"), "ci95": p.get("ci95")}
+    add_forgetting(models, paired)
     variants = {v: m for r in runs.values() for v, m in r["variants"].items()}
     out = {"name": point.name, "examples": point.examples, "epochs": point.epochs, "method": point.method,
            "learning_rate": d["finetune"]["variants"]["sft"]["learning_rate"], "models": models,
@@ -245,17 +243,12 @@ def run_screen(point: Point, recipes: dict, runs_dir: Path, ledger: Ledger, smok
            "steps": {v: m["steps"] for v, m in variants.items()},
            "train_loss": {v: [m.get("train_loss_first"), m.get("train_loss_last")] for v, m in variants.items()},
            "stage_seconds": runs["screen"]["stage_seconds"]}
-    if "screen-rewrites" in runs:
-        r = runs["screen-rewrites"]
-        out["distill"] = {"rows": r["distill"].get("rows"), "accepted": r["distill"].get("accepted"),
-                          "rejection_reasons": r["distill"].get("rejection_reasons")}
-        out["rewrites_stage_seconds"] = r["stage_seconds"]
-    if "screen-rewrites-filtered" in runs:
-        r = runs["screen-rewrites-filtered"]
-        out["distill_filtered"] = {"min_length_ratio": FILTER_RATIO, "rows": r["distill"].get("rows"),
-                                   "accepted": r["distill"].get("accepted"),
-                                   "rejection_reasons": r["distill"].get("rejection_reasons")}
-        out["rewrites_filtered_stage_seconds"] = r["stage_seconds"]
+    for label, name, extra in (("screen-rewrites", "distill", {}),
+                               ("screen-rewrites-filtered", "distill_filtered", {"min_length_ratio": FILTER_RATIO})):
+        if label in runs:
+            r = runs[label]
+            out[name] = {**extra, **{k: r["distill"].get(k) for k in ("rows", "accepted", "rejection_reasons")}}
+            out[label.replace("screen-", "").replace("-", "_") + "_stage_seconds"] = r["stage_seconds"]
     return out
 
 
@@ -318,10 +311,7 @@ def run_point(point: Point, recipes: dict, runs_dir: Path, ledger: Ledger, smoke
     overlap["held_out_in_training"] = trained_on
     if overlap["held_out_in_training"]:
         raise SystemExit(f"{point.name}: held-out problems were trained on: {overlap}")
-    for m in models:
-        if m not in ("base", "pruned") and f"{m}-pruned" in paired:
-            p = paired[f"{m}-pruned"]
-            models[m]["forgetting"] = {"diff": p["diff"], "ci95": p["ci95"]}
+    add_forgetting(models, paired)
     short = {pair_name(v["a"], v["b"]): {"diff": v["diff"], "ci95": v["ci95"], "significant": v["significant"]}
              for v in paired.values()}
     acc = res["distill"].metrics
@@ -330,6 +320,15 @@ def run_point(point: Point, recipes: dict, runs_dir: Path, ledger: Ledger, smoke
             "held_out_problems": len(examples), "disjoint": overlap,
             "distill": {"rows": acc.get("rows"), "accepted": acc.get("accepted")},
             "steps": {v: m["steps"] for v, m in res["finetune"].metrics["variants"].items()}}
+
+
+def add_forgetting(models: dict, paired: dict) -> None:
+    """Each trained model's forgetting, variant - pruned on the six tasks (``collect`` pairs every
+    model with the pruned one), added to ``models``."""
+    for m in models:
+        if m not in ("base", "pruned") and f"{m}-pruned" in paired:
+            p = paired[f"{m}-pruned"]
+            models[m]["forgetting"] = {"diff": p["diff"], "ci95": p["ci95"]}
 
 
 def add_learning(models: dict, res: dict, d: dict, runs_dir: Path, smoke: bool, n_held: int) -> tuple[list, int]:
@@ -429,8 +428,8 @@ def main(argv: list[str] | None = None) -> int:
                              f"{SCREEN_RATES['full']:g} full fine-tuning)")
     parser.add_argument("--with", dest="with_methods", default="", metavar="METHODS",
                         help="--screen: also train these of kd, sdd, sdd-kd, sdd-accepted, sdd-filtered (comma-separated) "
-                             "from the same examples at the same rate; the sdd ones need the teacher's rewrites (~25 "
-                             "min at 1,024 problems); sdd-accepted trains on the accepted rewrites alone, sdd-filtered "
+                             "from the same examples at the same rate; the sdd ones need the teacher's rewrites (~22 "
+                             "min at 1,024 problems, 320 GFLOPS); sdd-accepted trains on the accepted rewrites alone, sdd-filtered "
                              f"on rewrites checked with distill.min_length_ratio {FILTER_RATIO:g} too")
     args = parser.parse_args(argv)
     extra = [m for m in args.with_methods.split(",") if m]
