@@ -115,10 +115,13 @@ def test_demo_publish_pull_and_load_from_the_hub(tmp_path, hub_server, monkeypat
             assert abs(float(gold)) in numbers_in(row["rewrite"])
         elif row["reason"] == "wrong-answer":
             assert row["label"] == gold and row["answer"] != gold
+        elif row["reason"] == "too-short":  # the demo's min_length_ratio: 0.5
+            assert len(row["rewrite"].split()) < 0.5 * len(row["original"].split())
     distill = json.loads((run_dir / "distill" / "stage.json").read_text())["metrics"]
     assert distill["accepted"] == sum(r["verdict"] == "accepted" for r in rows)
     dcard = DatasetCard.load(DATASET_REPO, repo_type="dataset")
     assert "self-distilled" in dcard.text.lower() or "self-data distillation" in dcard.text.lower()
+    assert "`too-short`: the rewrite has fewer words than 50% of the original response's" in dcard.text
 
     # --- stock transformers loads model and tokenizer straight from the endpoint, and generates
     from transformers import AutoModelForCausalLM, AutoTokenizer
