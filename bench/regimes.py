@@ -7,6 +7,7 @@
     python bench/regimes.py --screen d1024-e1-full --with kd   # and KD beside it, same examples and rate
     python bench/regimes.py --screen d1024-e1-full --with kd,sdd,sdd-kd   # all four methods at one rate
     python bench/regimes.py --screen d1024-e1-full --with kd,sdd,sdd-accepted,sdd-filtered   # SDD's data side
+    python bench/regimes.py --screen d1024-e1-full --with kd,gkd   # on-policy distillation beside KD
 
 ``bench/quality.py`` found, at 256 GSM8K examples and 32 LoRA r=16 steps, that SFT forgot nothing,
 so SDD (whose point is to protect what the model knew) had nothing to protect. This drives the same
@@ -58,13 +59,13 @@ from recipe_bench import (  # noqa: E402
     with_learning_rates,
 )
 
-WITH = ("kd", "sdd", "sdd-kd", "sdd-accepted", "sdd-filtered")  # --screen --with: beside sft
+WITH = ("kd", "sdd", "sdd-kd", "sdd-accepted", "sdd-filtered", "gkd")  # --screen --with: beside sft
 SPECS = {"sft": {"data": "original"}, "sdd": {"data": "distilled"}, "kd": {"data": "original", "loss": "kd"},
-         "sdd-kd": {"data": "distilled", "loss": "kd"}}
+         "sdd-kd": {"data": "distilled", "loss": "kd"}, "gkd": {"data": "original", "loss": "gkd"}}
 RATES = {"lora": [1e-4, 3e-4, 1e-3], "full": [1e-5, 3e-5, 1e-4]}
 PAIRS = [("sdd", "sft"), ("kd", "sft"), ("sdd-kd", "kd"), ("sft", "pruned"), ("sdd", "pruned"), ("kd", "pruned"),
          ("sdd-kd", "pruned"), ("sdd-accepted", "sdd"), ("sdd-filtered", "sdd"), ("sdd-filtered", "sft"),
-         ("sdd-filtered", "pruned")]
+         ("sdd-filtered", "pruned"), ("gkd", "kd"), ("gkd", "sft"), ("gkd", "pruned")]
 # sdd-filtered: SDD from rewrites checked with distill.min_length_ratio too (bare answers fall back)
 FILTER_RATIO = 0.5
 HELD_OUT = 128  # held-out GSM8K problems for the learning figure
@@ -149,13 +150,15 @@ def screen_recipe(base: dict, point: Point, smoke: bool, rate: float | None = No
     SFT costs a quarter of a point's training. SFT reads the original answers only, so the teacher
     writes one token per problem (every rewrite is then rejected and unused): the distill stage's
     cost drops from ~45 minutes to a prefill, and the SFT data are exactly the full study's. KD
-    reads the original answers too. The methods that read rewrites (sdd, sdd-kd, sdd-accepted,
+    reads the original answers too, and so does GKD (on-policy: the student writes half the batches'
+    answers and the base model scores them; the other half are the original answers, ``finetune.gkd``'s
+    defaults). The methods that read rewrites (sdd, sdd-kd, sdd-accepted,
     sdd-filtered) get their own recipes, whose teacher writes whole answers (:func:`rewrite_recipe`)."""
     d = at_point(base, point, smoke)
     d.pop("merge", None)
     d["distill"]["generation"]["max_new_tokens"] = 1
     lr = rate or SCREEN_RATES["full" if point.method == "full" else "lora"]
-    d["finetune"]["variants"] = {m: {**SPECS[m], "learning_rate": lr} for m in methods if m in ("sft", "kd")}
+    d["finetune"]["variants"] = {m: {**SPECS[m], "learning_rate": lr} for m in methods if m in ("sft", "kd", "gkd")}
     d["card"]["model_name"] = f"regimes-{point.name}-screen"
     return d
 
@@ -242,6 +245,10 @@ def run_screen(point: Point, recipes: dict, runs_dir: Path, ledger: Ledger, smok
            "held_out_problems": len(examples),
            "steps": {v: m["steps"] for v, m in variants.items()},
            "train_loss": {v: [m.get("train_loss_first"), m.get("train_loss_last")] for v, m in variants.items()},
+           # each variant's own training time (what a method costs), and GKD's batches the student wrote
+           "train_seconds": {v: m.get("seconds") for v, m in variants.items()},
+           **({"on_policy_batches": on_policy} if (on_policy := {v: m["on_policy_batches"] for v, m in variants.items()
+                                                                 if "on_policy_batches" in m}) else {}),
            "stage_seconds": runs["screen"]["stage_seconds"]}
     for label, name, extra in (("screen-rewrites", "distill", {}),
                                ("screen-rewrites-filtered", "distill_filtered", {"min_length_ratio": FILTER_RATIO})):
@@ -371,7 +378,7 @@ def plot(points: list[dict], path: Path) -> None:
 
     xs = list(range(len(points)))
     with figure(path, figsize=(15.5, 4.4), dpi=110, ncols=3) as (_, (left, right, spoken)):
-        for i, m in enumerate((*METHODS, "sdd-accepted", "sdd-filtered")):
+        for i, m in enumerate((*METHODS, "sdd-accepted", "sdd-filtered", "gkd")):
             got = [(x, p["models"][m]) for x, p in zip(xs, points) if m in p["models"]]
             off = (i - 2.5) * 0.05
             f = [(x + off, mm["forgetting"]) for x, mm in got if mm.get("forgetting")]
@@ -427,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"--screen's learning rate (default: {SCREEN_RATES['lora']:g} LoRA, "
                              f"{SCREEN_RATES['full']:g} full fine-tuning)")
     parser.add_argument("--with", dest="with_methods", default="", metavar="METHODS",
-                        help="--screen: also train these of kd, sdd, sdd-kd, sdd-accepted, sdd-filtered (comma-separated) "
+                        help="--screen: also train these of kd, sdd, sdd-kd, sdd-accepted, sdd-filtered, gkd (comma-separated) "
                              "from the same examples at the same rate; the sdd ones need the teacher's rewrites (~22 "
                              "min at 1,024 problems, 320 GFLOPS); sdd-accepted trains on the accepted rewrites alone, sdd-filtered "
                              f"on rewrites checked with distill.min_length_ratio {FILTER_RATIO:g} too")
@@ -476,10 +483,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"   {point.name} done in {time.time() - started:.0f} s (stage time so far {ledger.seconds / 60:.1f} min "
               f"at {gflops['best']:.0f} GFLOPS)", flush=True)
     argv_used = sys.argv[1:] if argv is None else argv
+    results = [{**p, "kind": "study"} for p in results]
     out = {
-        "points": results,
-        "kd_cache": {"speedup": None, "peak_memory_ratio": None, "quality": None,
-                     "status": "not measured here: the top-k teacher-logit cache is separate work"},
+        "points": merged_points(out_path, results, args.smoke),
+        "kd_cache": kd_cache_figures(args.smoke),
         "wall_seconds": round(ledger.seconds, 1),
         "wall_seconds_this_invocation": round(time.time() - invoked, 1),
         "gflops": gflops["best"], "gflops_detail": gflops,
@@ -535,6 +542,11 @@ def screen(points: list[Point], recipes: dict, runs_dir: Path, ledger: Ledger, a
                      "generative": GENERATIVE_NOTE}}
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(out, indent=1) + "\n")
+    study_path = out_path.with_name("regimes-smoke.json" if args.smoke else "regimes.json")
+    screened = [{**p, "kind": "screen", "learning_rates": {m: p["learning_rate"] for m in p["steps"]}}
+                for p in out["points"]]
+    study_path.write_text(json.dumps({**out, "points": merged_points(study_path, screened, args.smoke),
+                                      "kd_cache": kd_cache_figures(args.smoke)}, indent=1) + "\n")
     labelled = [{**p, "name": f"{p['name']}\nlr {p['learning_rate']:g}"} for p in out["points"]]
     plot(labelled, out_path.with_suffix(".png"))
     for p in out["points"]:
@@ -542,15 +554,46 @@ def screen(points: list[Point], recipes: dict, runs_dir: Path, ledger: Ledger, a
         ll = {m: mm.get("learning_loss") for m, mm in p["models"].items()}
         g = (p["models"]["sft"].get("generative") or {}).get("generative_forgetting")
         written = f"; SciQ answers - pruned {g['diff']:+.1f} ({g['ci95'][0]:+.1f}..{g['ci95'][1]:+.1f})" if g else ""
-        for name in ("kd-sft", "sdd-sft", "sdd_kd-kd", "sdd_accepted-sdd", "sdd_filtered-sdd", "sdd_filtered-sft"):
+        for name in ("kd-sft", "sdd-sft", "sdd_kd-kd", "sdd_accepted-sdd", "sdd_filtered-sdd", "sdd_filtered-sft",
+                     "gkd-kd", "gkd-sft"):
             k = p["paired"].get(name)
             if k and k.get("diff") is not None:
                 written += f"; {name} {k['diff']:+.1f} ({k['ci95'][0]:+.1f}..{k['ci95'][1]:+.1f})"
         print(f"{p['name']} (lr {p['learning_rate']:g}): sft - pruned {f['diff']:+.1f} "
               f"({f['ci95'][0]:+.1f}..{f['ci95'][1]:+.1f}); learning loss {ll}{written}")
-    print(f"\nwrote {out_path} and {out_path.with_suffix('.png')}; stage time {ledger.seconds / 60:.1f} min at "
-          f"{gflops['best']:.0f} GFLOPS")
+    print(f"\nwrote {out_path} and {out_path.with_suffix('.png')}, and its points into {study_path}; stage time "
+          f"{ledger.seconds / 60:.1f} min at {gflops['best']:.0f} GFLOPS")
     return 0
+
+
+def merged_points(path: Path, points: list[dict], smoke: bool) -> list[dict]:
+    """regimes.json's points: these (``kind`` "study": each method at its swept rate; "screen": every
+    method at one rate, no sweep) and the file's others (another kind, point or rate), in order of intensity."""
+    def ident(p: dict) -> tuple:
+        return p["name"], p.get("kind"), p.get("learning_rate")
+
+    new = {ident(p) for p in points}
+    try:
+        kept = [p for p in json.loads(path.read_text())["points"] if p.get("kind") and ident(p) not in new]
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        kept = []
+    order = [p.name for p in (SMOKE_POINTS if smoke else sorted(POINTS + SCREEN_ONLY, key=intensity))]
+    return sorted(kept + points, key=lambda p: (order.index(p["name"]), p["kind"], p.get("learning_rate") or 0))
+
+
+def kd_cache_figures(smoke: bool) -> dict:
+    """The top-k teacher-logit cache against the live teacher, as ``bench/kd_cache.py`` measured it
+    (its own bench: the same KD step timed both ways in one run)."""
+    path = BENCH / "results" / ("kd_cache-smoke.json" if smoke else "kd_cache.json")
+    try:
+        found = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {"speedup": None, "peak_memory_ratio": None, "quality": None,
+                "status": f"not measured: run bench/kd_cache.py{' --smoke' if smoke else ''}"}
+    q = found.get("quality") or {}
+    return {"speedup": found.get("speedup"), "peak_memory_ratio": found.get("peak_memory_ratio"),
+            "quality": {"diff": q.get("diff"), "ci95": q.get("ci95"), "metric": q.get("metric")},
+            "source": str(path.relative_to(ROOT))}
 
 
 if __name__ == "__main__":

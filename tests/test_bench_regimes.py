@@ -60,6 +60,8 @@ def test_smoke_run_writes_the_schema_and_the_plot_and_resumes_without_redoing_wo
     # more epochs at the second point: twice the steps of the first
     assert out["points"][1]["steps"]["sft"] == 2 * out["points"][0]["steps"]["sft"]
     assert set(out["kd_cache"]) >= {"speedup", "peak_memory_ratio", "quality"}
+    assert out["kd_cache"]["speedup"] > 0 and len(out["kd_cache"]["quality"]["ci95"]) == 2  # bench/kd_cache.py's
+    assert {p["kind"] for p in out["points"]} == {"study"}
     assert out["wall_seconds"] > 0 and out["gflops"] > 0
     assert (tmp_path / "regimes.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -77,7 +79,7 @@ def test_screen_trains_sft_alone_and_keeps_points_of_earlier_invocations(tmp_pat
     """--screen: SFT alone at a point (does it forget there?), each point added to the same file; --with
     adds the other methods, those that read rewrites from a run of their own, paired across the two."""
     out_file = tmp_path / "screen.json"
-    for extra in (["s6-e2-full"], ["s6-e1-r16"], ["s6-e1-r16", "--rate", "3e-3", "--with", "sdd-kd,kd,sdd,sdd-accepted,sdd-filtered"]):
+    for extra in (["s6-e2-full"], ["s6-e1-r16"], ["s6-e1-r16", "--rate", "3e-3", "--with", "sdd-kd,kd,sdd,sdd-accepted,sdd-filtered,gkd"]):
         done = regimes(tmp_path, "--screen", *extra, "--out", str(out_file))
         assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(out_file.read_text())
@@ -86,21 +88,25 @@ def test_screen_trains_sft_alone_and_keeps_points_of_earlier_invocations(tmp_pat
                                                                         ("s6-e2-full", 1e-4)]
     for p in out["points"]:
         every = p["learning_rate"] == 3e-3
-        others = {"kd", "sdd", "sdd-kd", "sdd-filtered"} if every else set()
+        others = {"kd", "sdd", "sdd-kd", "sdd-filtered", "gkd"} if every else set()
         # SFT alone (no rewrites), and the other methods beside it where asked
         assert set(p["models"]) == {"base", "pruned", "sft"} | others
         assert set(p["steps"]) == {"sft"} | others
         assert set(p["paired"]) == {"sft-pruned"} | ({"kd-sft", "sdd-sft", "sdd_kd-kd", "kd-pruned", "sdd-pruned",
                                                        "sdd_kd-pruned", "sdd_filtered-sdd", "sdd_filtered-sft",
-                                                       "sdd_filtered-pruned"} if every else set())
+                                                       "sdd_filtered-pruned", "gkd-kd", "gkd-sft", "gkd-pruned"}
+                                                      if every else set())
         assert ("distill" in p) == every  # the teacher wrote whole answers only for sdd and sdd-kd
         # a random teacher gets no answer right: sdd-accepted has nothing to train on, and is left out
         assert "sdd-accepted" not in p["models"] and (not every or p["distill"]["accepted"] == 0)
         for m in others:
             assert p["models"][m]["forgetting"]["diff"] == p["paired"][f"{m.replace('-', '_')}-pruned"]["diff"]
             assert p["steps"][m] == p["steps"]["sft"]
+            assert p["train_seconds"][m] > 0
             assert p["models"][m]["learning_loss"] > 0
         if every:
+            # GKD: the student wrote the answers of some of its batches (lmbda 0.5 of them, by chance)
+            assert 0 <= p["on_policy_batches"]["gkd"] <= p["steps"]["gkd"] and set(p["on_policy_batches"]) == {"gkd"}
             assert p["distill"]["rows"] == p["examples"]
             # sdd-filtered: its own rewrites run, checked with the too-short rule as well
             assert p["distill_filtered"]["min_length_ratio"] == 0.5 and p["distill_filtered"]["rows"] == p["examples"]
@@ -115,6 +121,12 @@ def test_screen_trains_sft_alone_and_keeps_points_of_earlier_invocations(tmp_pat
         assert p["models"]["sft"]["forgetting"]["diff"] == p["paired"]["sft-pruned"]["diff"]
         assert_written_answers(p["models"])
     assert out_file.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    # the same points, in the study's schema (kind "screen": every method at one rate, no sweep)
+    study = json.loads((tmp_path / "regimes-smoke.json").read_text())
+    assert [(p["name"], p["kind"], p["learning_rates"]["sft"]) for p in study["points"]] == \
+        [(p["name"], "screen", p["learning_rate"]) for p in out["points"]]
+    assert study["points"][1]["learning_rates"]["gkd"] == 3e-3 and study["points"][1]["models"] == out["points"][1]["models"]
+    assert study["kd_cache"]["speedup"] > 0
     assert out["gflops"] > 0 and "1 token" in out["notes"]["distill"]
     # the rewrites had a run directory of their own (neither distill stage replaces the other), whose
     # content-keyed cache is the first's: base and pruned were evaluated once, not once a run
