@@ -248,7 +248,7 @@ def run_screen(point: Point, recipes: dict, runs_dir: Path, ledger: Ledger, smok
            # each variant's own training time (what a method costs), and GKD's batches the student wrote
            "train_seconds": {v: m.get("seconds") for v, m in variants.items()},
            **({"on_policy_batches": on_policy} if (on_policy := {v: m["on_policy_batches"] for v, m in variants.items()
-                                                                 if "on_policy_batches" in m}) else {}),
+                                                                 if m.get("loss") == "gkd"}) else {}),
            "stage_seconds": runs["screen"]["stage_seconds"]}
     for label, name, extra in (("screen-rewrites", "distill", {}),
                                ("screen-rewrites-filtered", "distill_filtered", {"min_length_ratio": FILTER_RATIO})):
