@@ -20,7 +20,7 @@ from hubsdd.pipeline.runner import StageContext, StageOutput, StageResult
 
 def make_ctx(tmp_path: Path, *, distill_yaml: str, model_dir: Path | None = None, data: list[dict] | None = None,
              work: str = "work", out: str = "out", data_yaml: str = "{path: train.jsonl}",
-             extra_yaml: str = "") -> StageContext:
+             extra_yaml: str = "", runs: str = "runs", commit_sha: str | None = "0123abcd") -> StageContext:
     data_file = tmp_path / "train.jsonl"
     if not data_file.exists():
         data_file.write_text("".join(json.dumps(r) + "\n" for r in (data or INSTRUCTIONS)))
@@ -28,7 +28,7 @@ def make_ctx(tmp_path: Path, *, distill_yaml: str, model_dir: Path | None = None
     model_dir = model_dir or tmp_path / "no-model"
     text = f"""\
 name: t
-runs_dir: {tmp_path / 'runs'}
+runs_dir: {tmp_path / runs}
 base: {{model: org/teacher, path: {model_dir}}}
 prune: {{blocks: 1, calibration: {{path: {data_file}, text_column: question}}}}
 distill:
@@ -36,8 +36,8 @@ distill:
 {distill_yaml}{extra_yaml}"""
     recipe = parse_recipe(text, source_path=tmp_path / "recipe.yaml")
     base = StageResult("base", tmp_path / "base", {"fingerprint": "base-fp", "outputs": {
-        "model_dir": str(model_dir), "hub_id": "org/teacher", "commit_sha": "0123abcd"}})
-    return StageContext(recipe, "distill", tmp_path / "runs", tmp_path / out, tmp_path / work,
+        "model_dir": str(model_dir), "hub_id": "org/teacher", "commit_sha": commit_sha}})
+    return StageContext(recipe, "distill", tmp_path / runs, tmp_path / out, tmp_path / work,
                         {"base": base}, "distill-fp")
 
 
@@ -159,7 +159,8 @@ def test_killed_run_resumes_without_regenerating_and_matches_uninterrupted(tmp_p
     model_dir = save_tiny(tmp_path / "teacher", layers=2)
     yaml = DISTILL_MATH.replace("max_new_tokens: 6", "max_new_tokens: 5")
     # uninterrupted, through the recipe's own backend (the base model, transformers, greedy)
-    full = make_ctx(tmp_path, distill_yaml=yaml, model_dir=model_dir, work="w-full", out="o-full")
+    # (a run directory of its own: the killed run must not find these rewrites in its cache)
+    full = make_ctx(tmp_path, distill_yaml=yaml, model_dir=model_dir, work="w-full", out="o-full", runs="runs-full")
     reference = run_distill(full)
     ref_rows, _ = read_parquet(full.out_dir / "data/train.parquet")
     assert reference.metrics.shards_resumed == 0 and reference.metrics.tokens_generated > 0
@@ -203,6 +204,43 @@ def dataset_card(ctx: StageContext, out: StageOutput):
               "outputs": out.outputs.model_dump(mode="json"), "metrics": out.metrics.model_dump(mode="json")}
     results = {"distill": StageResult("distill", ctx.out_dir, record)}
     return render_dataset_card(ctx.recipe, results, [out.outputs.data])
+
+
+def test_changing_only_the_checks_reuses_the_rewrites_and_new_weights_are_written_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The teacher's finished shards outlive the stage in the run's cache, keyed by what they depend
+    on: a new checking rule reruns the stage without the teacher; another teacher does not reuse them."""
+    import hubsdd.stages.distill.stage as distill_stage
+
+    model_dir = save_tiny(tmp_path / "teacher", layers=2)
+    # a local teacher (no Hub commit): its identity beyond the stage is its files' hashes
+    first = run_distill(make_ctx(tmp_path, distill_yaml=DISTILL_MATH, model_dir=model_dir, work="w1", out="o1",
+                                 commit_sha=None))
+    assert first.metrics.shards_reused == 0 and first.metrics.tokens_generated > 0
+    written, _ = read_parquet(tmp_path / "o1/data/train.parquet")
+
+    real_backend = distill_stage.make_backend
+    monkeypatch.setattr(distill_stage, "make_backend", lambda *a, **k: pytest.fail("the teacher wrote again"))
+    checked = make_ctx(tmp_path, distill_yaml=DISTILL_MATH.replace("final-number", "none") + "  min_length_ratio: 0.9\n",
+                       model_dir=model_dir, work="w2", out="o2", commit_sha=None)
+    again = run_distill(checked)
+    assert again.metrics.shards_reused == again.metrics.shards == 3 and again.metrics.shards_resumed == 0
+    rows, meta = read_parquet(tmp_path / "o2/data/train.parquet")
+    assert [r["rewrite"] for r in rows] == [r["rewrite"] for r in written]
+    assert meta["checker"] == "none" and meta["min_length_ratio"] == 0.9  # the new rule is the one applied
+    assert again.metrics.tokens_generated == first.metrics.tokens_generated
+
+    # the same path, other weights: the teacher writes again
+    save_tiny(model_dir, layers=2, seed=1)
+    monkeypatch.setattr(distill_stage, "make_backend", real_backend)
+    fresh = run_distill(make_ctx(tmp_path, distill_yaml=DISTILL_MATH, model_dir=model_dir, work="w3", out="o3",
+                                 commit_sha=None))
+    assert fresh.metrics.shards_reused == 0
+    # a backend passed in (a notebook's, a test's) neither reads nor feeds the cache
+    scripted = ScriptedBackend({"What is 2 + 3?": Generation("#### 5", 2, "stop")})
+    out = run_distill(make_ctx(tmp_path, distill_yaml=DISTILL_MATH, model_dir=model_dir, work="w4", out="o4",
+                               commit_sha=None), backend=scripted)
+    assert out.metrics.shards_reused == 0 and len(scripted.seen) == len(INSTRUCTIONS)
 
 
 def test_min_length_ratio_rejects_bare_answers_and_the_card_says_so(tmp_path: Path) -> None:

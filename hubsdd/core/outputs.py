@@ -137,6 +137,8 @@ class DistillMetrics(Record):
     device_memory_used_bytes: int | None = None
     shards: int
     shards_resumed: int
+    # shards an earlier run of the same teacher, prompts and decoding wrote (the run's .cache/distill)
+    shards_reused: int = 0
     seconds: float
     teacher_logits_positions: int | None = None
     teacher_logits_shards_resumed: int | None = None

@@ -34,9 +34,10 @@ from pathlib import Path
 from ..core.worklog import ENV as WORK_LOG_ENV
 
 # Keys whose values are wall-clock measurements (or derived from them), the record's own seal, and
-# the history of the run rather than its result: where a resumed variant picked its training up.
+# the history of the run rather than its result: where a resumed variant picked its training up, which
+# rewrites a resumed or re-checked distillation found written.
 VOLATILE_KEY = re.compile(r"seconds|per_second|^started_at$|^digest$|runtime|speedup|^tokens_per_s|_time$"
-                          r"|^date$|^files$|^resumed_from_step$|^shards_resumed$")
+                          r"|^date$|^files$|^resumed_from_step$|^shards_(resumed|reused)$")
 # In cards: "(123.4 tokens/s)" and the seconds column of the training table.
 VOLATILE_TEXT = (re.compile(r"\(\d+(\.\d+)? tokens/s\)"), re.compile(r"\| \d+ s \|"))
 VOLATILE_FILES = re.compile(r"(^|/)(README\.md|hubsdd/[^/]+\.json)$")

@@ -265,7 +265,8 @@ class DistillSection(Section):
     min_length_ratio: float | None = Field(
         None, gt=0, le=1, description="Reject a rewrite with fewer words than this share of the original "
         "response's (`too-short`), e.g. 0.5: a small teacher's bare 'The answer is 8.' passes the answer "
-        "check but teaches the student to drop its working. Off by default.")
+        "check but teaches the student to drop its working. Off by default. Changing it (or `checker`) re-checks "
+        "the rewrites the run's cache kept: the teacher does not write again.")
     generation: GenerationSettings = GenerationSettings()
     shard_size: int = Field(64, ge=1, description="Rows per resumable shard, and per call of the backend. "
                             f"Default 64; {VLLM_SHARD_SIZE} with `generation.backend: vllm`, which needs hundreds in flight.")
