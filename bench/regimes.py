@@ -30,8 +30,10 @@ over regime points of rising training intensity: more data (1,024 GSM8K problems
 **Forgetting** = variant - pruned on the six-task average (paired 95% interval): negative is
 forgetting. Outputs: ``bench/results/regimes.json`` and ``bench/results/regimes.png`` (forgetting
 and learning against training intensity, one line per method, with intervals). Stage seconds and
-the machine's fp32 GFLOPS are printed and recorded. The top-k teacher-logit cache (``kd_cache``)
-is measured by its own work; until then its figures are null.
+the machine's fp32 GFLOPS are printed and recorded. The top-k teacher-logit cache's figures
+(``kd_cache``) are ``bench/kd_cache.py``'s, read from its results. ``--screen`` writes
+``regimes-screen.json`` and puts the same points into ``regimes.json`` (``kind: screen``: every method
+at one rate, no sweep), beside the study's own (``kind: study``).
 """
 
 from __future__ import annotations

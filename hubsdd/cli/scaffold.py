@@ -50,7 +50,8 @@ distill:
 
 finetune:
   # Which method? Measured on SmolLM2-135M: logit distillation (kd) recovered the most at 256
-  # examples, and at 1,024 tied sft on the benchmarks and wrote better answers; self-distilled data
+  # examples, and at 1,024 for one epoch tied sft on the benchmarks and wrote better answers; with
+  # three epochs sft overtook it, while kd stayed the closest to the base. Self-distilled data
   # (sdd, the paper's method) did no better than the original (sft), which never forgot, and worse
   # on written answers unless bare-answer rewrites are rejected (README "Which method should I
   # pick?"). Train the candidates; `publish.release: auto` publishes the best on the dev items.
