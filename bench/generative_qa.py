@@ -152,26 +152,38 @@ def summarize(per_model: dict[str, list[dict]], reference: str = "pruned") -> di
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--model LABEL=DIR`` (repeated): the models a bench compares (also ``bench/paired_tasks.py``)."""
     parser.add_argument("--model", action="append", required=True, metavar="LABEL=DIR",
                         help="a model folder (save_pretrained) and its label; repeat")
+
+
+def labelled_models(parser: argparse.ArgumentParser, specs: list[str], reference: str) -> dict[str, Path]:
+    """The ``--model`` folders by label; a parser error for a spec without a model folder, or a
+    ``reference`` that is none of the labels."""
+    models = {}
+    for spec in specs:
+        label, sep, path = spec.partition("=")
+        if not sep or not (Path(path) / "config.json").is_file():
+            parser.error(f"--model {spec!r}: want LABEL=DIR with a model folder (config.json) at DIR")
+        models[label] = Path(path)
+    if reference not in models:
+        parser.error(f"--reference {reference!r} is not one of the --model labels: {', '.join(models)}")
+    return models
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_model_arguments(parser)
     parser.add_argument("--items", type=int, default=ITEMS)
     parser.add_argument("--cache", type=Path, default=ROOT / "runs" / ".cache" / "generative-qa")
     parser.add_argument("--reference", default="pruned", help="the label every other model is compared with, "
                         "item by item (default: pruned)")
     parser.add_argument("--out", type=Path, default=None, help="write the summary as JSON here")
     args = parser.parse_args(argv)
-    models = {}
-    for spec in args.model:
-        label, sep, path = spec.partition("=")
-        if not sep or not (Path(path) / "config.json").is_file():
-            parser.error(f"--model {spec!r}: want LABEL=DIR with a model folder (config.json) at DIR")
-        models[label] = Path(path)
+    models = labelled_models(parser, args.model, args.reference)
     from hubsdd.core.models import set_threads
 
-    if args.reference not in models:
-        parser.error(f"--reference {args.reference!r} is not one of the --model labels: {', '.join(models)}")
     set_threads()
     items = sciq_items(args.items)
     summary = summarize(answers(models, items, args.cache), reference=args.reference)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-sys.path[:0] = [str(ROOT)]
+sys.path[:0] = [str(BENCH), str(ROOT)]
 
 
 def spec_of(record: dict) -> tuple:
@@ -72,22 +72,16 @@ def paired(scores: dict[str, dict], reference: str) -> dict[str, dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from generative_qa import add_model_arguments, labelled_models
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", action="append", required=True, metavar="LABEL=DIR",
-                        help="a model folder (save_pretrained) and its label; repeat")
+    add_model_arguments(parser)
     parser.add_argument("--reference", required=True, help="the label every other model is compared with")
     parser.add_argument("--cache", type=Path, default=ROOT / "runs" / "quality" / ".cache" / "evaluate",
                         help="a run's evaluation cache (runs/<recipe name>/.cache/evaluate)")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     args = parser.parse_args(argv)
-    models = {}
-    for spec in args.model:
-        label, sep, path = spec.partition("=")
-        if not sep or not (Path(path) / "config.json").is_file():
-            parser.error(f"--model {spec!r}: want LABEL=DIR with a model folder (config.json) at DIR")
-        models[label] = Path(path)
-    if args.reference not in models:
-        parser.error(f"--reference {args.reference!r} is not one of the --model labels: {', '.join(models)}")
+    models = labelled_models(parser, args.model, args.reference)
     figures = paired(cached_scores(models, args.cache), args.reference)
     for label, f in figures.items():
         d = f.get("diff")
