@@ -91,8 +91,9 @@ ACCEPTED_AT = "d1024-e1-r16"
 # The rate each point's screen trains SFT at: LoRA at the rate bench/quality-sweep.yaml chose for SFT;
 # full fine-tuning at the rate the issue's own check used (128 examples, 3 epochs: no forgetting).
 SCREEN_RATES = {"lora": 1e-3, "full": 1e-4}
-# Points only the screen visits: full fine-tuning at the data axis's one epoch (a third of d1024-e3-full).
-SCREEN_ONLY = [Point("d1024-e1-full", 1024, 1, "full")]
+# Points only the screen visits, at the data axis's one epoch (a third of d1024-e3-full): the two
+# capacities beyond LoRA r=16, LoRA r=64 on every linear layer and full fine-tuning.
+SCREEN_ONLY = [Point("d1024-e1-r64", 1024, 1, "lora-r64"), Point("d1024-e1-full", 1024, 1, "full")]
 SMOKE_POINTS = [Point("s6-e1-r16", 6, 1, "lora-r16"), Point("s6-e2-full", 6, 2, "full")]
 
 
