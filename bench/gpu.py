@@ -14,6 +14,8 @@ measurement is independent: one that fails is recorded as its error and the othe
 - evaluation: packed log-likelihood scoring (hubsdd.stages.evaluate.scoring) of synthetic multiple-choice
   requests, as the CPU packs them (one 256-token row a call) and as the GPU profile does.
 - training: full fine-tuning steps of the pruned model (AdamW, bf16), tokens/s.
+- teacher_paged: the same backend with ``distill.generation.paged`` (transformers' ``generate_batch``:
+  a paged cache and CUDA graphs) at batch 256 and 512; last, as graph capture takes time.
 MFU = model FLOPs / seconds / peak, with 2 x parameters FLOPs a token for inference and 6 x for
 training (attention's own FLOPs left out: small at these lengths), against the datasheet's dense
 bf16 peak (H100/H200 SXM: 989 TFLOP/s).
@@ -46,7 +48,10 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def teacher(base_dir: Path, device: str, dtype, sizes: list[int], new_tokens: int, params: int) -> list[dict]:
+def teacher(base_dir: Path, device: str, dtype, sizes: list[int], new_tokens: int, params: int,
+            paged: bool = False) -> list[dict]:
+    """hubsdd's engine at each batch size, then plain ``generate()`` at the largest; or (``paged``)
+    the backend through transformers' ``generate_batch`` (``distill.generation.paged``: CUDA graphs)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -67,18 +72,21 @@ def teacher(base_dir: Path, device: str, dtype, sizes: list[int], new_tokens: in
     out = []
     for bs in sizes:
         prompts = conversations[:max(bs, min(len(conversations), 16))]
-        backend = TransformersBackend(model, tok, GenerationSettings(max_new_tokens=new_tokens, batch_size=bs))
-        backend.generate(prompts[:min(bs, 8)], seed=0)  # warm-up
+        backend = TransformersBackend(model, tok, GenerationSettings(max_new_tokens=new_tokens, batch_size=bs,
+                                                                     paged=paged))
+        backend.generate(prompts[:min(bs, 8)], seed=0)  # warm-up (and, paged, graph capture)
         sync()
         t = time.perf_counter()
         gens = backend.generate(prompts, seed=0)
         sync()
         seconds = time.perf_counter() - t
         tokens = sum(g.tokens for g in gens)
-        out.append({"engine": "hubsdd", "batch": bs, "prompts": len(prompts), "tokens": tokens,
+        out.append({"engine": "paged" if paged else "hubsdd", "batch": bs, "prompts": len(prompts), "tokens": tokens,
                     "seconds": round(seconds, 3), "tokens_per_second": round(tokens / seconds, 1),
                     "model_flops_per_second": 2 * params * tokens / seconds})
-        print(f"teacher hubsdd batch {bs}: {tokens / seconds:,.0f} tok/s", flush=True)
+        print(f"teacher {'paged' if paged else 'hubsdd'} batch {bs}: {tokens / seconds:,.0f} tok/s", flush=True)
+    if paged:
+        return out
     # plain generate() at the largest batch, the reference
     bs = max(sizes)
     ids = chat_prompts_ids(tok, conversations[:bs])
@@ -208,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
         "evaluation": lambda: evaluation(pruned_dir, device, dtype, 8 if smoke else 2000, pruned_params),
         "training": lambda: training(pruned_dir, device, dtype, 2 if smoke else 32, 32 if smoke else 512,
                                      1 if smoke else 10),
+        # Last: CUDA-graph capture may take the time that is left, and must not cost the others.
+        "teacher_paged": lambda: teacher(base_dir, device, dtype, [2, 4] if smoke else [256, 512],
+                                         8 if smoke else 128, base_params, paged=True),
     }
     for key, job in jobs.items():
         started = time.perf_counter()

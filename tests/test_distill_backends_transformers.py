@@ -120,3 +120,50 @@ def test_sampling_is_reproducible_per_seed() -> None:
     assert [g.text for g in backend.generate(conversations, seed=8)] != first
     greedy = TransformersBackend(model, tok, GenerationSettings(max_new_tokens=8, batch_size=2))
     assert [g.text for g in greedy.generate(conversations, seed=7)] != first
+
+
+def test_paged_engine_gives_the_same_answers_and_leaves_the_model_as_it_was() -> None:
+    """``generation.paged``: transformers' generate_batch, 3 requests in flight over 7 prompts, gives
+    this engine's greedy answers with the same stop tokens and finish reasons; afterwards the model
+    answers plain forward passes exactly as before (its attention implementation is restored)."""
+    import torch
+
+    from conftest import make_tokenizer
+
+    model, tok = _varied_tiny_model(), make_tokenizer()
+    conversations = [[{"role": "user", "content": SHARED_HEAD + q}] for q in QUESTIONS]
+    ours = TransformersBackend(model, tok, GenerationSettings(max_new_tokens=10, batch_size=3))
+    paged = TransformersBackend(model, tok, GenerationSettings(max_new_tokens=10, batch_size=3, paged=True))
+    assert paged.paged and not paged.continuous
+    # An end-of-turn token some answers reach, so both stop reasons occur.
+    full = ours.generate(conversations, seed=0)
+    ids = [tok(tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False),
+               add_special_tokens=False)["input_ids"] for c in conversations]
+    probe = torch.tensor([ids[1]])
+    with torch.inference_mode():
+        before = model(input_ids=probe).logits
+    stock = [_stock_greedy(model, tok, c, 10) for c in conversations]
+    end = max({t for seq in stock for t in seq}, key=lambda t: sum(t in seq for seq in stock) * (t not in stock[0]))
+    ours.eos_ids = paged.eos_ids = [end]
+    expected = ours.generate(conversations, seed=0)
+    assert {g.finish_reason for g in expected} == {"stop", "length"}
+    got = paged.generate(conversations, seed=0)
+    assert [(g.text, g.tokens, g.finish_reason) for g in got] == [(g.text, g.tokens, g.finish_reason) for g in expected]
+    assert [g.text for g in full] != [g.text for g in expected]  # the end token did change the answers
+    with torch.inference_mode():
+        assert torch.equal(model(input_ids=probe).logits, before)
+    sampled = TransformersBackend(model, tok, GenerationSettings(max_new_tokens=8, batch_size=2, do_sample=True,
+                                                                 temperature=1.0, paged=True))
+    first = [g.text for g in sampled.generate(conversations[:4], seed=7)]
+    assert [g.text for g in sampled.generate(conversations[:4], seed=7)] == first
+    assert [g.text for g in sampled.generate(conversations[:4], seed=8)] != first
+
+
+def test_paged_is_refused_beside_vllm_and_absent_from_the_settings_while_off() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="paged: true applies to `backend: transformers` only"):
+        GenerationSettings(backend="vllm", paged=True)
+    # Left out while off: the shard keys and fingerprints of recipes that never set it are unchanged.
+    assert "paged" not in GenerationSettings().model_dump(mode="json")
+    assert GenerationSettings(paged=True).model_dump(mode="json")["paged"] is True

@@ -214,6 +214,9 @@ class GenerationSettings(Section):
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM only.")
     data_parallel_size: int = Field(1, ge=1, description="vLLM only.")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM only.")
+    paged: bool = Field(False, description="transformers only: generate through transformers' own continuous "
+                        "batching (`generate_batch`: a paged KV cache, CUDA graphs on a GPU) instead of hubsdd's "
+                        "engine, which is faster on the CPU (BENCHMARKS.md) and has no CUDA graphs.")
 
     @model_validator(mode="after")
     def _parallel_is_vllm_only(self) -> "GenerationSettings":
@@ -224,7 +227,17 @@ class GenerationSettings(Section):
                 if getattr(self, name) != 1:
                     raise ValueError(f"{name}: {getattr(self, name)} applies to `backend: vllm` only; the "
                                      "transformers backend runs one model (leave it out, or use vllm on GPUs)")
+        elif self.paged:
+            raise ValueError("paged: true applies to `backend: transformers` only; vLLM's cache is paged already "
+                             "(leave it out)")
         return self
+
+    @model_serializer(mode="wrap")
+    def _off_is_absent(self, handler: Any) -> Any:
+        data = handler(self)  # as in DistillSection: recipes that never set it keep their fingerprints
+        if isinstance(data, dict) and not self.paged:
+            data.pop("paged", None)
+        return data
 
 
 class TeacherLogitsSettings(Section):

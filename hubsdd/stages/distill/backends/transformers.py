@@ -34,7 +34,12 @@ class TransformersBackend:
     Caches that are not plain full attention (sliding windows, hybrid layers: gemma2, gemma3) fall
     back to static, length-sorted batches through ``model.generate``; ``continuous=False`` asks for
     those everywhere (the benchmark compares both). Either way the output of a call depends only on
-    its prompts and the settings, so greedy results are reproducible."""
+    its prompts and the settings, so greedy results are reproducible.
+
+    ``generation.paged`` hands the call to transformers' own continuous batching instead
+    (:meth:`_generate_paged`): on a GPU it captures CUDA graphs, which this engine does not (one
+    decode step of a 135M model is bound by launching its kernels, ~100 ms on an H200 whatever the
+    batch); on the CPU it is ~3x slower than this engine (BENCHMARKS.md)."""
 
     name = "transformers"
 
@@ -43,7 +48,11 @@ class TransformersBackend:
         self.model = model
         self.tokenizer = tokenizer
         self.settings = settings
-        self.continuous = self.supports_continuous(model) if continuous is None else continuous
+        self.paged = settings.paged
+        self.continuous = (not self.paged and self.supports_continuous(model)) if continuous is None else continuous
+        if self.continuous and self.paged:
+            raise StageError("distill: `generation.paged` and hubsdd's continuous batching are two engines; "
+                             "pick one", fix="leave `continuous` unset with `paged: true`")
         if self.continuous and not self.supports_continuous(model):
             raise StageError(f"distill: continuous batching needs a plain full-attention KV cache; "
                              f"{model.config.model_type} has sliding-window or hybrid layers",
@@ -61,7 +70,8 @@ class TransformersBackend:
     def generate(self, conversations: Sequence[Messages], *, seed: int) -> list[Generation]:
         encoded = [self.encode(c) for c in conversations]
         order = sorted(range(len(encoded)), key=lambda i: (-len(encoded[i]), i))
-        run = self._generate_continuous if self.continuous else self._generate_static
+        run = self._generate_paged if self.paged else self._generate_continuous if self.continuous else \
+            self._generate_static
         with fast_cpu_linears(self.model):
             generated = run(encoded, order, seed)
         return [self._finish(tokens) for tokens in generated]
@@ -244,6 +254,46 @@ class TransformersBackend:
             ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
             mask[row, width - len(seq):] = 1
         return ids.to(device), mask.to(device)
+
+    # ------------------------------------------------------------------ transformers' paged engine
+
+    PAGE_TOKENS = 64  # page size of the paged cache on the CPU (transformers' default, 256, is sized for GPUs)
+
+    def _generate_paged(self, encoded: list[list[int]], order: list[int], seed: int) -> list[list[int]]:
+        """One call of transformers' ``generate_batch``: ``batch_size`` requests in flight, greedy or
+        sampled as the settings say, the same stop tokens and token budget as this engine. transformers
+        sizes its cache from the accelerator's free memory; on the CPU it would take a share of the
+        whole RAM, so there the cache holds exactly the rows in flight. A request that fails is an
+        error here (``generate_batch`` only logs it)."""
+        from transformers import GenerationConfig
+        from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+        s = self.settings
+        kwargs: dict[str, Any] = dict(max_new_tokens=s.max_new_tokens, do_sample=s.do_sample,
+                                      pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.eos_ids)
+        if s.do_sample:
+            kwargs.update(temperature=s.temperature, top_p=s.top_p, top_k=0)
+        paging: dict[str, Any] = dict(max_requests_per_batch=s.batch_size, drop_unsupported_processors=False,
+                                      seed=seed if s.do_sample else None)
+        if next(self.model.parameters()).device.type == "cpu":
+            longest = max(map(len, encoded)) + s.max_new_tokens
+            pages = -(-longest // self.PAGE_TOKENS)
+            paging.update(page_size=self.PAGE_TOKENS, num_blocks=min(s.batch_size, len(encoded)) * pages + 1,
+                          max_batch_tokens=max(map(len, encoded)) + s.batch_size)
+        inputs = [encoded[i] for i in order]  # longest first, as this engine takes them
+        results = list(self.model.generate_batch(
+            inputs, generation_config=GenerationConfig(**kwargs),
+            continuous_batching_config=ContinuousBatchingConfig(**paging), max_new_tokens=s.max_new_tokens,
+        ).values())  # in the order of the inputs
+        errors = [r.error for r in results if r.error]
+        if len(results) != len(inputs) or errors:
+            raise StageError(f"distill: transformers' generate_batch returned {len(results) - len(errors)} of "
+                             f"{len(inputs)} generations" + (f" ({errors[0]})" if errors else ""),
+                             fix="rerun (finished shards are kept), or leave out `distill.generation.paged`")
+        out: list[list[int]] = [[] for _ in encoded]
+        for i, result in zip(order, results):
+            out[i] = list(result.generated_tokens)
+        return out
 
     # ------------------------------------------------------------------ static batches
 
