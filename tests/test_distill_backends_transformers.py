@@ -167,3 +167,38 @@ def test_paged_is_refused_beside_vllm_and_absent_from_the_settings_while_off() -
     # Left out while off: the shard keys and fingerprints of recipes that never set it are unchanged.
     assert "paged" not in GenerationSettings().model_dump(mode="json")
     assert GenerationSettings(paged=True).model_dump(mode="json")["paged"] is True
+
+
+def test_paged_engine_asks_for_cuda_graphs_on_a_gpu_and_a_failed_request_is_an_error() -> None:
+    """What only a GPU runs, as a contract: on CUDA the call asks for graphs and leaves the cache's
+    size to transformers (it sizes it from the device's memory); a request that generate_batch
+    reports failed (it only logs it) stops the shard instead of leaving a row empty."""
+    from types import SimpleNamespace
+
+    from conftest import make_tiny_model, make_tokenizer
+
+    real, tok = make_tiny_model(layers=2), make_tokenizer()
+    seen: dict = {}
+
+    class OnCuda:
+        config, generation_config = real.config, real.generation_config
+
+        def parameters(self):
+            yield SimpleNamespace(device=SimpleNamespace(type="cuda"))
+
+        def modules(self):
+            return iter(())
+
+        def generate_batch(self, inputs, generation_config, continuous_batching_config, max_new_tokens):
+            seen.update(config=continuous_batching_config, max_new_tokens=max_new_tokens, n=len(inputs))
+            return {f"req_{i}": SimpleNamespace(generated_tokens=[5, 2], error="out of pages" if i == 1 else None)
+                    for i in range(len(inputs))}
+
+    backend = TransformersBackend(OnCuda(), tok, GenerationSettings(max_new_tokens=4, batch_size=2, paged=True))
+    conversations = [[{"role": "user", "content": q}] for q in QUESTIONS[:3]]
+    with pytest.raises(StageError, match=r"returned 2 of 3 generations \(out of pages\)"):
+        backend.generate(conversations, seed=0)
+    config = seen["config"]
+    assert config.use_cuda_graph is True and config.max_requests_per_batch == 2
+    assert config.num_blocks is None and config.max_batch_tokens is None  # sized by transformers from the GPU
+    assert seen["max_new_tokens"] == 4 and seen["n"] == 3

@@ -275,7 +275,12 @@ class TransformersBackend:
             kwargs.update(temperature=s.temperature, top_p=s.top_p, top_k=0)
         paging: dict[str, Any] = dict(max_requests_per_batch=s.batch_size, drop_unsupported_processors=False,
                                       seed=seed if s.do_sample else None)
-        if next(self.model.parameters()).device.type == "cpu":
+        device = next(self.model.parameters()).device.type
+        if device == "cuda":
+            # transformers turns graphs off by default for attention that needs a mask (sdpa, the
+            # default without flash-attn); the per-step launch cost they remove is why paged is used.
+            paging["use_cuda_graph"] = True
+        if device == "cpu":
             longest = max(map(len, encoded)) + s.max_new_tokens
             pages = -(-longest // self.PAGE_TOKENS)
             paging.update(page_size=self.PAGE_TOKENS, num_blocks=min(s.batch_size, len(encoded)) * pages + 1,
