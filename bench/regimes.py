@@ -72,7 +72,8 @@ PAIRS = [("sdd", "sft"), ("kd", "sft"), ("sdd-kd", "kd"), ("sft", "pruned"), ("s
 FILTER_RATIO = 0.5
 HELD_OUT = 128  # held-out GSM8K problems for the learning figure
 GENERATIVE_NOTE = ("greedy short answers to SciQ validation questions (bench/generative_qa.py): sciq_answer = "
-                   "share answered (gold answer in the response), generative_forgetting = variant - pruned, points")
+                   "share answered (gold answer in the response), generative_forgetting = variant - pruned, points; "
+                   "paired_written = the pairs of paired, on these answers, points")
 
 
 @dataclass(frozen=True)
@@ -219,6 +220,7 @@ def run_screen(point: Point, recipes: dict, runs_dir: Path, ledger: Ledger, smok
         share_cache(runs_dir, d, recipes_here["screen-rewrites-filtered"])
     runs = {}
     examples: list = []
+    written: dict[str, list[dict]] = {}  # per-item SciQ answers of every model of every run
     for label, rd in recipes_here.items():
         res = run_recipe(f"{point.name}/{label}", rd, runs_dir, ledger)
         accepted = res["distill"].metrics.get("accepted") or 0
@@ -233,7 +235,7 @@ def run_screen(point: Point, recipes: dict, runs_dir: Path, ledger: Ledger, smok
         examples, trained_on = add_learning(snap["models"], res, rd, runs_dir, smoke, n_held)
         if trained_on:
             raise SystemExit(f"{point.name}: {trained_on} held-out problems were trained on")
-        add_generative(snap["models"], res, runs_dir, smoke)
+        written.update(add_generative(snap["models"], res, runs_dir, smoke))
         runs[label] = {"snapshot": snap, "variants": res["finetune"].metrics["variants"],
                        "distill": res["distill"].metrics, "stage_seconds": ledger.first_run_seconds(res)}
     trained = {m for r in runs.values() for m in r["snapshot"]["models"]}
@@ -245,6 +247,7 @@ def run_screen(point: Point, recipes: dict, runs_dir: Path, ledger: Ledger, smok
            "learning_rate": d["finetune"]["variants"]["sft"]["learning_rate"], "models": models,
            "paired": {pair_name(a, b): {k: paired.get(f"{a}-{b}", {}).get(k) for k in ("diff", "ci95", "significant")}
                       for a, b in pairs}, "items": items,
+           "paired_written": written_pairs(written, pairs),
            "held_out_problems": len(examples),
            "steps": {v: m["steps"] for v, m in variants.items()},
            "train_loss": {v: [m.get("train_loss_first"), m.get("train_loss_last")] for v, m in variants.items()},
@@ -316,7 +319,7 @@ def run_point(point: Point, recipes: dict, runs_dir: Path, ledger: Ledger, smoke
     res = run_recipe(f"{point.name}/test", test_d, runs_dir, ledger)
     models, paired, items = collect(res, PAIRS)
     examples, trained_on = add_learning(models, res, test_d, runs_dir, smoke, n_held)
-    add_generative(models, res, runs_dir, smoke)
+    written = add_generative(models, res, runs_dir, smoke)
     overlap = check_disjoint({"sweep": sweep, "test": res}, {"sweep": sweep_d, "test": test_d})
     overlap["held_out_in_training"] = trained_on
     if overlap["held_out_in_training"]:
@@ -326,7 +329,8 @@ def run_point(point: Point, recipes: dict, runs_dir: Path, ledger: Ledger, smoke
              for v in paired.values()}
     acc = res["distill"].metrics
     return {"name": point.name, "examples": point.examples, "epochs": point.epochs, "method": point.method,
-            "models": models, "paired": short, "learning_rates": best, "sweep": rows, "items": items,
+            "models": models, "paired": short, "paired_written": written_pairs(written, [(v["a"], v["b"]) for v in paired.values()]),
+            "learning_rates": best, "sweep": rows, "items": items,
             "held_out_problems": len(examples), "disjoint": overlap,
             "distill": {"rows": acc.get("rows"), "accepted": acc.get("accepted")},
             "steps": {v: m["steps"] for v, m in res["finetune"].metrics["variants"].items()}}
@@ -355,16 +359,37 @@ def add_learning(models: dict, res: dict, d: dict, runs_dir: Path, smoke: bool, 
     return examples, sum(1 for q, _ in examples if q in trained)
 
 
-def add_generative(models: dict, res: dict, runs_dir: Path, smoke: bool) -> None:
+def add_generative(models: dict, res: dict, runs_dir: Path, smoke: bool) -> dict[str, list[dict]]:
     """Each model's short answers to SciQ questions (``bench/generative_qa.py``), added to ``models``:
-    accuracy, GSM8K markup, and for the variants ``generative_forgetting`` (variant - pruned)."""
+    accuracy, GSM8K markup, and for the variants ``generative_forgetting`` (variant - pruned).
+    Returns the per-item answers, for ``written_pairs``."""
     import generative_qa
     from hubsdd.pipeline.runner import checkpoint_dirs
 
     dirs = {m: p for m, p in checkpoint_dirs(res).items() if m in models}
     items = generative_qa.sciq_items(4 if smoke else generative_qa.ITEMS)
-    for m, fig in generative_qa.summarize(generative_qa.answers(dirs, items, runs_dir / ".cache" / "generative-qa")).items():
+    per_model = generative_qa.answers(dirs, items, runs_dir / ".cache" / "generative-qa")
+    for m, fig in generative_qa.summarize(per_model).items():
         models[m]["generative"] = fig
+    return per_model
+
+
+def written_pairs(per_model: dict[str, list[dict]], pairs: list[tuple[str, str]]) -> dict[str, dict]:
+    """The paired differences of SciQ written answers, a - b in points, for every pair whose models
+    both answered: kept in the results because the per-item answers live in the run directory's cache,
+    which a lost machine takes with it (the SDD-KD - KD pair was lost that way once)."""
+    from hubsdd.core.stats import Bootstrap
+
+    scores = {m: {"sciq": {r["id"]: float(r["correct"]) for r in rows}} for m, rows in per_model.items()}
+    boot = Bootstrap(scores)
+    out = {}
+    for a, b in pairs:
+        if a in scores and b in scores:
+            d = boot.difference(a, b)
+            out[pair_name(a, b)] = {"diff": round(100 * d.value, 2), "ci95": [round(100 * d.low, 2),
+                                                                            round(100 * d.high, 2)],
+                                    "significant": d.significant}
+    return out
 
 
 def _train_questions(results: dict) -> list[str]:
@@ -562,6 +587,9 @@ def screen(points: list[Point], recipes: dict, runs_dir: Path, ledger: Ledger, a
             k = p["paired"].get(name)
             if k and k.get("diff") is not None:
                 written += f"; {name} {k['diff']:+.1f} ({k['ci95'][0]:+.1f}..{k['ci95'][1]:+.1f})"
+            w = (p.get("paired_written") or {}).get(name)
+            if w:
+                written += f", written {w['diff']:+.1f} ({w['ci95'][0]:+.1f}..{w['ci95'][1]:+.1f})"
         print(f"{p['name']} (lr {p['learning_rate']:g}): sft - pruned {f['diff']:+.1f} "
               f"({f['ci95'][0]:+.1f}..{f['ci95'][1]:+.1f}); learning loss {ll}{written}")
     print(f"\nwrote {out_path} and {out_path.with_suffix('.png')}, and its points into {study_path}; stage time "

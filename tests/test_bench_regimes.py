@@ -37,6 +37,21 @@ def assert_written_answers(models: dict) -> None:
             assert f["diff"] == pytest.approx(g["sciq_answer"] - models["pruned"]["generative"]["sciq_answer"], abs=0.02)
 
 
+def assert_written_pairs(point: dict) -> None:
+    """Every pair of the six tasks is also paired on written answers, kept in the results themselves
+    (the per-item answers live in a cache the run directory may lose)."""
+    written = point["paired_written"]
+    assert set(written) == set(point["paired"])
+    sciq = {m: mm["generative"]["sciq_answer"] for m, mm in point["models"].items()}
+    for name, d in written.items():
+        a, b = name.split("-", 1)
+        a = a.replace("_", "-")
+        assert d["ci95"][0] <= d["diff"] <= d["ci95"][1], name
+        assert d["diff"] == pytest.approx(sciq[a] - sciq[b], abs=0.02), name
+        if b == "pruned":
+            assert d["diff"] == point["models"][a]["generative"]["generative_forgetting"]["diff"]
+
+
 @pytest.mark.slow
 def test_smoke_run_writes_the_schema_and_the_plot_and_resumes_without_redoing_work(tmp_path: Path) -> None:
     done = regimes(tmp_path)
@@ -54,6 +69,7 @@ def test_smoke_run_writes_the_schema_and_the_plot_and_resumes_without_redoing_wo
         assert p["models"]["sft"]["forgetting"] == {"diff": p["paired"]["sft-pruned"]["diff"],
                                                     "ci95": p["paired"]["sft-pruned"]["ci95"]}
         assert_written_answers(p["models"])
+        assert_written_pairs(p)
         assert PAIRED <= set(p["paired"]) and all(len(p["paired"][k]["ci95"]) == 2 for k in PAIRED)
         assert set(p["learning_rates"]) == {"sft", "sdd", "kd", "sdd-kd"}
         assert p["disjoint"]["overlapping_items"] == 0 and p["disjoint"]["held_out_in_training"] == 0
@@ -120,6 +136,7 @@ def test_screen_trains_sft_alone_and_keeps_points_of_earlier_invocations(tmp_pat
         assert first > 0 and last > 0
         assert p["models"]["sft"]["forgetting"]["diff"] == p["paired"]["sft-pruned"]["diff"]
         assert_written_answers(p["models"])
+        assert_written_pairs(p)
     assert out_file.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
     # the same points, in the study's schema (kind "screen": every method at one rate, no sweep)
     study = json.loads((tmp_path / "regimes-smoke.json").read_text())
