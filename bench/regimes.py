@@ -329,7 +329,8 @@ def run_point(point: Point, recipes: dict, runs_dir: Path, ledger: Ledger, smoke
              for v in paired.values()}
     acc = res["distill"].metrics
     return {"name": point.name, "examples": point.examples, "epochs": point.epochs, "method": point.method,
-            "models": models, "paired": short, "paired_written": written_pairs(written, [(v["a"], v["b"]) for v in paired.values()]),
+            "models": models, "paired": short,
+            "paired_written": written_pairs(written, [(v["a"], v["b"]) for v in paired.values()]),
             "learning_rates": best, "sweep": rows, "items": items,
             "held_out_problems": len(examples), "disjoint": overlap,
             "distill": {"rows": acc.get("rows"), "accepted": acc.get("accepted")},
