@@ -126,6 +126,13 @@ def answers(models: dict[str, Path], items: list[dict], cache: Path) -> dict[str
     return {name: cached_per_model(cache, path, digest, lambda: measure(name, path)) for name, path in models.items()}
 
 
+def difference_in_points(d) -> dict:
+    """A paired difference of shares (a ``hubsdd.core.stats`` interval) as the benches report it:
+    points, its 95% interval and whether that excludes zero (also ``regimes.py``, ``paired_tasks.py``)."""
+    return {"diff": round(100 * d.value, 2), "ci95": [round(100 * d.low, 2), round(100 * d.high, 2)],
+            "significant": d.significant}
+
+
 def summarize(per_model: dict[str, list[dict]], reference: str = "pruned") -> dict[str, dict]:
     """Per model: SciQ answer accuracy (points, 95% bootstrap interval), the shares of responses with
     GSM8K markup, that repeat a sentence, that ended their turn and that answer with a bare number; and
@@ -145,10 +152,7 @@ def summarize(per_model: dict[str, list[dict]], reference: str = "pruned") -> di
                   "finished_share": round(100 * sum(r["finished"] for r in rows) / len(rows), 2),
                   "bare_number_share": round(100 * sum(bare_number(r["response"]) for r in rows) / len(rows), 2)}
         if reference in per_model and m not in ("base", reference):
-            d = boot.difference(m, reference)
-            out[m]["generative_forgetting"] = {"diff": round(100 * d.value, 2),
-                                               "ci95": [round(100 * d.low, 2), round(100 * d.high, 2)],
-                                               "significant": d.significant}
+            out[m]["generative_forgetting"] = difference_in_points(boot.difference(m, reference))
     return out
 
 

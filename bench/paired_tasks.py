@@ -56,6 +56,8 @@ def cached_scores(models: dict[str, Path], cache: Path) -> dict[str, dict]:
 
 def paired(scores: dict[str, dict], reference: str) -> dict[str, dict]:
     """Each model's six-task average and its difference from ``reference`` (points, 95% interval)."""
+    from generative_qa import difference_in_points
+
     from hubsdd.core import stats
 
     boot = stats.Bootstrap(scores)
@@ -65,9 +67,7 @@ def paired(scores: dict[str, dict], reference: str) -> dict[str, dict]:
         out[label] = {"average": round(100 * avg.value, 2), "average_ci95": [round(100 * avg.low, 2), round(100 * avg.high, 2)],
                       "items": sum(boot.items.values())}
         if label != reference:
-            d = boot.difference(label, reference)
-            out[label]["diff"] = {"diff": round(100 * d.value, 2), "ci95": [round(100 * d.low, 2), round(100 * d.high, 2)],
-                                  "significant": d.significant}
+            out[label]["diff"] = difference_in_points(boot.difference(label, reference))
     return out
 
 

@@ -379,18 +379,14 @@ def written_pairs(per_model: dict[str, list[dict]], pairs: list[tuple[str, str]]
     """The paired differences of SciQ written answers, a - b in points, for every pair whose models
     both answered: kept in the results because the per-item answers live in the run directory's cache,
     which a lost machine takes with it (the SDD-KD - KD pair was lost that way once)."""
+    from generative_qa import difference_in_points
+
     from hubsdd.core.stats import Bootstrap
 
     scores = {m: {"sciq": {r["id"]: float(r["correct"]) for r in rows}} for m, rows in per_model.items()}
     boot = Bootstrap(scores)
-    out = {}
-    for a, b in pairs:
-        if a in scores and b in scores:
-            d = boot.difference(a, b)
-            out[pair_name(a, b)] = {"diff": round(100 * d.value, 2), "ci95": [round(100 * d.low, 2),
-                                                                            round(100 * d.high, 2)],
-                                    "significant": d.significant}
-    return out
+    return {pair_name(a, b): difference_in_points(boot.difference(a, b)) for a, b in pairs
+            if a in scores and b in scores}
 
 
 def _train_questions(results: dict) -> list[str]:
