@@ -70,6 +70,7 @@ def teacher(base_dir: Path, device: str, dtype, sizes: list[int], new_tokens: in
     conversations = [[{"role": "user", "content": template.render(get_value(r, "doc.question"), "",
                                                                    get_value(r, "doc.answer"))}] for r in rows]
     out = []
+    engine = "paged" if paged else "hubsdd"
     for bs in sizes:
         prompts = conversations[:max(bs, min(len(conversations), 16))]
         backend = TransformersBackend(model, tok, GenerationSettings(max_new_tokens=new_tokens, batch_size=bs,
@@ -81,10 +82,10 @@ def teacher(base_dir: Path, device: str, dtype, sizes: list[int], new_tokens: in
         sync()
         seconds = time.perf_counter() - t
         tokens = sum(g.tokens for g in gens)
-        out.append({"engine": "paged" if paged else "hubsdd", "batch": bs, "prompts": len(prompts), "tokens": tokens,
+        out.append({"engine": engine, "batch": bs, "prompts": len(prompts), "tokens": tokens,
                     "seconds": round(seconds, 3), "tokens_per_second": round(tokens / seconds, 1),
                     "model_flops_per_second": 2 * params * tokens / seconds})
-        print(f"teacher {'paged' if paged else 'hubsdd'} batch {bs}: {tokens / seconds:,.0f} tok/s", flush=True)
+        print(f"teacher {engine} batch {bs}: {tokens / seconds:,.0f} tok/s", flush=True)
     if paged:
         return out
     # plain generate() at the largest batch, the reference

@@ -281,10 +281,10 @@ class TransformersBackend:
             # default without flash-attn); the per-step launch cost they remove is why paged is used.
             paging["use_cuda_graph"] = True
         if device == "cpu":
-            longest = max(map(len, encoded)) + s.max_new_tokens
-            pages = -(-longest // self.PAGE_TOKENS)
+            longest_prompt = max(map(len, encoded))
+            pages = -(-(longest_prompt + s.max_new_tokens) // self.PAGE_TOKENS)
             paging.update(page_size=self.PAGE_TOKENS, num_blocks=min(s.batch_size, len(encoded)) * pages + 1,
-                          max_batch_tokens=max(map(len, encoded)) + s.batch_size)
+                          max_batch_tokens=longest_prompt + s.batch_size)
         inputs = [encoded[i] for i in order]  # longest first, as this engine takes them
         results = list(self.model.generate_batch(
             inputs, generation_config=GenerationConfig(**kwargs),
